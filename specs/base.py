@@ -1,0 +1,45 @@
+"""Shared Pydantic building blocks: strict models and the small value types the language uses."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "gelu", "silu", "elu", "softmax", "none"]
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _as_pair(value):
+    """Why: Keras users write ``kernel: 3`` and ``kernel: [3, 5]``; both mean (h, w)."""
+    return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Pair = Annotated[tuple[PosInt, PosInt], BeforeValidator(_as_pair)]
+IntOrPair = Annotated[PosInt | tuple[PosInt, PosInt], Field(union_mode="left_to_right")]
+
+
+def pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Normalise an int-or-pair field to ``(h, w)``."""
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value[0]), int(value[1]))
+
+
+def _as_name(value):
+    """Class names may be written as numbers (``[3, 8]``); they are names all the same."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+ClassName = Annotated[str, BeforeValidator(_as_name), Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    """Base of every spec model: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, populate_by_name=True)

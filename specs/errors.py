@@ -1,0 +1,66 @@
+"""One error type for every mistake in a spec: schema, cross-field rules and shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Path = tuple  # a location in the spec document: ("model", "layers", 2, "filters")
+
+
+def format_path(path: Path) -> str:
+    """Render ``("model", "layers", 2, "filters")`` as ``model.layers[2].filters``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem in a spec, with where it is.
+
+    Attributes:
+        message: what is wrong, what was expected, what was received.
+        path: location in the document (keys and list indices); empty for the whole file.
+        file: the spec file's name as the user gave it.
+        line: 1-based line, or None when the position is unknown.
+        col: 1-based column, or None.
+    """
+
+    message: str
+    path: Path = ()
+    file: str = "<spec>"
+    line: int | None = None
+    col: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}:{self.col or 1}"
+        key = format_path(self.path)
+        return f"{where}: {key}: {self.message}" if key else f"{where}: {self.message}"
+
+
+class ConvspecError(Exception):
+    """A mistake in the user's input (spec, data, model file): shown as a message, exit code 1.
+
+    Subclasses live where the mistake is found: SpecError here, DataError in the compiler's
+    data pipeline, ModelError in the runtime. Anything else reaching the CLI is a bug.
+    """
+
+
+class SpecError(ConvspecError, ValueError):
+    """A spec is invalid. ``issues`` holds every problem found, in file order."""
+
+    def __init__(self, issues: list[Issue] | Issue | str):
+        if isinstance(issues, str):
+            issues = [Issue(issues)]
+        elif isinstance(issues, Issue):
+            issues = [issues]
+        self.issues: list[Issue] = sorted(
+            issues, key=lambda i: (i.file, i.line or 0, i.col or 0)
+        )
+        super().__init__("\n".join(str(i) for i in self.issues))

@@ -1,0 +1,213 @@
+"""Loading a spec: YAML with positions -> Pydantic -> rules and shapes, every error at FILE:LINE:COL."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from .errors import Issue, SpecError, format_path
+from .messages import describe, doc_path, valid_keys
+from .paths import PathError, has_path, set_path, split_path, with_values
+from .rules import check_rules, resolve_paths
+from .shapes import preprocess_issues, summarize
+from .spec import Spec
+from .yamlio import dump_yaml, get_node, parse_yaml, position, to_plain
+
+__all__ = ["load_spec", "load_spec_text", "spec_from_dict", "apply_values", "dump_yaml"]
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Spec:
+    """Load, validate and shape-check a spec file.
+
+    Args:
+        path: the YAML file. Relative paths inside it are relative to its folder.
+        overrides: ``KEY=VALUE`` strings (``training.epochs=5``); values are parsed as YAML.
+
+    Raises:
+        SpecError: every problem in the file, each as ``FILE:LINE:COL: key: message``.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read(2 << 20)
+    except FileNotFoundError:
+        raise SpecError(Issue("no such file", file=name)) from None
+    except IsADirectoryError:
+        raise SpecError(Issue("is a folder, not a spec file", file=name)) from None
+    except OSError as e:
+        raise SpecError(Issue(f"cannot read: {e.strerror}", file=name)) from None
+    base = os.path.dirname(os.path.abspath(name))
+    default_name = os.path.splitext(os.path.basename(name))[0]
+    return load_spec_text(raw, name, base_dir=base, overrides=overrides, default_name=default_name)
+
+
+def load_spec_text(
+    text: str | bytes,
+    name: str = "<spec>",
+    *,
+    base_dir: str | None = None,
+    overrides: list[str] | None = None,
+    default_name: str | None = None,
+) -> Spec:
+    """Validate spec text. ``name`` is used in messages; ``base_dir`` anchors relative paths."""
+    doc = parse_yaml(text, name)
+    overridden = _apply_overrides(doc, overrides or [], name)
+    data = to_plain(doc)
+
+    def locate(issue: Issue, at_key: bool = False) -> Issue:
+        for dotted, opath in overridden.items():
+            if issue.path[: len(opath)] == opath:
+                return Issue(issue.message, issue.path, f"{name} (--set {dotted})")
+        pos = position(doc, issue.path, at_key=at_key)
+        return Issue(issue.message, issue.path, name, *(pos or (None, None)))
+
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_schema_issues(e, data, locate)) from None
+    if spec.name is None:
+        spec.name = _safe_name(default_name or "model")
+    base = base_dir or os.getcwd()
+    resolve_paths(spec, base)
+    spec._source, spec._base_dir = name, base
+
+    issues = check_rules(spec) + preprocess_issues(spec)
+    issues += _tune_issues(spec)
+    if not any(i.path[:1] == ("preprocess",) for i in issues):
+        try:
+            summarize(spec)
+        except SpecError as e:
+            issues += e.issues
+    if issues:
+        raise SpecError([locate(i) for i in issues])
+    return spec
+
+
+def _schema_issues(e: ValidationError, data: Any, locate) -> list[Issue]:
+    """Pydantic errors as Issues; a union's several failures at one key become one message."""
+    by_path: dict[tuple, list[str]] = {}
+    keyish: set[tuple] = set()
+    for err in e.errors(include_url=False):
+        loc = tuple(err["loc"])
+        path = doc_path(data, loc)
+        if err["type"] == "missing":
+            path = path[:-1] if path and path[-1] == loc[-1] else path
+        if err["type"] == "extra_forbidden":
+            keyish.add(path)
+        msg = describe(err, valid_keys(Spec, loc) if err["type"] == "extra_forbidden" else None)
+        if msg not in by_path.setdefault(path, []):
+            by_path[path].append(msg)
+    issues = []
+    for path, msgs in by_path.items():
+        msgs = _merge_union(msgs)
+        for msg in msgs:
+            issues.append(locate(Issue(msg, path), at_key=path in keyish))
+    return issues
+
+
+def _merge_union(msgs: list[str]) -> list[str]:
+    """'must be a list (got 3)' + "must be one of auto (got 3)" -> one 'must be ... or ...'."""
+    musts = [m for m in msgs if m.startswith("must be ") and m.endswith(")") and "(got " in m]
+    if len(musts) < 2:
+        return msgs
+    got = musts[0][musts[0].rindex("(got "):]
+    wants = [m[len("must be "): m.rindex(" (got ")] for m in musts]
+    merged = "must be " + " or ".join(dict.fromkeys(wants)) + f" {got}"
+    return [merged] + [m for m in msgs if m not in musts]
+
+
+def _apply_overrides(doc, overrides: list[str], name: str) -> dict[str, tuple]:
+    applied: dict[str, tuple] = {}
+    yaml = YAML(typ="safe", pure=True)
+    issues = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            issues.append(Issue(f"--set expects KEY=VALUE, like training.epochs=5 (got {item!r})", file=name))
+            continue
+        try:
+            value = yaml.load(text) if text.strip() else None
+            path = split_path(key)
+            set_path(doc, path, value)
+        except (YAMLError, PathError) as e:
+            issues.append(Issue(f"--set {item}: {e}", file=name))
+            continue
+        applied[item] = path
+    if issues:
+        raise SpecError(issues)
+    return applied
+
+
+def _safe_name(stem: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem).strip("-.") or "model"
+    return cleaned if cleaned[0].isalnum() else "m" + cleaned
+
+
+def _tune_issues(spec: Spec) -> list[Issue]:
+    """tune.space paths exist, ranges are ordered, and every extreme value validates."""
+    if spec.tune is None:
+        return []
+    issues = []
+    full = spec.model_dump(mode="json", by_alias=True)
+    base = spec.to_dict()
+    for dotted, dist in spec.tune.space.items():
+        where = ("tune", "space", dotted)
+        try:
+            path = split_path(dotted)
+        except PathError as e:
+            issues.append(Issue(str(e), where))
+            continue
+        if path[0] == "tune":
+            issues.append(Issue("tune cannot tune its own settings", where))
+            continue
+        if not has_path(full, path):
+            issues.append(Issue(f"{dotted!r} is not a key of this spec (tune paths are dotted keys, list items by index, like model.layers.0.filters)", where))
+            continue
+        if dist.type in ("float", "int"):
+            if dist.low > dist.high:
+                issues.append(Issue(f"low must be <= high (got low {dist.low}, high {dist.high})", where + ("low",)))
+                continue
+            if dist.log and dist.low <= 0:
+                issues.append(Issue(f"log scale needs low > 0 (got {dist.low})", where + ("low",)))
+                continue
+            candidates = [dist.low, dist.high]
+        else:
+            candidates = list(dist.values)
+        for value in candidates:
+            try:
+                Spec.model_validate(with_values(base, {dotted: value}))
+            except (ValidationError, PathError) as e:
+                first = e.errors(include_url=False)[0] if isinstance(e, ValidationError) else {"type": "value_error", "loc": (), "ctx": {"error": e}}
+                loc = format_path(doc_path(base, tuple(first["loc"]))) or dotted
+                issues.append(Issue(f"value {value!r} does not validate at {loc}: {describe(first, None)}", where))
+                break
+    return issues
+
+
+def spec_from_dict(data: dict, name: str = "<spec>", base_dir: str | None = None) -> Spec:
+    """Validate plain data as a spec (tune trials, checkpoints); messages carry no positions."""
+    return load_spec_text(dump_yaml(data), name, base_dir=base_dir)
+
+
+def apply_values(spec: Spec, values: dict[str, Any], name: str = "<trial>") -> Spec:
+    """The spec with each dotted path set to its value, validated like a file.
+
+    Raises:
+        SpecError: the result is not a valid spec.
+    """
+    try:
+        data = with_values(spec.to_dict(), values)
+    except PathError as e:
+        raise SpecError(Issue(str(e), file=name)) from None
+    new = spec_from_dict(data, name, spec.base_dir)
+    new._source = spec.source_file
+    return new
+
+
+def get_value(spec: Spec, dotted: str) -> Any:
+    return get_node(spec.model_dump(mode="json", by_alias=True), split_path(dotted))

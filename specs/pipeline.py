@@ -1,0 +1,164 @@
+"""Preprocess steps (deterministic, exported) and augmentations (training only)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from .base import NonNegInt, Pair, PosInt, Probability, Strict
+
+# ---------------------------------------------------------------- preprocess
+
+
+class Normalize(Strict):
+    """``(x - mean) / std`` per channel, on pixels already scaled to [0, 1]."""
+
+    type: Literal["normalize"]
+    mean: list[float] | Literal["auto"]
+    std: list[Annotated[float, Field(gt=0)]] | Literal["auto"] | None = None
+
+    @model_validator(mode="after")
+    def _auto_together(self):
+        if self.mean == "auto" and isinstance(self.std, list):
+            raise ValueError("mean: auto computes std from the data too; write std: auto or leave std out")
+        if isinstance(self.mean, list) and not isinstance(self.std, list):
+            raise ValueError("std: a list of one value per channel is required when mean is a list")
+        return self
+
+
+class Rescale(Strict):
+    type: Literal["rescale"]
+    scale: float = 1 / 255
+    offset: float = 0.0
+
+
+class CenterCrop(Strict):
+    type: Literal["center_crop"]
+    size: Pair
+
+
+class Crop(Strict):
+    """A fixed region of interest: ``box: [top, left, height, width]``."""
+
+    type: Literal["crop"]
+    box: tuple[NonNegInt, NonNegInt, PosInt, PosInt]
+
+
+class Denoise(Strict):
+    type: Literal["denoise"]
+    method: Literal["gaussian", "median"] = "gaussian"
+    kernel: Annotated[int, Field(ge=3, le=31)] = 3
+    sigma: Annotated[float, Field(gt=0)] | None = Field(None, description="gaussian only; default 0.3*((kernel-1)*0.5-1)+0.8 as OpenCV")
+
+    @model_validator(mode="after")
+    def _odd_kernel(self):
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (got {self.kernel})")
+        if self.method == "median" and self.sigma is not None:
+            raise ValueError("sigma applies to method: gaussian only")
+        return self
+
+    @property
+    def effective_sigma(self) -> float:
+        return self.sigma if self.sigma is not None else 0.3 * ((self.kernel - 1) * 0.5 - 1) + 0.8
+
+
+class Grayscale(Strict):
+    type: Literal["grayscale"]
+
+
+PreprocessStep = Annotated[
+    Union[Normalize, Rescale, CenterCrop, Crop, Denoise, Grayscale], Field(discriminator="type")
+]
+
+# ------------------------------------------------------------------- augment
+
+
+class Flip(Strict):
+    type: Literal["flip"]
+    horizontal: bool = True
+    vertical: bool = False
+    p: Probability = 0.5
+
+
+class Rotate(Strict):
+    type: Literal["rotate"]
+    degrees: Annotated[float, Field(ge=0, le=180)]
+    p: Probability = 1.0
+
+
+def _ordered_range(lo: float, hi: float, key: str) -> None:
+    if lo > hi:
+        raise ValueError(f"{key}: low must be <= high (got [{lo}, {hi}])")
+
+
+class Scale(Strict):
+    type: Literal["scale"]
+    range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+    p: Probability = 1.0
+
+    @model_validator(mode="after")
+    def _order(self):
+        _ordered_range(*self.range, "range")
+        return self
+
+
+class Translate(Strict):
+    type: Literal["translate"]
+    fraction: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
+    p: Probability = 1.0
+
+
+class RandomCrop(Strict):
+    type: Literal["random_crop"]
+    padding: PosInt
+    p: Probability = 1.0
+
+
+class Brightness(Strict):
+    """Multiply pixels by a factor drawn from ``factor``."""
+
+    type: Literal["brightness"]
+    factor: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
+    p: Probability = 1.0
+
+    @model_validator(mode="after")
+    def _order(self):
+        _ordered_range(*self.factor, "factor")
+        return self
+
+
+class Contrast(Strict):
+    """Blend each image with its mean grey by a factor drawn from ``factor``."""
+
+    type: Literal["contrast"]
+    factor: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
+    p: Probability = 1.0
+
+    @model_validator(mode="after")
+    def _order(self):
+        _ordered_range(*self.factor, "factor")
+        return self
+
+
+class GaussianNoise(Strict):
+    """Add noise of standard deviation ``std``, in units of [0, 1] pixels."""
+
+    type: Literal["gaussian_noise"]
+    std: Annotated[float, Field(gt=0)]
+    p: Probability = 1.0
+
+
+class Cutout(Strict):
+    """Zero one square of side ``size`` pixels at a random place."""
+
+    type: Literal["cutout"]
+    size: PosInt
+    p: Probability = 1.0
+
+
+AugmentStep = Annotated[
+    Union[Flip, Rotate, Scale, Translate, RandomCrop, Brightness, Contrast, GaussianNoise, Cutout],
+    Field(discriminator="type"),
+]

@@ -1,0 +1,86 @@
+"""Cross-field rules: what one key's validity depends on another's. Each returns Issues with paths."""
+
+from __future__ import annotations
+
+import os
+
+from .classes import DIGITS, static_class_names
+from .errors import Issue
+
+
+def check_rules(spec) -> list[Issue]:
+    issues: list[Issue] = []
+    for rule in (_split, _source, _classes, _loss, _monitors):
+        issues.extend(rule(spec))
+    return issues
+
+
+def _split(spec) -> list[Issue]:
+    split = spec.data.split
+    if split.from_ == "folders":
+        if spec.data.source.type != "folder":
+            return [Issue(f"split from: folders needs a folder source (got {spec.data.source.type})", ("data", "split", "from"))]
+        return []
+    issues = []
+    total = split.train + split.val + split.test
+    if abs(total - 1.0) > 1e-6:
+        issues.append(Issue(f"train + val + test must sum to 1 (got {split.train} + {split.val} + {split.test} = {total:g})", ("data", "split")))
+    if split.train <= 0:
+        issues.append(Issue("train must be greater than 0", ("data", "split", "train")))
+    return issues
+
+
+def _source(spec) -> list[Issue]:
+    src = spec.data.source
+    if src.type == "builtin" and src.classes:
+        unknown = [c for c in src.classes if c not in DIGITS]
+        if unknown:
+            return [Issue(f"digits has classes 0-9; unknown: {', '.join(unknown)}", ("data", "source", "classes"))]
+    return []
+
+
+def _classes(spec) -> list[Issue]:
+    issues = []
+    n = spec.num_classes()
+    if spec.task == "binary" and n is not None and n != 2:
+        where = ("classes",) if spec.classes != "auto" else ("task",)
+        issues.append(Issue(f"task: binary needs exactly 2 classes; this spec has {n}", where))
+    if isinstance(spec.classes, (list, int)):
+        found = static_class_names(spec)
+        if found is not None:
+            if isinstance(spec.classes, list) and set(spec.classes) != set(found):
+                missing = sorted(set(found) - set(spec.classes))
+                extra = sorted(set(spec.classes) - set(found))
+                detail = "; ".join(p for p in (f"in the data but not listed: {', '.join(missing)}" if missing else "",
+                                               f"listed but not in the data: {', '.join(extra)}" if extra else "") if p)
+                issues.append(Issue(f"classes must match the data's classes ({detail})", ("classes",)))
+            elif isinstance(spec.classes, int) and spec.classes != len(found):
+                issues.append(Issue(f"classes: {spec.classes}, but the data has {len(found)} classes ({', '.join(found[:10])})", ("classes",)))
+    return issues
+
+
+def _loss(spec) -> list[Issue]:
+    weights = spec.training.loss.class_weights
+    n = spec.num_classes()
+    if isinstance(weights, list) and n is not None and len(weights) != n:
+        return [Issue(f"needs one weight per class ({n}); got {len(weights)}", ("training", "loss", "class_weights"))]
+    return []
+
+
+def _monitors(spec) -> list[Issue]:
+    issues = []
+    no_val = spec.data.split.from_ == "fractions" and spec.data.split.val == 0
+    if no_val and spec.training.early_stopping is not None:
+        issues.append(Issue("early_stopping monitors the validation split, but data.split.val is 0", ("training", "early_stopping")))
+    if no_val and spec.tune is not None:
+        issues.append(Issue("tuning is judged on the validation split, but data.split.val is 0", ("tune",)))
+    return issues
+
+
+def resolve_paths(spec, base_dir: str) -> None:
+    """Make the source's relative paths relative to the spec file's folder."""
+    src = spec.data.source
+    if src.type in ("folder", "csv"):
+        src.path = os.path.normpath(os.path.join(base_dir, os.path.expanduser(src.path)))
+    if src.type == "csv" and src.root is not None:
+        src.root = os.path.normpath(os.path.join(base_dir, os.path.expanduser(src.root)))

@@ -1,0 +1,289 @@
+"""The top-level spec: data, input, preprocess, augment, model, training, tune, export."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from .base import ClassName, Pair, PosInt, Strict
+from .layers import Layer
+from .pipeline import AugmentStep, PreprocessStep
+
+# ---------------------------------------------------------------------- data
+
+
+class BuiltinSource(Strict):
+    """A data set that ships with an installed package (``digits``: scikit-learn's 8x8 digits)."""
+
+    type: Literal["builtin"]
+    name: Literal["digits"]
+    classes: Annotated[list[ClassName], Field(min_length=2)] | None = None
+
+
+class FolderSource(Strict):
+    """One sub-folder per class (ImageFolder layout), or train/ val/ test/ with ``split.from: folders``."""
+
+    type: Literal["folder"]
+    path: str
+
+
+class CsvSource(Strict):
+    """A CSV with columns ``path,label``; paths relative to ``root`` (default: the CSV's folder)."""
+
+    type: Literal["csv"]
+    path: str
+    root: str | None = None
+
+
+Source = Annotated[Union[BuiltinSource, FolderSource, CsvSource], Field(discriminator="type")]
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Split(Strict):
+    """Fractions of the data for train / val / test, or ``from: folders``."""
+
+    from_: Literal["fractions", "folders"] = Field("fractions", alias="from")
+    train: Fraction = 0.8
+    val: Fraction = 0.1
+    test: Fraction = 0.1
+    stratify: bool = True
+    seed: int = 0
+
+
+class Data(Strict):
+    source: Source
+    split: Split = Split()
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    on_bad_image: Literal["skip", "error"] = "skip"
+
+
+class Input(Strict):
+    channels: Literal[1, 3]
+    size: Pair
+    resize: Literal["stretch", "letterbox", "crop"] = "stretch"
+
+
+class Model(Strict):
+    layers: list[Layer]
+    head: bool = True
+
+
+# ------------------------------------------------------------------ training
+
+
+class SGD(Strict):
+    type: Literal["sgd"]
+    lr: Annotated[float, Field(gt=0)] = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Adam(Strict):
+    type: Literal["adam"]
+    lr: Annotated[float, Field(gt=0)] = 0.001
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class AdamW(Strict):
+    type: Literal["adamw"]
+    lr: Annotated[float, Field(gt=0)] = 0.001
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+Optimizer = Annotated[Union[SGD, Adam, AdamW], Field(discriminator="type")]
+
+
+class _Warmup(Strict):
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0
+
+
+class NoScheduler(_Warmup):
+    type: Literal["none"]
+
+
+class StepScheduler(_Warmup):
+    type: Literal["step"]
+    step_size: PosInt = 10
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class CosineScheduler(_Warmup):
+    type: Literal["cosine"]
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+
+
+class OneCycleScheduler(_Warmup):
+    type: Literal["onecycle"]
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3
+
+
+class PlateauScheduler(_Warmup):
+    type: Literal["plateau"]
+    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    patience: Annotated[int, Field(ge=0)] = 2
+
+
+Scheduler = Annotated[
+    Union[NoScheduler, StepScheduler, CosineScheduler, OneCycleScheduler, PlateauScheduler],
+    Field(discriminator="type"),
+]
+
+
+class Loss(Strict):
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    class_weights: Literal["none", "balanced"] | list[Annotated[float, Field(gt=0)]] = "none"
+
+
+Metric = Literal["accuracy", "precision", "recall", "f1", "auc"]
+Monitor = Literal[
+    "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_auc",
+]
+
+
+class EarlyStopping(Strict):
+    monitor: Monitor = "val_loss"
+    patience: PosInt = 5
+    mode: Literal["auto", "min", "max"] = "auto"
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Training(Strict):
+    epochs: PosInt = 10
+    batch_size: PosInt = 32
+    optimizer: Optimizer = AdamW(type="adamw")
+    scheduler: Scheduler = NoScheduler(type="none")
+    loss: Loss = Loss()
+    early_stopping: EarlyStopping | None = None
+    metrics: list[Metric] = ["accuracy"]
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 0
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    compile: bool = False
+
+
+# ---------------------------------------------------------------------- tune
+
+
+class FloatDist(Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: Annotated[float, Field(gt=0)] | None = None
+
+
+class IntDist(Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: PosInt = 1
+    log: bool = False
+
+
+class ChoiceDist(Strict):
+    type: Literal["choice"]
+    values: Annotated[list[Any], Field(min_length=1)]
+
+
+Distribution = Annotated[Union[FloatDist, IntDist, ChoiceDist], Field(discriminator="type")]
+
+
+class Tune(Strict):
+    trials: PosInt = 20
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    metric: Monitor = "val_accuracy"
+    direction: Literal["maximize", "minimize"] | None = Field(None, description="default: from metric")
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "none"] = "median"
+    space: dict[str, Distribution] = {}
+
+    @property
+    def resolved_direction(self) -> str:
+        if self.direction:
+            return self.direction
+        return "minimize" if self.metric.endswith("loss") else "maximize"
+
+
+class Export(Strict):
+    opset: Annotated[int, Field(ge=17, le=23)] = 18
+    dynamic_batch: bool = True
+    quantize: Literal["none", "int8"] = "none"
+    calibration_images: PosInt = 256
+
+
+# ---------------------------------------------------------------------- spec
+
+
+class Spec(Strict):
+    """A whole convspec file. Build one with :func:`convspec.specs.load_spec`."""
+
+    version: Literal[1]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] | None = None
+    task: Literal["binary", "multiclass"]
+    classes: Literal["auto"] | Annotated[list[ClassName], Field(min_length=2)] | Annotated[int, Field(ge=2)] = "auto"
+    data: Data
+    input: Input
+    preprocess: list[PreprocessStep] = []
+    augment: list[AugmentStep] = []
+    model: Model
+    training: Training = Training()
+    tune: Tune | None = None
+    export: Export = Export()
+
+    # Where the spec came from; set by the loader, not part of the language.
+    _source: str = PrivateAttr("<spec>")
+    _base_dir: str = PrivateAttr(".")
+
+    @model_validator(mode="after")
+    def _classes_unique(self):
+        if isinstance(self.classes, list) and len(set(self.classes)) != len(self.classes):
+            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ValueError(f"classes must be unique (repeated: {', '.join(dup)})")
+        return self
+
+    @property
+    def source_file(self) -> str:
+        return self._source
+
+    @property
+    def base_dir(self) -> str:
+        return self._base_dir
+
+    def summary(self):
+        """Shapes, parameters and MACs per layer (see :class:`convspec.specs.shapes.Summary`)."""
+        from .shapes import summarize
+
+        return summarize(self)
+
+    def num_classes(self) -> int | None:
+        """Number of classes if known without reading images; None where the data is unreadable."""
+        from .classes import static_class_names
+
+        if isinstance(self.classes, int):
+            return self.classes
+        if isinstance(self.classes, list):
+            return len(self.classes)
+        names = static_class_names(self)
+        return None if names is None else len(names)
+
+    def output_units(self) -> int | None:
+        """Units of the automatic head: 1 for binary, the class count for multiclass."""
+        if self.task == "binary":
+            return 1
+        return self.num_classes()
+
+    def to_dict(self) -> dict:
+        """The spec as plain data, with defaults filled in (YAML/JSON-ready)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def to_yaml(self) -> str:
+        """The resolved spec as YAML text, loadable by ``load_spec_text``."""
+        from .loader import dump_yaml
+
+        return dump_yaml(self.to_dict())

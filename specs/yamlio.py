@@ -1,0 +1,159 @@
+"""YAML in and out with ruamel.yaml: positions for every node, plain data for validation."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .errors import Issue, SpecError
+
+MAX_BYTES = 1 << 20  # Why: a spec is a few KB; a 50 MB "spec" is a mistake, not a model.
+MAX_DEPTH = 64
+
+
+def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
+    """Parse spec text into a round-trip mapping that remembers line:col of every node.
+
+    Raises:
+        SpecError: syntax errors, duplicate keys, tabs, empty or non-mapping documents, and
+            files that are too large, binary or not UTF-8, all as ``FILE:LINE:COL: message``.
+    """
+    if isinstance(text, bytes):
+        if len(text) > MAX_BYTES:
+            raise SpecError(Issue(f"file is {len(text):,} bytes; a spec is at most {MAX_BYTES:,}", file=file, line=1, col=1))
+        if b"\x00" in text:
+            raise SpecError(Issue("this is a binary file, not a YAML spec", file=file, line=1, col=1))
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = text[: e.start].count(b"\n") + 1
+            col = e.start - (text.rfind(b"\n", 0, e.start) + 1) + 1
+            raise SpecError(Issue(f"not UTF-8 text (byte 0x{text[e.start]:02x}); save the spec as UTF-8", file=file, line=line, col=col)) from None
+    if len(text) > MAX_BYTES:
+        raise SpecError(Issue(f"file is {len(text):,} characters; a spec is at most {MAX_BYTES:,}", file=file, line=1, col=1))
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+        raise SpecError(Issue("the file is empty; expected a mapping with keys version, task, data, input and model", file=file, line=1, col=1))
+    yaml = YAML(typ="rt", pure=True)
+    yaml.allow_duplicate_keys = False
+    try:
+        doc = yaml.load(text)
+    except MarkedYAMLError as e:
+        raise SpecError(_marked_issue(e, file)) from None
+    except YAMLError as e:
+        raise SpecError(Issue(f"YAML error: {e}", file=file, line=1, col=1)) from None
+    except RecursionError:
+        raise SpecError(Issue("nesting is too deep to be a spec", file=file, line=1, col=1)) from None
+    if not isinstance(doc, CommentedMap):
+        kind = "a list" if isinstance(doc, list) else f"a single value ({_short(doc)})"
+        raise SpecError(Issue(f"the document is {kind}; expected a mapping with keys version, task, data, input and model", file=file, line=1, col=1))
+    if _depth(doc) > MAX_DEPTH:
+        raise SpecError(Issue(f"nesting is deeper than {MAX_DEPTH} levels", file=file, line=1, col=1))
+    return doc
+
+
+def _marked_issue(e: MarkedYAMLError, file: str) -> Issue:
+    mark = e.problem_mark or e.context_mark
+    problem = (e.problem or "").strip()
+    context = (e.context or "").strip()
+    if "found character '\\t'" in problem or "\t" in problem:
+        msg = "tab character; YAML indentation must use spaces"
+    elif "duplicate key" in context or "duplicate key" in problem or "found duplicate key" in str(e):
+        key = problem.split('"')[1] if '"' in problem else problem
+        msg = f"duplicate key {key!r}; each key may appear once in a mapping"
+    else:
+        msg = "YAML syntax error: " + "; ".join(p for p in (context, problem) if p)
+    line = mark.line + 1 if mark else 1
+    col = mark.column + 1 if mark else 1
+    return Issue(msg, file=file, line=line, col=col)
+
+
+def _depth(node: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(node, dict):
+        return max((_depth(v, level + 1) for v in node.values()), default=level + 1)
+    if isinstance(node, list):
+        return max((_depth(v, level + 1) for v in node), default=level + 1)
+    return level
+
+
+def to_plain(node: Any) -> Any:
+    """Round-trip nodes to plain Python values (ruamel's booleans are ints underneath)."""
+    if isinstance(node, dict):
+        return {to_plain(k) if not isinstance(k, (list, dict)) else str(k): to_plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [to_plain(v) for v in node]
+    name = type(node).__name__
+    if name == "ScalarBoolean":
+        return bool(node)
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def position(doc: CommentedMap, path: tuple, *, at_key: bool = False) -> tuple[int, int] | None:
+    """1-based (line, col) of the node at ``path``; the nearest existing parent if it is absent.
+
+    Scalars point at the value; mappings and lists at their key (or list item).
+    """
+    node: Any = doc
+    pos: tuple[int, int] | None = (1, 1)
+    for i, seg in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, CommentedMap) and not isinstance(seg, int) and seg in node:
+            child = node[seg]
+            scalar = not isinstance(child, (dict, list))
+            try:
+                line, col = node.lc.value(seg) if (scalar and not (last and at_key)) else node.lc.key(seg)
+            except (KeyError, TypeError, AttributeError):
+                line, col = (pos[0] - 1, pos[1] - 1) if pos else (0, 0)
+            pos = (line + 1, col + 1)
+            node = child
+        elif isinstance(node, CommentedSeq) and isinstance(seg, int) and 0 <= seg < len(node):
+            try:
+                line, col = node.lc.item(seg)
+                pos = (line + 1, col + 1)
+            except (KeyError, TypeError, AttributeError):
+                pass
+            node = node[seg]
+        else:
+            break
+    return pos
+
+
+def get_node(doc: Any, path: tuple) -> Any:
+    node = doc
+    for seg in path:
+        if isinstance(node, dict) and seg in node:
+            node = node[seg]
+        elif isinstance(node, list) and isinstance(seg, int) and -len(node) <= seg < len(node):
+            node = node[seg]
+        else:
+            raise KeyError(seg)
+    return node
+
+
+def dump_yaml(data: Any) -> str:
+    """Plain data as block YAML with short lists inline, the way specs are written by hand."""
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = None
+    yaml.width = 4096
+    yaml.sort_base_mapping_type_on_output = False  # keep the language's key order
+    buf = io.StringIO()
+    yaml.dump(data, buf)
+    return buf.getvalue()
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
