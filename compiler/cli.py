@@ -106,9 +106,32 @@ def schema(out_file: Annotated[Path | None, typer.Option("--out", help="Write to
     out.print(f"wrote {out_file}", markup=False)
 
 
+@user_errors
+def train(
+    spec_path: Annotated[Path | None, typer.Argument(metavar="SPEC", help="Spec file (optional with --resume).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY=VALUE (YAML value); repeatable.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("runs"),
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run folder RUN from its last.pt.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (overrides training.device).")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes (devices) for DDP; launches torchrun.")] = 1,
+    no_export: Annotated[bool, typer.Option("--no-export", help="Skip writing model.onnx.")] = False,
+) -> None:
+    """Train a spec: writes runs/NAME/ with checkpoints, metrics, plots, report and model.onnx."""
+    if spec_path is None and resume is None:
+        raise ConvspecError("give a SPEC file, or --resume RUN")
+    if nproc > 1:
+        from convspec.compiler.launch import launch_torchrun
+
+        raise typer.Exit(launch_torchrun(nproc, sys.argv[1:]))
+    from convspec.compiler.train import train as run_training
+
+    run_training(spec_path, out=out_dir, overrides=set_, resume=resume, device=device, export=not no_export)
+
+
 app.command("validate")(validate)
 app.command("summary")(summary)
 app.command("schema")(schema)
+app.command("train")(train)
 
 
 def main() -> None:

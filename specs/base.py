@@ -18,7 +18,8 @@ def _as_pair(value):
     return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-Pair = Annotated[tuple[PosInt, PosInt], BeforeValidator(_as_pair)]
+# Why json_schema_input_type: the JSON Schema must accept what the validator accepts (``size: 32``).
+Pair = Annotated[tuple[PosInt, PosInt], BeforeValidator(_as_pair, json_schema_input_type=PosInt | tuple[PosInt, PosInt])]
 IntOrPair = Annotated[PosInt | tuple[PosInt, PosInt], Field(union_mode="left_to_right")]
 
 
@@ -36,7 +37,7 @@ def _as_name(value):
     return value
 
 
-ClassName = Annotated[str, BeforeValidator(_as_name), Field(min_length=1)]
+ClassName = Annotated[str, BeforeValidator(_as_name, json_schema_input_type=str | int | float), Field(min_length=1)]
 
 
 class Strict(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import NonNegInt, Pair, PosInt, Probability, Strict
 
@@ -51,10 +51,15 @@ class Denoise(Strict):
     kernel: Annotated[int, Field(ge=3, le=31)] = 3
     sigma: Annotated[float, Field(gt=0)] | None = Field(None, description="gaussian only; default 0.3*((kernel-1)*0.5-1)+0.8 as OpenCV")
 
+    @field_validator("kernel")
+    @classmethod
+    def _odd_kernel(cls, kernel):
+        if kernel % 2 == 0:
+            raise ValueError(f"must be odd (got {kernel})")
+        return kernel
+
     @model_validator(mode="after")
-    def _odd_kernel(self):
-        if self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd (got {self.kernel})")
+    def _median_no_sigma(self):
         if self.method == "median" and self.sigma is not None:
             raise ValueError("sigma applies to method: gaussian only")
         return self
@@ -88,9 +93,12 @@ class Rotate(Strict):
     p: Probability = 1.0
 
 
-def _ordered_range(lo: float, hi: float, key: str) -> None:
+def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
+    """A field validator: ``[low, high]`` with low <= high (the error points at the key)."""
+    lo, hi = value
     if lo > hi:
-        raise ValueError(f"{key}: low must be <= high (got [{lo}, {hi}])")
+        raise ValueError(f"low must be <= high (got [{lo:g}, {hi:g}])")
+    return value
 
 
 class Scale(Strict):
@@ -98,10 +106,7 @@ class Scale(Strict):
     range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
     p: Probability = 1.0
 
-    @model_validator(mode="after")
-    def _order(self):
-        _ordered_range(*self.range, "range")
-        return self
+    _order = field_validator("range")(_ordered_range)
 
 
 class Translate(Strict):
@@ -123,10 +128,7 @@ class Brightness(Strict):
     factor: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
     p: Probability = 1.0
 
-    @model_validator(mode="after")
-    def _order(self):
-        _ordered_range(*self.factor, "factor")
-        return self
+    _order = field_validator("factor")(_ordered_range)
 
 
 class Contrast(Strict):
@@ -136,10 +138,7 @@ class Contrast(Strict):
     factor: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
     p: Probability = 1.0
 
-    @model_validator(mode="after")
-    def _order(self):
-        _ordered_range(*self.factor, "factor")
-        return self
+    _order = field_validator("factor")(_ordered_range)
 
 
 class GaussianNoise(Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator
 
 from .base import ClassName, Pair, PosInt, Strict
 from .layers import Layer
@@ -240,12 +240,14 @@ class Spec(Strict):
     _source: str = PrivateAttr("<spec>")
     _base_dir: str = PrivateAttr(".")
 
-    @model_validator(mode="after")
-    def _classes_unique(self):
-        if isinstance(self.classes, list) and len(set(self.classes)) != len(self.classes):
-            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, classes):
+        # Why a field validator: the error then points at the classes line, not the document.
+        if isinstance(classes, list) and len(set(classes)) != len(classes):
+            dup = sorted({c for c in classes if classes.count(c) > 1})
             raise ValueError(f"classes must be unique (repeated: {', '.join(dup)})")
-        return self
+        return classes
 
     @property
     def source_file(self) -> str:

@@ -1,0 +1,50 @@
+"""Checkpoints: a state dict plus the spec, optimizer and loop state; never pickled modules.
+
+Loaded with ``torch.load(weights_only=True)``, so a file crafted to run code on unpickling
+is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convspec.runtime.files import atomic_write
+from convspec.specs import ConvspecError
+
+FORMAT = 1
+
+
+class CheckpointError(ConvspecError):
+    """A checkpoint that cannot be used: missing, corrupt, unsafe, or from another spec."""
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically (temporary name, fsync, rename)."""
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a checkpoint, or holds objects
+            other than tensors and plain data (e.g. pickled code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"{path}: refused: the file holds objects other than weights ({first[:200]}); convspec loads checkpoints with weights_only=True") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state or "spec" not in state:
+        raise CheckpointError(f"{path}: not a convspec checkpoint (expected keys format, model, spec)")
+    return state

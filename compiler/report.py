@@ -1,0 +1,104 @@
+"""What a run shows a person: curves.png, confusion.png and report.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from convspec.runtime.files import atomic_write, atomic_write_text
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # Why: headless servers; never open a window from a training run
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train against validation."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ys = [h.get(f"{split}_{key}", math.nan) for h in history]
+            if any(not math.isnan(y) for y in ys):
+                ax.plot(epochs, ys, style, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
+    plt = _pyplot()
+    k = len(class_names)
+    size = min(3 + 0.5 * k, 14)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    top = max((max(r) for r in matrix), default=0)
+    if k <= 30:
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def write_report(path: Path, results: dict[str, Any]) -> None:
+    """report.md: data counts, test metrics, per-class scores, timings, bad files, export."""
+    r = results
+    lines = [f"# {r['name']}", "", f"Task: {r['task']}, {len(r['classes'])} classes: {', '.join(r['classes'])}.", ""]
+    lines += ["## Data", "", "| split | " + " | ".join(r["classes"]) + " | total |", "|---" * (len(r["classes"]) + 2) + "|"]
+    for split, counts in r["counts"].items():
+        lines.append(f"| {split} | " + " | ".join(str(c) for c in counts) + f" | {sum(counts)} |")
+    bad = r.get("bad_files", [])
+    lines += ["", f"Bad files skipped: {len(bad)}."]
+    for p, why in bad:
+        lines.append(f"- `{p}`: {why}")
+    lines += ["", "## Training", "", f"Epochs run: {r['epochs_run']} of {r['epochs']}"
+              + (" (early stopping)" if r.get("stopped_early") else "") + f"; best epoch {r.get('best_epoch')}.",
+              f"Device: {r['device']}, precision {r['precision']}.",
+              f"Wall time: data {r['timings']['data_s']:.1f} s, training {r['timings']['train_s']:.1f} s"
+              f" ({r['timings'].get('images_per_s', 0):,.0f} images/s).", ""]
+    test = r.get("test")
+    if test:
+        lines += ["## Test split", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in test["metrics"].items()]
+        lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+        for name, c in test["per_class"]["classes"].items():
+            lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+        lines += ["", "![confusion](confusion.png)", ""]
+    else:
+        lines += ["No test split (data.split.test is 0).", ""]
+    lines += ["![curves](curves.png)", ""]
+    exp = r.get("export")
+    if exp:
+        lines += ["## Export", "", f"`{exp['file']}`: parity with PyTorch on {exp['images']} images: "
+                  f"top-1 agreement {exp['top1_agreement'] * 100:.2f} %, max |diff| {exp['max_abs_diff']:.2e}."]
+        if exp.get("int8"):
+            q = exp["int8"]
+            lines.append(f"INT8 `{q['file']}`: test accuracy {_fmt(q.get('accuracy'))} (fp32 {_fmt(q.get('fp32_accuracy'))}), "
+                         f"speed {q.get('speedup', float('nan')):.2f}x fp32.")
+        lines.append("")
+    atomic_write_text(path, "\n".join(lines))

@@ -1,0 +1,69 @@
+"""The run folder: one per ``convspec train``, numbered when the name is taken."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from convspec.runtime.files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Run:
+    """Paths of a run folder (``runs/NAME/``) and readers for what training wrote."""
+
+    path: Path
+
+    spec = property(lambda self: self.path / "spec.yaml")
+    split = property(lambda self: self.path / "split.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    last = property(lambda self: self.path / "last.pt")
+    best = property(lambda self: self.path / "best.pt")
+    results = property(lambda self: self.path / "results.json")
+    report = property(lambda self: self.path / "report.md")
+    curves = property(lambda self: self.path / "curves.png")
+    confusion = property(lambda self: self.path / "confusion.png")
+    onnx = property(lambda self: self.path / "model.onnx")
+    onnx_int8 = property(lambda self: self.path / "model.int8.onnx")
+    export_json = property(lambda self: self.path / "export.json")
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def read_results(self) -> dict[str, Any]:
+        return json.loads(self.results.read_text()) if self.results.exists() else {}
+
+    def write_json(self, path: Path, data: Any) -> None:
+        atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+    def history(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+
+def _jsonable(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def new_run(out: str | os.PathLike, name: str) -> Run:
+    """Create ``out/name``, or ``out/name-2``, ``-3``... when it exists (as Ultralytics does)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        path = out / (name if k == 1 else f"{name}-{k}")
+        try:
+            path.mkdir()
+            return Run(path)
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"too many runs named {name} in {out}")
