@@ -47,6 +47,7 @@ def train(
     export: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> Run:
     """Train a spec and write its run folder.
 
@@ -59,6 +60,7 @@ def train(
         export: write ``model.onnx`` (parity-checked) at the end.
         progress: show a Rich progress bar.
         log: where messages go (default: stderr through Rich).
+        on_epoch: called with each epoch's metrics record (tuning reports and prunes here).
 
     Returns:
         The Run (folder paths). Test metrics are in ``run.read_results()``.
@@ -237,6 +239,8 @@ def train(
                 if dd.is_main:
                     run.metrics.write_text("".join(_json_line(h) for h in history))  # small; rewritten whole
                 bar.end_epoch(record)
+                if on_epoch is not None:
+                    on_epoch(record)
                 if es and distributed.broadcast(dd, stale >= es.patience):
                     stopped_early = True
                     log(f"early stopping: {monitor} has not improved for {es.patience} epochs (best {best['value']:.4f} at epoch {best['epoch']})")
