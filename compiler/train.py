@@ -25,7 +25,7 @@ from convspec.specs import ConvspecError, Spec, load_spec, load_spec_text
 from . import checkpoint, distributed, metrics, report
 from .augment import build_augmenter
 from .builder import build_model
-from .data import Dataset, compute_mean_std, load_dataset, save_split
+from .data import Dataset, load_dataset, save_split
 from .device import Placement, resolve
 from .runfolder import Run, new_run
 from .schedule import Plateau, lr_at
@@ -45,6 +45,7 @@ def train(
     resume: str | os.PathLike | None = None,
     device: str | None = None,
     export: bool = True,
+    test: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
@@ -58,6 +59,8 @@ def train(
         resume: a run folder; training continues from its ``last.pt``.
         device: overrides ``training.device`` (``cpu``, ``cuda``, ``cuda:1``).
         export: write ``model.onnx`` (parity-checked) at the end.
+        test: evaluate the test split at the end (tuning trials pass False: the test split
+            must never guide, or even be seen by, a search).
         progress: show a Rich progress bar.
         log: where messages go (default: stderr through Rich).
         on_epoch: called with each epoch's metrics record (tuning reports and prunes here).
@@ -112,8 +115,8 @@ def train(
     seed = spec.training.seed
     torch.manual_seed(seed)
     model = build_model(spec, num_classes=len(data.class_names), class_names=data.class_names)
-    if state is None and _normalize_auto(spec):
-        model.set_normalization(*compute_mean_std(data))
+    if state is None and model.needs_normalization:
+        model.set_normalization(*_auto_stats(model, images, train_idx))
     model.to(place.device)
     if place.cuda:
         model.to(memory_format=torch.channels_last)
@@ -261,9 +264,9 @@ def train(
         "device": str(place.device), "precision": place.precision, "world_size": dd.world,
         "timings": {"data_s": t_data, "train_s": train_s, "images_per_s": seen / max(train_s, 1e-9)},
     }
-    if len(data.splits["test"]):
-        test = evaluate(model, images, labels, data.splits["test"], spec, place, criterion, detail=True, class_names=data.class_names)
-        results["test"] = {"loss": test["loss"], "metrics": test["metrics"], "per_class": test["per_class"]}
+    if test and len(data.splits["test"]):
+        tested = evaluate(model, images, labels, data.splits["test"], spec, place, criterion, detail=True, class_names=data.class_names)
+        results["test"] = {"loss": tested["loss"], "metrics": tested["metrics"], "per_class": tested["per_class"]}
     if dd.is_main:
         run.write_json(run.results, results)
         if history:
@@ -349,8 +352,19 @@ def _optimizer(spec: Spec, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
-def _normalize_auto(spec: Spec) -> bool:
-    return any(s.type == "normalize" and s.mean == "auto" for s in spec.preprocess)
+@torch.no_grad()
+def _auto_stats(model, images, idx: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training split, as the ``mean: auto`` step sees it."""
+    total = total_sq = None
+    n = 0
+    for i in range(0, len(idx), EVAL_BATCH):
+        x = model.preprocess.before_auto_normalize(images[idx[i : i + EVAL_BATCH]]).double()  # (B, C, H, W)
+        s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.clamp_min(1e-6).tolist()
 
 
 # Keys a resumed run may change: more epochs, another device.
