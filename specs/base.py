@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Strict as PydanticStrict
 
 Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "gelu", "silu", "elu", "softmax", "none"]
 
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
+# Why strict: in lax mode ``filters: true`` became 1 filter and ``filters: 8.5`` an error but
+# ``8.0`` a silent 8; a count must be written as an integer.
+PosInt = Annotated[int, PydanticStrict(), Field(gt=0)]
+NonNegInt = Annotated[int, PydanticStrict(), Field(ge=0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 

@@ -80,7 +80,7 @@ class Repeat(Strict):
     """``layers`` repeated ``times`` times, each copy with its own weights."""
 
     type: Literal["repeat"]
-    times: PosInt
+    times: Annotated[int, Field(gt=0, le=1000, strict=True)]
     layers: Annotated[list[Layer], Field(min_length=1)]
 
 

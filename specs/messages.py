@@ -33,8 +33,10 @@ def suggest(word: Any, choices: list[str]) -> str:
     """`` (did you mean 'filters'?)`` or the empty string."""
     if not isinstance(word, str):
         return ""
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    # Why lower(): 'Relu' should suggest 'relu', not 'elu'.
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean {lowered[close[0]]!r}?" if close else ""
 
 
 def describe(err: dict, valid_keys: list[str] | None) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
 
 from .errors import Issue, SpecError
 
@@ -40,7 +41,10 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:
-        doc = yaml.load(text)
+        with warnings.catch_warnings():
+            # Why: YAML lets an anchor be redefined; ruamel's warning would reach the user's terminal.
+            warnings.simplefilter("ignore", ReusedAnchorWarning)
+            doc = yaml.load(text)
     except MarkedYAMLError as e:
         raise SpecError(_marked_issue(e, file)) from None
     except YAMLError as e:
@@ -65,6 +69,9 @@ def _marked_issue(e: MarkedYAMLError, file: str) -> Issue:
         key = problem.split('"')[1] if '"' in problem else problem
         msg = f"duplicate key {key!r}; each key may appear once in a mapping"
     else:
+        cm = e.context_mark
+        if context and cm is not None and mark is not None and cm.line != mark.line:
+            context += f" (opened at {cm.line + 1}:{cm.column + 1})"  # Why: where the unclosed bracket is
         msg = "YAML syntax error: " + "; ".join(p for p in (context, problem) if p)
     line = mark.line + 1 if mark else 1
     col = mark.column + 1 if mark else 1

@@ -1,0 +1,140 @@
+"""``convspec validate``, ``summary`` and ``schema``: messages, exit codes, and no torch at startup."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from convspec.compiler.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+BAD = REPO / "tests" / "specs" / "bad"
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_validate_ok():
+    result = invoke("validate", EXAMPLES / "digits.yaml", EXAMPLES / "lenet5.yaml")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"{EXAMPLES / 'digits.yaml'}: OK (digits-cnn, multiclass, 10 classes)",
+        f"{EXAMPLES / 'lenet5.yaml'}: OK (lenet5, multiclass, 10 classes)",
+    ]
+    assert result.stderr == ""
+
+
+def test_validate_reports_every_error_as_file_line_col():
+    bad = BAD / "multiple-errors.yaml"
+    result = invoke("validate", EXAMPLES / "digits.yaml", bad)
+    assert result.exit_code == 1
+    assert "digits.yaml: OK" in result.stdout  # the good file is still checked
+    lines = result.stderr.splitlines()
+    assert len(lines) == 5
+    for line in lines:
+        assert re.match(rf"{re.escape(str(bad))}:\d+:\d+: \S+: ", line), line
+    assert f"{bad}:17:29: model.layers[0].filters: must be greater than 0 (got 0)" in lines
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["yaml-syntax", "yaml-empty", "yaml-not-utf8", "unknown-layer-type", "residual-unmatchable", "tune-value-invalid"])
+def test_validate_never_shows_a_traceback(name):
+    result = invoke("validate", BAD / f"{name}.yaml")
+    assert result.exit_code == 1
+    assert re.match(rf"{re.escape(str(BAD / name))}\.yaml:\d+:\d+: ", result.stderr)
+    assert "Traceback" not in result.output
+
+
+def test_validate_missing_file(tmp_path: Path):
+    result = invoke("validate", tmp_path / "nope.yaml")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"{tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_validate_folder_source_without_data_says_so(tmp_path: Path):
+    spec = tmp_path / "shapes.yaml"
+    shutil.copy(EXAMPLES / "shapes.yaml", spec)
+    result = invoke("validate", spec)
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.stdout and "unknown number of classes" in result.stdout
+
+
+def test_summary_table_has_totals():
+    result = runner.invoke(app, ["summary", str(EXAMPLES / "lenet5.yaml")], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    total = [line for line in result.stdout.splitlines() if "total" in line]
+    assert len(total) == 1
+    assert "61,706" in total[0] and "416,520" in total[0] and "(10)" in total[0]
+    for shape in ("(6, 28, 28)", "(16, 5, 5)", "(400)", "(120)", "(84)"):
+        assert shape in result.stdout
+
+
+def test_summary_with_set_and_with_errors():
+    result = runner.invoke(app, ["summary", str(EXAMPLES / "lenet5.yaml"), "--set", "model.layers.5.units=60"], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert f"{61_706 - 60 * (400 + 1 + 84):,}" in result.stdout
+    result = invoke("summary", EXAMPLES / "lenet5.yaml", "--set", "model.layers.0.kernel=40")
+    assert result.exit_code == 1
+    assert "model.layers[0]" in result.stderr and "too small" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_summary_of_a_folder_spec_without_data_notes_the_head(tmp_path: Path):
+    spec = tmp_path / "shapes.yaml"
+    shutil.copy(EXAMPLES / "shapes.yaml", spec)
+    result = runner.invoke(app, ["summary", str(spec)], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert "23,696" in result.stdout and "not readable" in result.stdout
+
+
+def test_schema_to_stdout_and_to_a_file(tmp_path: Path):
+    result = invoke("schema")
+    assert result.exit_code == 0
+    printed = json.loads(result.stdout)
+    assert printed["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    out = tmp_path / "sub" / "convspec.schema.json"
+    result = invoke("schema", "--out", out)
+    assert result.exit_code == 0
+    assert json.loads(out.read_text("utf-8")) == printed
+    assert str(out) in result.stdout
+
+
+# ------------------------------------------------------- the real entry point
+
+
+def convspec_command() -> list[str]:
+    script = shutil.which("convspec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    return [script] if script else [sys.executable, "-m", "convspec.compiler"]
+
+
+def test_entry_point_validates_and_fails_cleanly(tmp_path: Path):
+    ok = subprocess.run([*convspec_command(), "validate", str(EXAMPLES / "digits.yaml")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "digits.yaml: OK" in ok.stdout
+    bad = subprocess.run([*convspec_command(), "validate", str(BAD / "negative-filters.yaml")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"{BAD / 'negative-filters.yaml'}:12:29: model.layers[0].filters: ")
+    assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_validate_does_not_import_torch(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "convspec.compiler", "validate", str(EXAMPLES / "digits.yaml")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "convspec.specs" in imported and "convspec.compiler.cli" in imported
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "torchvision", "onnx", "onnxruntime", "optuna"))
+    assert not heavy, heavy
