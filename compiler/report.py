@@ -70,8 +70,9 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
     r = results
     lines = [f"# {r['name']}", "", f"Task: {r['task']}, {len(r['classes'])} classes: {', '.join(r['classes'])}.", ""]
     lines += ["## Data", "", "| split | " + " | ".join(r["classes"]) + " | total |", "|---" * (len(r["classes"]) + 2) + "|"]
-    for split, counts in r["counts"].items():
-        lines.append(f"| {split} | " + " | ".join(str(c) for c in counts) + f" | {sum(counts)} |")
+    for split, counts in r["counts"].items():  # {split: {class name: count}}
+        row = [counts.get(name, 0) for name in r["classes"]]
+        lines.append(f"| {split} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
     bad = r.get("bad_files", [])
     lines += ["", f"Bad files skipped: {len(bad)}."]
     for p, why in bad:

@@ -13,6 +13,7 @@ import difflib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,8 +72,8 @@ def train(
     Raises:
         ConvspecError: bad spec, bad data, unusable checkpoint, or Ctrl-C (TrainingInterrupted).
     """
-    log = log or _stderr_log()
     dd = distributed.from_env()
+    log = (log or _stderr_log()) if dd.is_main else (lambda _m: None)  # under torchrun, rank 0 speaks
 
     # -- spec, checkpoint and run folder -------------------------------------------------
     state = None
@@ -221,6 +222,10 @@ def train(
                         count += n
                     bar.step(loss_sum / count, correct / count, count / (time.perf_counter() - t_epoch))
                 loss_sum, correct, count = distributed.all_sum(dd, [loss_sum, correct, count], place.device)
+                # Why: each rank's last step updated its own batch-norm running stats; rank 0's are
+                # the model's (DDP broadcasts them, checkpoints save them). Without this, ranks see
+                # different val metrics, and plateau / best / early stopping disagree between ranks.
+                distributed.sync_buffers(dd, model)
                 seen += count
                 record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                           "train_loss": loss_sum / count, "train_accuracy": correct / count,
@@ -264,7 +269,7 @@ def train(
         "device": str(place.device), "precision": place.precision, "world_size": dd.world,
         "timings": {"data_s": t_data, "train_s": train_s, "images_per_s": seen / max(train_s, 1e-9)},
     }
-    if test and len(data.splits["test"]):
+    if test and dd.is_main and len(data.splits["test"]):  # only rank 0 writes results
         tested = evaluate(model, images, labels, data.splits["test"], spec, place, criterion, detail=True, class_names=data.class_names)
         results["test"] = {"loss": tested["loss"], "metrics": tested["metrics"], "per_class": tested["per_class"]}
     if dd.is_main:
@@ -400,7 +405,12 @@ class _Images:
     def __init__(self, array: np.ndarray):
         self.memmap = isinstance(array, np.memmap)
         self.array = array
-        self.tensor = None if self.memmap else torch.from_numpy(np.ascontiguousarray(array))
+        if self.memmap:
+            self.tensor = None
+        else:
+            with warnings.catch_warnings():  # Why: the cache is read-only by design; nothing writes to it
+                warnings.simplefilter("ignore", UserWarning)
+                self.tensor = torch.from_numpy(np.ascontiguousarray(array))
 
     def pin(self) -> None:
         if self.tensor is not None:

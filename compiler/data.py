@@ -1,0 +1,588 @@
+"""The training data pipeline: ``spec.data`` + ``spec.input`` -> a decoded, labelled, split :class:`Dataset`.
+
+Each image is decoded once, by the runtime's loader (:mod:`convspec.runtime.images`, the
+same code that serves the exported model), into a uint8 ``(N, C, H, W)`` array that every
+epoch reads from. The split is a pure function of the file list, the labels and the seed,
+and is saved as ``split.json`` so that resumed runs and evaluation use exactly the same
+images. No torch here: numpy, Pillow and scikit-learn only.
+
+Caching (``data.cache``):
+
+- ``memory``: decoded into RAM; also kept for the rest of the process (one data set at a
+  time), so repeated loads of the same data (tuning trials) decode nothing.
+- ``disk``: decoded once into ``<cache_dir>/images/<key>.npy`` and opened later with
+  ``np.load(mmap_mode="r")``: pages come from the OS page cache, RAM is not needed for the
+  whole set. ``cache_dir`` defaults to ``$CONVSPEC_CACHE`` or ``~/.cache/convspec``. The key
+  hashes the file list with each file's size and mtime, the channels, size and resize, and
+  the loader's and Pillow's versions: a changed, added or removed file misses the cache.
+- ``auto``: ``memory`` when the decoded array is under 2 GiB, else ``disk``.
+- ``none``: decoded into RAM for this call only; nothing is kept or written.
+
+Builtin data sets (``digits``) are built in RAM whatever the mode: there is no file to decode.
+The disk cache is never pruned; delete the folder to reclaim space.
+
+``Dataset.images`` is read-only in every mode; index it (``images[idx]``) for a writable batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from convspec.runtime.datasets import DataError, list_csv, list_folder, list_split_folders
+from convspec.runtime.files import atomic_write, atomic_write_text
+from convspec.runtime.images import ImageError, decode_into, prepare_array
+from convspec.specs.classes import DIGITS, sort_names
+
+__all__ = [
+    "DataError", "Dataset", "SPLITS", "compute_mean_std", "default_cache_dir", "load_dataset",
+    "make_split", "read_split", "save_split",
+]
+
+SPLITS = ("train", "val", "test")
+AUTO_MEMORY_LIMIT = 2 << 30  # bytes: ``cache: auto`` keeps smaller data sets in RAM
+# Bump when decoding or resizing changes the pixels: old disk caches then miss.
+LOADER_VERSION = 1
+_SHOW = 10
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Dataset:
+    """Decoded images with labels and a train/val/test split.
+
+    Attributes:
+        class_names: class names in label order (label ``i`` is ``class_names[i]``).
+        images: ``(N, C, H, W)`` uint8, read-only; an array in RAM or a ``np.memmap``.
+        labels: ``(N,)`` int64 class indices.
+        files: path of each image (``digits:17`` for the builtin digits' 18th image).
+        splits: ``"train"``, ``"val"``, ``"test"`` -> sorted int64 indices into the arrays.
+        bad_files: ``(path, reason)`` of each file skipped because it did not decode.
+        root: the folder file ids are relative to (None for builtin data).
+    """
+
+    class_names: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+    files: list[str]
+    splits: dict[str, np.ndarray]
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    root: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def file_ids(self) -> list[str]:
+        """Names that identify each file independently of where the data lives.
+
+        Paths relative to :attr:`root` with ``/`` separators (absolute when outside it);
+        builtin ids (``digits:17``) as they are. ``split.json`` stores these.
+        """
+        if self.root is None:
+            return list(self.files)
+        return [_file_id(f, self.root) for f in self.files]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split: ``{"train": {"cat": 40, "dog": 38}, ...}``."""
+        out = {}
+        for split in SPLITS:
+            per = np.bincount(self.labels[self.splits.get(split, np.empty(0, np.int64))],
+                              minlength=self.num_classes)
+            out[split] = {name: int(n) for name, n in zip(self.class_names, per, strict=True)}
+        return out
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(images, labels)`` of one split, as writable in-memory copies: ``(n, C, H, W)``, ``(n,)``."""
+        idx = self.splits[split]
+        return np.asarray(self.images[idx]), self.labels[idx].copy()
+
+
+# ----------------------------------------------------------------- loading
+
+
+def load_dataset(
+    spec,
+    *,
+    split_file: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    log: Log = print,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> Dataset:
+    """List, check, decode (or read from the cache) and split the data a spec describes.
+
+    Args:
+        spec: a validated :class:`convspec.specs.Spec` (its source paths already absolute).
+        split_file: a ``split.json`` written by :func:`save_split`; its split is used
+            exactly (resume, evaluation) instead of computing one.
+        cache_dir: folder of the disk cache; default ``$CONVSPEC_CACHE`` or ``~/.cache/convspec``.
+        log: receives progress lines and warnings (``warning: ...``).
+        progress: called with ``(done, total)`` while images decode.
+        workers: decoding threads (default: CPUs + 4, at most 32).
+
+    Returns:
+        The :class:`Dataset`.
+
+    Raises:
+        DataError: the data cannot be listed, its classes do not match ``classes`` or the
+            task, every image of a class failed, too few images to split, or the split
+            file does not fit the data.
+        ImageError: a file failed to decode and ``data.on_bad_image`` is ``error``.
+    """
+    src = spec.data.source
+    channels, size, resize = spec.input.channels, tuple(int(s) for s in spec.input.size), spec.input.resize
+
+    def warn(message: str) -> None:
+        log(f"warning: {message}")
+
+    preset: dict[str, list[int]] | None = None
+    if src.type == "builtin":
+        images, labels, files, data_names = _digits(src.classes, channels, size, resize)
+        bad: list[tuple[str, str]] = []
+        root = None
+    else:
+        if src.type == "folder" and spec.data.split.from_ == "folders":
+            per_split, data_names = list_split_folders(src.path, log=warn)
+            samples, preset = [], {}
+            for split in SPLITS:
+                preset[split] = list(range(len(samples), len(samples) + len(per_split[split])))
+                samples += per_split[split]
+            root = src.path
+        elif src.type == "folder":
+            samples, data_names = list_folder(src.path, log=warn)
+            root = src.path
+        else:
+            samples, data_names = list_csv(src.path, src.root)
+            root = src.root or os.path.dirname(os.path.abspath(src.path))
+        _resolve_classes(spec, data_names)  # Why here too: fail before minutes of decoding
+        all_files = [p for p, _ in samples]
+        images, kept, bad = _decode_files(
+            all_files, channels, size, resize, mode=spec.data.cache, cache_dir=cache_dir,
+            on_error=spec.data.on_bad_image, log=log, progress=progress, workers=workers)
+        files = [all_files[i] for i in kept]
+        labels = np.asarray([samples[i][1] for i in kept], np.int64)
+        if preset is not None:
+            new_index = {old: new for new, old in enumerate(kept)}
+            preset = {s: [new_index[i] for i in idx if i in new_index] for s, idx in preset.items()}
+        if bad:
+            warn(f"skipped {len(bad)} unreadable image{'s' if len(bad) != 1 else ''} (data.on_bad_image: skip):")
+            for path, reason in bad:
+                log(f"  {path}: {reason}")
+
+    class_names, remap = _resolve_classes(spec, data_names)
+    labels = remap[labels] if len(labels) else labels.astype(np.int64)
+    present = np.bincount(labels, minlength=len(class_names))
+    lost = [name for name, n in zip(class_names, present, strict=True) if n == 0]
+    if lost:
+        raise DataError(f"data: every image of class {_names(lost)} failed to load; see the warnings above")
+
+    ds = Dataset(class_names, images, labels, files, {}, bad, root)
+    if split_file is not None:
+        ds.splits = _apply_split_file(split_file, ds, log)
+    elif preset is not None:
+        ds.splits = {s: np.asarray(idx, np.int64) for s, idx in preset.items()}
+    else:
+        sp = spec.data.split
+        names = [class_names[i] for i in labels]
+        ds.splits = make_split(ds.file_ids(), names, train=sp.train, val=sp.val, test=sp.test,
+                               stratify=sp.stratify, seed=sp.seed, log=log)
+    n = {s: len(ds.splits[s]) for s in SPLITS}
+    log(f"data: {len(ds)} images ({channels}x{size[0]}x{size[1]}), {len(class_names)} classes; "
+        f"train {n['train']}, val {n['val']}, test {n['test']}")
+    return ds
+
+
+def _resolve_classes(spec, data_names: list[str]) -> tuple[list[str], np.ndarray]:
+    """``classes`` + the data's (sorted) names -> final class order and old->new label map."""
+    declared = spec.classes
+    if declared == "auto" or isinstance(declared, int):
+        names = list(data_names)
+        if isinstance(declared, int) and declared != len(names):
+            raise DataError(f"classes: {declared}, but the data has {len(names)} classes ({_names(names)})")
+    else:
+        names = [str(c) for c in declared]
+        if set(names) != set(data_names):
+            missing = sort_names(set(data_names) - set(names))
+            extra = sort_names(set(names) - set(data_names))
+            detail = "; ".join(p for p in (
+                f"in the data but not listed: {_names(missing)}" if missing else "",
+                f"listed but not in the data: {_names(extra)}" if extra else "") if p)
+            raise DataError(f"classes must match the data's classes ({detail})")
+    if spec.task == "binary" and len(names) != 2:
+        raise DataError(f"task: binary needs exactly 2 classes; the data has {len(names)} ({_names(names)})")
+    position = {name: i for i, name in enumerate(names)}
+    return names, np.asarray([position[n] for n in data_names], np.int64)
+
+
+def _digits(subset, channels: int, size: tuple[int, int], resize: str):
+    """scikit-learn's 8x8 digits as uint8 ``(N, C, H, W)``: 0..16 -> round(x * 255 / 16)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.rint(bunch.images * 255.0 / 16.0).astype(np.uint8)  # (1797, 8, 8)
+    target = bunch.target.astype(np.int64)
+    names = sort_names(set(subset)) if subset else list(DIGITS)
+    index = np.flatnonzero(np.isin(target, [int(n) for n in names]))
+    out = np.empty((len(index), channels, *size), np.uint8)  # (N, C, H, W)
+    for row, i in enumerate(index):
+        out[row] = prepare_array(pixels[i], channels, size, resize)  # same code path as files
+    position = {int(n): k for k, n in enumerate(names)}
+    labels = np.asarray([position[int(t)] for t in target[index]], np.int64)
+    out.flags.writeable = False
+    return out, labels, [f"digits:{i}" for i in index], names
+
+
+# ------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> Path:
+    """``$CONVSPEC_CACHE``, else ``~/.cache/convspec``."""
+    return Path(os.environ.get("CONVSPEC_CACHE") or Path.home() / ".cache" / "convspec")
+
+
+_MEMO_LOCK = threading.Lock()
+_MEMO: dict[str, tuple[np.ndarray, list[int], list[tuple[str, str]]]] = {}
+
+
+def _cache_key(files: list[str], channels: int, size: tuple[int, int], resize: str) -> str:
+    """Hash of everything the decoded array depends on (file identity by size and mtime)."""
+    import PIL
+
+    h = hashlib.sha256()
+    h.update(json.dumps([LOADER_VERSION, PIL.__version__, channels, list(size), resize]).encode())
+    for f in files:
+        try:
+            st = os.stat(f)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"\n{os.path.abspath(f)}\0{stamp}".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:32]
+
+
+def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, log, progress, workers):
+    """Decode through the cache ``mode``. Returns ``(images, kept, bad)`` as :func:`load_images`."""
+    n = len(files)
+    nbytes = n * channels * size[0] * size[1]
+    if mode == "auto":
+        mode = "memory" if nbytes < AUTO_MEMORY_LIMIT else "disk"
+    key = _cache_key(files, channels, size, resize) if mode in ("memory", "disk") else ""
+
+    def finish(result):
+        images, kept, bad = result
+        if on_error == "error" and bad:
+            raise ImageError(*bad[0])
+        return result
+
+    if mode == "memory":
+        with _MEMO_LOCK:
+            hit = _MEMO.get(key)
+        if hit is not None:
+            log(f"data: {len(hit[1])} decoded images from memory")
+            return finish(hit)
+    if mode == "disk":
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        hit = _disk_read(folder / "images", key, (channels, *size))
+        if hit is not None:
+            log(f"data: {len(hit[1])} decoded images from the disk cache {folder / 'images' / key}.npy")
+            return finish(hit)
+        result = _disk_write(folder / "images", key, files, channels, size, resize, nbytes,
+                             on_error=on_error, log=log, progress=progress, workers=workers)
+        if result is not None:
+            return finish(result)
+        mode = "memory"  # the disk cache was unusable; already warned
+
+    t0 = time.perf_counter()
+    log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]}")
+    out = np.empty((n, channels, *size), np.uint8)  # (N, C, H, W)
+    bad = decode_into(files, out, channels, size, resize, workers=workers, on_error=on_error,
+                      progress=_counter(progress, n))
+    kept = _kept(n, bad)
+    images = out if not bad else out[kept]
+    images.flags.writeable = False
+    log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
+    result = (images, kept, [(p, r) for _, p, r in bad])
+    if mode == "memory":
+        with _MEMO_LOCK:
+            _MEMO.clear()  # Why one entry: a second data set must not double the RAM held
+            _MEMO[key] = result
+    return result
+
+
+def _disk_read(folder: Path, key: str, chw: tuple[int, int, int]):
+    npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    try:
+        info = json.loads(meta.read_text("utf-8"))
+        images = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    try:
+        bad = [(int(i), str(p), str(r)) for i, p, r in info["bad"]]
+        kept = _kept(int(info["count"]), bad)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if info.get("version") != LOADER_VERSION or images.shape != (len(kept), *chw):
+        return None
+    return images, kept, [(p, r) for _, p, r in bad]
+
+
+def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_error, log, progress, workers):
+    """Decode straight into a memmap under ``folder``; None (after a warning) when it cannot."""
+    n = len(files)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError as e:
+        log(f"warning: cannot use the disk cache in {folder} ({e.strerror or e}); keeping images in memory")
+        return None
+    # Why check: a memmap on a full disk dies with SIGBUS, not an exception.
+    if free < 2 * nbytes + (64 << 20):
+        log(f"warning: not enough free space in {folder} for the disk cache "
+            f"({nbytes / 2**30:.2f} GiB needed); keeping images in memory")
+        return None
+    t0 = time.perf_counter()
+    log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]} into the disk cache {folder / key}.npy")
+    fd, full = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
+    os.close(fd)
+    try:
+        mm = np.lib.format.open_memmap(full, mode="w+", dtype=np.uint8, shape=(n, channels, *size))
+        bad = decode_into(files, mm, channels, size, resize, workers=workers, on_error=on_error,
+                          progress=_counter(progress, n))
+        mm.flush()
+        kept = _kept(n, bad)
+        if bad:  # write only the good rows, in chunks (never the whole set in RAM)
+            def write(tmp: str, src: np.ndarray = mm) -> None:
+                dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(kept), channels, *size))
+                step = max(1, (64 << 20) // max(1, channels * size[0] * size[1]))
+                for j in range(0, len(kept), step):
+                    dst[j:j + step] = src[kept[j:j + step]]
+                dst.flush()
+                del dst
+
+            atomic_write(folder / f"{key}.npy", write)
+        else:
+            atomic_write(folder / f"{key}.npy", lambda tmp: os.replace(full, tmp))
+        del mm
+        info = {"version": LOADER_VERSION, "count": n, "bad": [[i, p, r] for i, p, r in bad]}
+        atomic_write_text(folder / f"{key}.json", json.dumps(info))  # written last: marks the entry complete
+    finally:
+        if os.path.exists(full):
+            os.unlink(full)
+    log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
+    return _disk_read(folder, key, (channels, *size))
+
+
+def _kept(n: int, bad) -> list[int]:
+    skipped = {i for i, _, _ in bad}
+    return [i for i in range(n) if i not in skipped]
+
+
+def _counter(progress, total: int):
+    """Adapt ``progress(done, total)`` to the loader's ``progress(advance)``, thread-safely."""
+    if progress is None:
+        return None
+    lock, done = threading.Lock(), [0]
+
+    def advance(k: int) -> None:
+        with lock:
+            done[0] += k
+            progress(done[0], total)
+
+    return advance
+
+
+# ------------------------------------------------------------------- split
+
+
+def make_split(
+    ids: list[str],
+    labels: list[str],
+    *,
+    train: float,
+    val: float,
+    test: float,
+    stratify: bool = True,
+    seed: int = 0,
+    log: Log = print,
+) -> dict[str, np.ndarray]:
+    """Split by fractions: a pure function of the file ids, their labels and the seed.
+
+    The ids are sorted first, so neither listing order nor class order changes the result;
+    labels are class *names* for the same reason. The test set is cut first, then val from
+    the rest (sizes are fractions of the whole, at least 1 when the fraction is above 0),
+    each with scikit-learn's ``train_test_split``, stratified when asked and possible (a
+    class too small to stratify falls back to a plain shuffle, with a warning).
+
+    Returns:
+        ``{"train", "val", "test"}`` -> sorted int64 indices into ``ids``.
+
+    Raises:
+        DataError: too few images to give train at least one.
+    """
+    n = len(ids)
+    n_test, n_val = _count(test, n), _count(val, n)
+    if n - n_test - n_val < 1:
+        raise DataError(f"data.split: {n} images are too few for train {train}, val {val}, test {test}")
+    order = np.asarray(sorted(range(n), key=ids.__getitem__), np.int64)
+    y = np.asarray(labels, dtype=object)[order]  # labels in sorted-id order
+    positions = np.arange(n)
+    rest, test_pos = _cut(positions, y, n_test, stratify, seed, "test", log)
+    train_pos, val_pos = _cut(rest, y[rest], n_val, stratify, seed, "val", log)
+    return {name: np.sort(order[pos]).astype(np.int64)
+            for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos))}
+
+
+def _count(fraction: float, n: int) -> int:
+    return 0 if fraction <= 0 else max(1, int(np.floor(fraction * n + 0.5)))
+
+
+def _cut(pos: np.ndarray, y: np.ndarray, k: int, stratify: bool, seed: int, what: str, log: Log):
+    """Split ``pos`` into (rest, k held out)."""
+    if k == 0:
+        return pos, np.empty(0, np.int64)
+    from sklearn.model_selection import train_test_split
+
+    if stratify:
+        try:
+            rest, held = train_test_split(pos, test_size=k, stratify=y, random_state=seed, shuffle=True)
+            return rest, held
+        except ValueError as e:
+            log(f"warning: cannot stratify the {what} split ({e}); splitting without stratification")
+    rest, held = train_test_split(pos, test_size=k, random_state=seed, shuffle=True)
+    return rest, held
+
+
+def save_split(dataset: Dataset, path: str | os.PathLike) -> Path:
+    """Write ``split.json`` atomically: class names, and per split the file ids and labels.
+
+    Format::
+
+        {"version": 1, "root": "/data/xray", "class_names": ["normal", "pneumonia"],
+         "splits": {"train": {"files": ["normal/1.png", ...], "labels": ["normal", ...]},
+                    "val": {...}, "test": {...}}}
+    """
+    ids = dataset.file_ids()
+    doc = {"version": 1, "root": dataset.root, "class_names": list(dataset.class_names), "splits": {}}
+    for split in SPLITS:
+        idx = dataset.splits.get(split, np.empty(0, np.int64))
+        doc["splits"][split] = {"files": [ids[i] for i in idx],
+                                "labels": [dataset.class_names[dataset.labels[i]] for i in idx]}
+    return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
+
+def read_split(path: str | os.PathLike) -> dict:
+    """Read and check a ``split.json`` written by :func:`save_split`.
+
+    Raises:
+        DataError: the file is missing or not a split file.
+    """
+    try:
+        doc = json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"split file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable split file ({e})") from None
+    try:
+        assert doc["version"] == 1 and isinstance(doc["class_names"], list)
+        for split in SPLITS:
+            part = doc["splits"][split]
+            assert len(part["files"]) == len(part["labels"])
+    except (AssertionError, KeyError, TypeError):
+        raise DataError(f"{path}: not a convspec split file (expected version 1 with class_names "
+                        "and splits train/val/test, each with files and labels)") from None
+    return doc
+
+
+def _apply_split_file(path, ds: Dataset, log: Log) -> dict[str, np.ndarray]:
+    doc = read_split(path)
+    if doc["class_names"] != ds.class_names:
+        raise DataError(f"{path}: its classes ({_names(doc['class_names'])}) differ from the data's "
+                        f"({_names(ds.class_names)})")
+    where = {fid: i for i, fid in enumerate(ds.file_ids())}
+    bad = {p for p, _ in ds.bad_files}
+    splits, missing, relabelled, used = {}, [], 0, 0
+    for split in SPLITS:
+        part = doc["splits"][split]
+        idx = []
+        for fid, label in zip(part["files"], part["labels"], strict=True):
+            i = where.get(fid)
+            if i is None:
+                missing.append(fid)
+                continue
+            relabelled += ds.class_names[ds.labels[i]] != label
+            idx.append(i)
+        splits[split] = np.sort(np.asarray(idx, np.int64))
+        used += len(idx)
+    if missing:
+        unreadable = sum(1 for m in missing if os.path.join(ds.root or "", m) in bad or m in bad)
+        note = f" ({unreadable} of them failed to decode)" if unreadable else ""
+        raise DataError(f"{path}: {len(missing)} files of the saved split are not in the data{note}: "
+                        f"{_names(missing)}")
+    if relabelled:
+        log(f"warning: {relabelled} images have a different label than in {path}; using the data's labels")
+    if used < len(ds):
+        log(f"warning: {len(ds) - used} images of the data are not in {path} and are not used")
+    return splits
+
+
+# ------------------------------------------------------------------- stats
+
+
+def compute_mean_std(dataset: Dataset, split: str = "train") -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std of one split's pixels in [0, 1] units.
+
+    For ``normalize: {mean: auto}``. Sums are exact integers over chunks, so a memmapped
+    set is read once and never held whole in RAM. A constant channel gets std 1.0 (nothing
+    to scale; as scikit-learn's StandardScaler does).
+
+    Raises:
+        DataError: the split is empty.
+    """
+    idx = np.sort(dataset.splits.get(split, np.empty(0, np.int64)))
+    if len(idx) == 0:
+        raise DataError(f"cannot compute mean and std: the {split} split is empty")
+    n, c, h, w = len(idx), *dataset.images.shape[1:]
+    step = max(1, (16 << 20) // (c * h * w))
+    total = np.zeros(c, np.uint64)
+    squares = np.zeros(c, np.uint64)
+    for j in range(0, n, step):
+        x = np.asarray(dataset.images[idx[j:j + step]], np.uint32)  # (n, C, H, W)
+        total += x.sum(axis=(0, 2, 3), dtype=np.uint64)
+        squares += (x * x).sum(axis=(0, 2, 3), dtype=np.uint64)
+    count = float(n * h * w)
+    mean = total.astype(np.float64) / (255.0 * count)
+    var = squares.astype(np.float64) / (255.0 ** 2 * count) - mean ** 2
+    std = np.sqrt(np.maximum(var, 0.0))
+    std = np.where(std < 1e-6, 1.0, std)
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _names(items) -> str:
+    items = list(items)
+    text = ", ".join(str(i) for i in items[:_SHOW])
+    return text + (f", ... and {len(items) - _SHOW} more" if len(items) > _SHOW else "")
+
+
+def _file_id(path: str, root: str) -> str:
+    rel = os.path.relpath(path, root)
+    if rel.startswith(os.pardir + os.sep) or rel == os.pardir or os.path.isabs(rel):
+        return path.replace(os.sep, "/")
+    return rel.replace(os.sep, "/")

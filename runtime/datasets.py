@@ -1,0 +1,272 @@
+"""Listing labelled images without decoding them: ImageFolder trees, CSV files, train/val/test folders.
+
+Torch-free. A listing is ``(samples, class_names)``: ``samples`` is ``[(path, label), ...]``
+with ``label`` an index into ``class_names``, and ``class_names`` is in convspec's one class
+order (:func:`convspec.specs.classes.sort_names`: numbers numerically, then names). Files are
+found by extension (:data:`~convspec.runtime.images.IMAGE_EXTENSIONS`); whether they decode
+is checked when they are loaded, and a file that does not is reported by path then.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from collections.abc import Callable
+
+from convspec.specs.classes import folder_classes, sort_names
+from convspec.specs.errors import ConvspecError
+
+from .images import is_image_file
+
+__all__ = ["DataError", "SPLIT_FOLDERS", "list_csv", "list_folder", "list_images", "list_split_folders"]
+
+Samples = list[tuple[str, int]]
+SPLIT_FOLDERS = ("train", "val", "test")
+_SHOW = 10  # how many names an error lists before "... and N more"
+
+
+class DataError(ConvspecError):
+    """The data a spec points at cannot be used: missing folder, bad CSV, classes that do not match."""
+
+
+def _names(items, show: int = _SHOW) -> str:
+    items = list(items)
+    text = ", ".join(str(i) for i in items[:show])
+    return text + (f", ... and {len(items) - show} more" if len(items) > show else "")
+
+
+def _warn(log: Callable[[str], None] | None, message: str) -> None:
+    if log is None:
+        warnings.warn(message, stacklevel=3)
+    else:
+        log(f"warning: {message}")
+
+
+def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> list[str]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped.
+
+    Symbolic links are followed; a link back to a folder above it (a loop) is skipped with
+    a warning. A broken link with an image extension is kept, so it is reported as a bad
+    image by path rather than vanishing.
+
+    Args:
+        folder: where to look.
+        log: receives warnings (``warning: ...``); None uses :func:`warnings.warn`.
+
+    Raises:
+        DataError: ``folder`` is not a folder.
+    """
+    found: list[str] = []
+
+    def walk(path: str, rel: str, ancestors: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            _warn(log, f"cannot read folder {path} ({e.strerror or e}); skipped")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                try:
+                    st = os.stat(entry.path)
+                except OSError:
+                    continue
+                ident = (st.st_dev, st.st_ino)
+                if ident in ancestors:  # Why ancestors, not all seen: two links to one folder are fine
+                    _warn(log, f"symbolic link loop at {entry.path}; skipped")
+                    continue
+                walk(entry.path, child, ancestors | {ident})
+            elif is_image_file(entry.name):
+                try:
+                    usable = entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+                except OSError:
+                    usable = False
+                if usable:
+                    found.append(child)
+
+    if not os.path.isdir(folder):
+        raise DataError(f"folder not found: {folder}")
+    st = os.stat(folder)
+    walk(folder, "", frozenset({(st.st_dev, st.st_ino)}))
+    found.sort()
+    return [os.path.join(folder, *rel.split("/")) for rel in found]
+
+
+def list_folder(root: str, *, key: str = "data.source.path", min_classes: int = 2,
+                log: Callable[[str], None] | None = None) -> tuple[Samples, list[str]]:
+    """List an ImageFolder tree: ``root/<class>/**/<image>``.
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        key: how errors name the setting ``root`` came from.
+        min_classes: fewer class folders is an error (2 for training; 1 suits evaluation).
+        log: receives warnings; None uses :func:`warnings.warn`.
+
+    Returns:
+        ``(samples, class_names)``; samples grouped by class (in class order), each class's
+        files sorted by path.
+
+    Raises:
+        DataError: missing path, not a folder, no class folders, a class folder without
+            images (all are named), or fewer than ``min_classes`` classes.
+    """
+    _check_folder(root, key)
+    classes = folder_classes(root)
+    if not classes:
+        loose = [e.name for e in os.scandir(root) if e.is_file() and is_image_file(e.name)]
+        hint = f" (it holds {len(loose)} images directly; move them into one sub-folder per class)" if loose else ""
+        raise DataError(f"{key}: no class folders in {root}{hint}; expected one sub-folder per "
+                        f"class, e.g. {os.path.join(root, 'cat', '1.png')}")
+    samples: Samples = []
+    empty = []
+    for label, name in enumerate(classes):
+        files = list_images(os.path.join(root, name), log=log)
+        if not files:
+            empty.append(name)
+        samples.extend((f, label) for f in files)
+    if empty:
+        which = "folder" if len(empty) == 1 else "folders"
+        raise DataError(f"{key}: class {which} without images in {root}: {_names(empty)} "
+                        "(image files: .png .jpg .jpeg .bmp .gif .tif .tiff .webp)")
+    if len(classes) < min_classes:
+        raise DataError(f"{key}: only one class folder ({classes[0]}) in {root}; "
+                        "a classifier needs at least 2 classes")
+    return samples, classes
+
+
+def list_split_folders(root: str, *, key: str = "data.source.path",
+                       log: Callable[[str], None] | None = None) -> tuple[dict[str, Samples], list[str]]:
+    """List ``root/train``, ``root/val`` and optionally ``root/test``, each an ImageFolder tree.
+
+    Returns:
+        ``({"train": samples, "val": samples, "test": samples}, class_names)``; ``test`` is an
+        empty list when there is no test folder.
+
+    Raises:
+        DataError: a missing train/ or val/ folder, any problem :func:`list_folder` finds in
+            one of them, or splits whose class folders differ (the differences are named).
+    """
+    _check_folder(root, key)
+    missing = [s for s in ("train", "val") if not os.path.isdir(os.path.join(root, s))]
+    if missing:
+        present = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        raise DataError(f"{key}: split from: folders needs {' and '.join(m + '/' for m in missing)} "
+                        f"in {root} (found: {_names(present) or 'no folders'})")
+    out: dict[str, Samples] = {}
+    names: dict[str, list[str]] = {}
+    for split in SPLIT_FOLDERS:
+        sub = os.path.join(root, split)
+        if split == "test" and not os.path.isdir(sub):
+            out[split] = []
+            continue
+        out[split], names[split] = list_folder(sub, key=f"{key} ({split}/)", log=log)
+    ref = names["train"]
+    for split, found in names.items():
+        if found != ref:
+            extra, lacking = sorted(set(found) - set(ref)), sorted(set(ref) - set(found))
+            detail = "; ".join(p for p in (
+                f"not in train/: {_names(extra)}" if extra else "",
+                f"missing from {split}/: {_names(lacking)}" if lacking else "") if p)
+            raise DataError(f"{key}: {split}/ and train/ must have the same class folders ({detail})")
+    return out, ref
+
+
+def list_csv(csv_path: str, root: str | None = None, *, key: str = "data.source.path",
+             min_classes: int = 2) -> tuple[Samples, list[str]]:
+    """List images from a CSV with a header row and columns ``path,label``.
+
+    Args:
+        csv_path: the CSV file (UTF-8; a byte-order mark is fine).
+        root: folder that relative paths start from; default: the CSV's folder.
+        key: how errors name the setting ``csv_path`` came from (``root``'s is derived:
+            ``data.source.path`` -> ``data.source.root``).
+        min_classes: fewer labels is an error (2 for training; 1 suits evaluation).
+
+    Returns:
+        ``(samples, class_names)`` in the CSV's row order; paths joined to ``root``.
+
+    Raises:
+        DataError: missing file, missing header, unknown or missing columns, rows with the
+            wrong number of fields, empty paths or labels, a file listed twice, files that
+            do not exist (all listed), or fewer than ``min_classes`` labels.
+    """
+    if not os.path.isfile(csv_path):
+        what = "is a folder, not a CSV file" if os.path.isdir(csv_path) else "CSV file not found"
+        raise DataError(f"{key}: {what}: {csv_path}")
+    root = os.path.dirname(os.path.abspath(csv_path)) if root is None else root
+    root_key = key[: -len(".path")] + ".root" if key.endswith(".path") else key
+    if not os.path.isdir(root):
+        raise DataError(f"{root_key}: folder not found: {root}")
+    name = os.path.basename(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    except UnicodeDecodeError:
+        raise DataError(f"{key}: {csv_path} is not UTF-8 text") from None
+    except csv.Error as e:
+        raise DataError(f"{key}: {csv_path} is not a readable CSV ({e})") from None
+    if not rows:
+        raise DataError(f"{key}: {csv_path} is empty; expected a header row path,label and one row per image")
+    header = [c.strip().lower() for c in rows[0][1]]
+    expected = ["path", "label"]
+    if sorted(header) != sorted(expected):
+        if len(header) == 2 and not set(header) & set(expected) and is_image_file(rows[0][1][0].strip()):
+            raise DataError(f"{name}:1: no header row; the first line must be path,label "
+                            f"(found: {','.join(rows[0][1])})")
+        unknown = [c for c in header if c not in expected]
+        lacking = [c for c in expected if c not in header]
+        detail = "; ".join(p for p in (f"unknown: {', '.join(unknown)}" if unknown else "",
+                                       f"missing: {', '.join(lacking)}" if lacking else "") if p)
+        raise DataError(f"{name}:1: columns must be path,label ({detail}; found: {', '.join(header) or 'none'})")
+    ip, il = header.index("path"), header.index("label")
+    problems: list[str] = []
+    samples_named: list[tuple[str, str]] = []
+    first_line: dict[str, int] = {}
+    for n, row in rows[1:]:
+        if len(row) != 2:
+            problems.append(f"{name}:{n}: expected 2 fields (path,label), got {len(row)}")
+            continue
+        path, label = row[ip].strip(), row[il].strip()
+        if not path:
+            problems.append(f"{name}:{n}: empty path")
+            continue
+        if not label:
+            problems.append(f"{name}:{n}: empty label for {path}")
+            continue
+        full = os.path.normpath(os.path.join(root, os.path.expanduser(path)))
+        if full in first_line:
+            problems.append(f"{name}:{n}: {path} is listed twice (first on line {first_line[full]})")
+            continue
+        first_line[full] = n
+        samples_named.append((full, label))
+    if problems:
+        more = f"\n  ... and {len(problems) - _SHOW} more" if len(problems) > _SHOW else ""
+        raise DataError(f"{key}: {len(problems)} bad rows in {csv_path}:\n  "
+                        + "\n  ".join(problems[:_SHOW]) + more)
+    if not samples_named:
+        raise DataError(f"{key}: {csv_path} has a header but no rows")
+    missing = [p for p, _ in samples_named if not os.path.isfile(p)]
+    if missing:
+        shown = [os.path.relpath(p, root) for p in missing]
+        raise DataError(f"{key}: {len(missing)} files listed in {name} do not exist "
+                        f"(paths are relative to {root}): {_names(shown)}")
+    class_names = sort_names({label for _, label in samples_named})
+    if len(class_names) < min_classes:
+        raise DataError(f"{key}: {name} has only one label ({class_names[0]}); "
+                        "a classifier needs at least 2 classes")
+    index = {c: i for i, c in enumerate(class_names)}
+    return [(p, index[label]) for p, label in samples_named], class_names
+
+
+def _check_folder(root: str, key: str) -> None:
+    if not os.path.exists(root):
+        raise DataError(f"{key}: folder not found: {root}")
+    if not os.path.isdir(root):
+        raise DataError(f"{key}: not a folder: {root}")
