@@ -1,0 +1,420 @@
+"""Run an exported model with ONNX Runtime: sessions, providers, input checks, batched prediction.
+
+Torch-free (onnxruntime, numpy, Pillow). A :class:`Predictor` holds one ORT session and the
+model's :class:`~convspec.runtime.metadata.ModelInfo`; images go through the same loader
+training used (:func:`convspec.runtime.images.load_image`), so a model is served exactly
+the pixels it was trained on.
+
+Providers: ``"auto"`` puts CUDA first where it can work and CPU always last. Why the CUDA
+probe (:func:`cuda_usable`): ``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` on every
+machine, and asking for it where the CUDA libraries are missing prints two red error lines
+from ORT's C++ logger (which no Python setting scopes to one session). The probe asks the
+dynamic loader for the driver and the CUDA runtime/cuBLAS libraries ORT's CUDA provider
+links against (``ctypes.CDLL``, microseconds, cached); only when they load is CUDA asked
+for, and the session's own ``get_providers()`` then says whether it was taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convspec.specs.errors import ConvspecError
+
+from .images import ImageError, load_image, prepare_array
+from .metadata import ModelInfo, session_info
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class ModelError(ConvspecError):
+    """A model file or input that cannot be used: missing, corrupt, not ONNX, wrong input."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The prediction for one image.
+
+    Attributes:
+        source: the file path as given, or ``<array i>`` for the i-th array.
+        label: the most probable class.
+        probability: its probability.
+        top: the ``top_k`` most probable ``(label, probability)``, best first.
+        probabilities: every class's probability, in the model's class order (binary
+            models: both classes, ``1 - p`` and ``p``).
+    """
+
+    source: str
+    label: str
+    probability: float
+    top: list[tuple[str, float]]
+    probabilities: dict[str, float] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "label": self.label, "probability": self.probability,
+                "top": [{"label": lab, "probability": p} for lab, p in self.top]}
+
+
+# ------------------------------------------------------------------ sessions
+
+
+@functools.cache
+def cuda_usable() -> bool:
+    """Whether ORT's CUDA provider can load here (without asking ORT, which would log errors).
+
+    Linux: the driver (``libcuda.so.1``) and the CUDA runtime and cuBLAS libraries of the
+    CUDA major version this onnxruntime-gpu was built with must load; when only the driver
+    does, ``onnxruntime.preload_dlls()`` gets one chance to find them in NVIDIA's pip wheels.
+    Elsewhere the provider's presence in the build decides (ORT is then left to try).
+    """
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    import ctypes
+
+    def loads(names: list[str]) -> bool:
+        for name in names:
+            try:
+                ctypes.CDLL(name)
+            except OSError:
+                return False
+        return True
+
+    if not loads(["libcuda.so.1"]):
+        return False  # no NVIDIA driver: the common CPU-only box
+    try:
+        from onnxruntime.capi import build_and_package_info as build
+
+        major = str(build.cuda_version).split(".")[0]
+    except (ImportError, AttributeError):
+        return True
+    if not major.isdigit():
+        return True
+    libs = [f"libcudart.so.{major}", f"libcublasLt.so.{major}", f"libcublas.so.{major}"]
+    if loads(libs):
+        return True
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return False
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            preload()
+        except Exception:
+            return False
+    return loads(libs)
+
+
+def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
+    """``"auto"`` (CUDA when usable, then CPU), ``"cpu"``, ``"cuda"`` or an explicit list."""
+    if isinstance(providers, str):
+        key = providers.lower()
+        if key == "auto":
+            return [CUDA, CPU] if cuda_usable() else [CPU]
+        if key == "cpu":
+            return [CPU]
+        if key == "cuda":
+            if not cuda_usable():
+                raise ModelError("providers='cuda': CUDA is not usable here (no NVIDIA driver, or onnxruntime-gpu's "
+                                 "CUDA/cuBLAS libraries are not found); use providers='auto' or 'cpu'")
+            return [CUDA, CPU]
+        raise ModelError(f"providers must be auto, cpu, cuda or a list of ORT provider names (got {providers!r})")
+    return list(providers)
+
+
+def session_options(intra_op_threads: int | None = None):
+    """Full graph optimization; ORT's per-session warnings kept off the user's screen."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # Why: e.g. "some nodes were not assigned to the preferred EP" on CUDA
+    if intra_op_threads:
+        so.intra_op_num_threads = int(intra_op_threads)
+    return so
+
+
+def open_session(model: str | os.PathLike | bytes, providers: str | Sequence[str] = "auto",
+                 intra_op_threads: int | None = None):
+    """An ORT ``InferenceSession`` for a model file (or serialized bytes), with clear errors.
+
+    Raises:
+        ModelError: the file is missing, a folder, empty, not an ONNX model, truncated or
+            corrupt, or uses operators this onnxruntime cannot run.
+    """
+    import onnxruntime as ort
+
+    if isinstance(model, bytes):
+        name, source = "<model bytes>", model
+    else:
+        name = os.fspath(model)
+        _check_file(name)
+        source = name
+    try:
+        return ort.InferenceSession(source, sess_options=session_options(intra_op_threads),
+                                    providers=resolve_providers(providers))
+    except ModelError:
+        raise
+    except Exception as e:  # ORT raises its own Fail / InvalidProtobuf / InvalidGraph / RuntimeError
+        raise ModelError(_load_failure(name, source, e)) from None
+
+
+def _check_file(name: str) -> None:
+    path = Path(name)
+    if not path.exists():
+        raise ModelError(f"{name}: model file not found")
+    if path.is_dir():
+        raise ModelError(f"{name}: is a folder, not an .onnx model file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{name}: empty file (0 bytes), not an ONNX model")
+
+
+def _load_failure(name: str, source: Any, e: Exception) -> str:
+    """Explain why ORT refused a model: not ONNX at all, or an ONNX file that is damaged."""
+    text = " ".join(str(e).split())
+    head = b""
+    if isinstance(source, bytes):
+        head = source[:8]
+    else:
+        with contextlib.suppress(OSError), open(source, "rb") as f:
+            head = f.read(8)
+    if head.startswith(b"PK"):
+        return (f"{name}: not an ONNX model (it is a zip archive, e.g. a PyTorch checkpoint); "
+                "export a run with: convspec export RUN")
+    looks_onnx = len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] <= 32  # field 1 (ir_version), varint
+    if "protobuf" in text.lower() or "INVALID_PROTOBUF" in text:
+        if looks_onnx:
+            return f"{name}: the ONNX model cannot be parsed: the file is truncated or corrupt; export it again"
+        return f"{name}: not an ONNX model (the file is not an ONNX protobuf)"
+    if looks_onnx:
+        return f"{name}: onnxruntime cannot load this ONNX model (truncated, corrupt or unsupported): {text[:300]}"
+    return f"{name}: not an ONNX model ({text[:300]})"
+
+
+def _check_io(session, name: str) -> tuple[str, str, tuple]:
+    """The single uint8 (N, C, H, W) input and the first output, or a ModelError."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        names = ", ".join(f"{i.name} {i.type} {list(i.shape)}" for i in inputs)
+        raise ModelError(f"{name}: the model takes {len(inputs)} inputs ({names}); "
+                         "convspec models take one uint8 image batch (N, C, H, W)")
+    inp = inputs[0]
+    if inp.type != "tensor(uint8)" or len(inp.shape) != 4:
+        raise ModelError(f"{name}: the model's input {inp.name!r} is {inp.type} {list(inp.shape)}; "
+                         "convspec models take uint8 pixels (N, C, H, W) (export with: convspec export RUN)")
+    outputs = session.get_outputs()
+    if not outputs or len(outputs[0].shape) != 2:
+        got = f"{outputs[0].type} {list(outputs[0].shape)}" if outputs else "no output"
+        raise ModelError(f"{name}: the model's output is {got}; expected probabilities (N, classes)")
+    return inp.name, outputs[0].name, tuple(inp.shape)
+
+
+# ------------------------------------------------------------------ predictor
+
+
+class Predictor:
+    """An exported convspec model, ready to classify images.
+
+    Args:
+        path: the ``.onnx`` file (or its serialized bytes).
+        providers: ``"auto"`` (CUDA first where usable, CPU fallback), ``"cpu"``, ``"cuda"``,
+            or a list of ORT provider names.
+        intra_op_threads: ORT's intra-op thread count (default: ORT's choice, all cores).
+
+    Thread-safe: ``predict`` and ``predict_arrays`` may be called from many threads at once
+    (ORT's ``run`` is thread-safe and the predictor holds no mutable state).
+
+    Raises:
+        ModelError: see :func:`open_session`; or a model whose input is not uint8
+            ``(N, C, H, W)``, or whose metadata is malformed.
+
+    Example:
+        >>> p = Predictor("runs/digits-cnn/model.onnx")
+        >>> p.predict(["a.png", "b.png"], top_k=3)[0].label
+    """
+
+    def __init__(self, path: str | os.PathLike | bytes, providers: str | Sequence[str] = "auto",
+                 intra_op_threads: int | None = None):
+        self.path = "<model bytes>" if isinstance(path, bytes) else os.fspath(path)
+        self.session = open_session(path, providers, intra_op_threads)
+        if isinstance(providers, str) and providers.lower() == "cuda" and CUDA not in self.session.get_providers():
+            raise ModelError(f"{self.path}: providers='cuda' but onnxruntime could not start CUDA; use 'auto' or 'cpu'")
+        self._input, self._output, shape = _check_io(self.session, self.path)
+        try:
+            self.info: ModelInfo = session_info(self.session, self.path)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+        c, h, w = shape[1:]
+        graph = tuple(d if isinstance(d, int) else None for d in (c, h, w))
+        if any(g is not None and g != m for g, m in zip(graph, self.info.input_shape, strict=True)):
+            raise ModelError(f"{self.path}: the metadata says input {list(self.info.input_shape)} "
+                             f"but the graph takes {list(shape[1:])}")
+        n = shape[0]
+        self._fixed_batch = n if isinstance(n, int) and n > 0 else None
+        self._classes = list(self.info.classes)
+        self._binary = self.info.task == "binary"
+
+    # -- what the model is
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers the session actually uses, in priority order."""
+        return list(self.session.get_providers())
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._classes)
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        return self.info.input_shape
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.path!r}, {self.info.task}, {len(self._classes)} classes, "
+                f"input {list(self.input_shape)}, providers={self.providers})")
+
+    # -- running it
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities of a ready batch: uint8 ``(N, C, H, W)`` at the model's size.
+
+        Returns:
+            float32 ``(N, outputs)``: ``(N, 1)`` (probability of the second class) for
+            binary models, ``(N, K)`` softmax for multiclass.
+
+        Raises:
+            ModelError: not a uint8 array, or not ``(N, C, H, W)`` with the model's C, H, W.
+        """
+        batch = self._check_batch(batch)
+        if self._fixed_batch is None or len(batch) == self._fixed_batch:
+            return self.session.run([self._output], {self._input: batch})[0]
+        k = self._fixed_batch  # a model exported with dynamic_batch: false
+        parts = []
+        for i in range(0, len(batch), k):
+            chunk = batch[i:i + k]
+            n = len(chunk)
+            if n < k:
+                chunk = np.concatenate([chunk, np.zeros((k - n, *chunk.shape[1:]), np.uint8)])
+            parts.append(self.session.run([self._output], {self._input: chunk})[0][:n])
+        return np.concatenate(parts) if parts else np.zeros((0, 1 if self._binary else len(self._classes)), np.float32)
+
+    def class_probabilities(self, probs: np.ndarray) -> np.ndarray:
+        """``(N, K)`` per class: binary ``(N, 1)`` outputs become ``[1 - p, p]``."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if self._binary and probs.shape[1] == 1:
+            return np.concatenate([1.0 - probs, probs], axis=1)
+        return probs
+
+    def decide(self, class_probs: np.ndarray) -> np.ndarray:
+        """Predicted class indices of ``(N, K)`` class probabilities (binary: ``p >= 0.5``, as in training)."""
+        if self._binary:
+            return (class_probs[:, 1] >= 0.5).astype(np.int64)
+        return class_probs.argmax(axis=1)
+
+    def predict(self, items: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
+                top_k: int = 1, batch_size: int = 64, *, on_error: str = "raise",
+                failures: list[tuple[str, str]] | None = None) -> list[Prediction]:
+        """Classify images: file paths, or arrays (``(H, W)``, ``(H, W, C)``, ``(C, H, W)``).
+
+        Every image is loaded with the model's channels, size and resize mode, as in training.
+
+        Args:
+            items: paths and/or arrays (one item alone works too; a 4-D array is a batch).
+            top_k: how many classes to list per image in ``Prediction.top``.
+            batch_size: images per ORT run.
+            on_error: ``raise`` (the first unreadable image raises its ImageError) or
+                ``skip`` (left out of the result; reported through ``failures``).
+            failures: a list to which ``(source, reason)`` is appended per skipped image.
+
+        Returns:
+            One :class:`Prediction` per (readable) image, in input order.
+        """
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip' (got {on_error!r})")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (got {top_k})")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        items = _as_items(items)
+        k = min(top_k, len(self._classes))
+        out: list[Prediction] = []
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2),
+                                thread_name_prefix="convspec-load") as pool:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                loaded = list(pool.map(lambda it: self._load(*it), enumerate(chunk, start)))
+                good = [(src, a) for src, a in loaded if not isinstance(a, ImageError)]
+                for src, a in loaded:
+                    if isinstance(a, ImageError):
+                        if on_error == "raise":
+                            raise a
+                        if failures is not None:
+                            failures.append((src, a.reason))
+                if not good:
+                    continue
+                probs = self.class_probabilities(self.predict_arrays(np.stack([a for _, a in good])))
+                out.extend(self._prediction(src, p, k) for (src, _), p in zip(good, probs, strict=True))
+        return out
+
+    # -- internals
+
+    def _load(self, i: int, item: Any) -> tuple[str, np.ndarray | ImageError]:
+        c, (h, w), how = self.info.channels, self.info.size, self.info.resize
+        if isinstance(item, np.ndarray):
+            src = f"<array {i}>"
+            try:
+                return src, prepare_array(item, c, (h, w), how)
+            except ImageError as e:
+                return src, ImageError(src, e.reason)
+        src = os.fspath(item)
+        try:
+            return src, load_image(src, c, (h, w), how)
+        except ImageError as e:
+            return src, e
+
+    def _prediction(self, source: str, p: np.ndarray, k: int) -> Prediction:
+        if self._binary:
+            order = [1, 0][:k] if p[1] >= 0.5 else [0, 1][:k]
+        else:
+            order = np.argsort(-p, kind="stable")[:k]
+        top = [(self._classes[j], float(p[j])) for j in order]
+        return Prediction(source=source, label=top[0][0], probability=top[0][1], top=top,
+                          probabilities={name: float(v) for name, v in zip(self._classes, p, strict=True)})
+
+    def _check_batch(self, batch: Any) -> np.ndarray:
+        if not isinstance(batch, np.ndarray):
+            raise ModelError(f"expected a numpy uint8 array (N, C, H, W), got {type(batch).__name__}")
+        want = self.input_shape
+        if batch.dtype != np.uint8:
+            raise ModelError(f"expected uint8 pixels (N, {', '.join(map(str, want))}), got dtype {batch.dtype}; "
+                             "use Predictor.predict (or prepare_array) to convert images")
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != want:
+            raise ModelError(f"expected an array of shape (N, {', '.join(map(str, want))}) (N, C, H, W), "
+                             f"got {tuple(batch.shape)}; use Predictor.predict to load and resize images")
+        return np.ascontiguousarray(batch)
+
+
+def _as_items(items: Any) -> list:
+    if isinstance(items, (str, os.PathLike)):
+        return [items]
+    if isinstance(items, np.ndarray):
+        return list(items) if items.ndim == 4 else [items]
+    return list(items)

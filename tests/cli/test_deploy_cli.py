@@ -1,0 +1,262 @@
+"""``convspec predict``, ``evaluate`` and ``export``: output formats, exit codes, clear errors.
+
+Fast tests use a hand-written "band" model (class j = brightest band of rows j); the slow
+ones use a 3-epoch digits run (shared by this session's deploy tests).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from convspec.compiler.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+H = W = 6
+CLASSES = ("a", "b", "c")
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def band_model(path: Path) -> Path:
+    """uint8 (N, 1, 6, 6) -> softmax over 3 classes; class j's logit is 0.05 x the sum of rows 2j, 2j+1."""
+    w = np.zeros((H * W, 3), np.float32)
+    for j in range(3):
+        band = np.zeros((H, W), np.float32)
+        band[2 * j:2 * j + 2] = 0.05
+        w[:, j] = band.ravel()
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("Flatten", ["f"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "band",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 1, H, W])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    helper.set_model_props(model, {"convspec.classes": json.dumps(list(CLASSES)), "convspec.task": "multiclass",
+                                   "convspec.channels": "1", "convspec.input_size": json.dumps([H, W])})
+    onnx.save(model, path)
+    return path
+
+
+def save_band(path: Path, j: int) -> Path:
+    a = np.full((H, W), 10, np.uint8)
+    a[2 * j:2 * j + 2] = 250
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+    return path
+
+
+@pytest.fixture
+def model(tmp_path):
+    return band_model(tmp_path / "band.onnx")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """data/<class>/<i>.png (nested one level deeper for class c), labels = folder names."""
+    root = tmp_path / "data"
+    save_band(root / "a" / "0.png", 0)
+    save_band(root / "a" / "1.png", 0)
+    save_band(root / "b" / "0.png", 1)
+    save_band(root / "c" / "deep" / "0.png", 2)
+    return root
+
+
+def no_traceback(result) -> None:
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+
+
+def test_predict_table(model, folder):
+    result = invoke("predict", model, folder, "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "4 images" in out and "next 1" in out
+    assert result.stderr == ""
+
+
+def test_predict_json(model, folder):
+    result = invoke("predict", model, folder, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    got = {Path(r["source"]).relative_to(folder).as_posix(): r["label"] for r in rows}
+    assert got == {"a/0.png": "a", "a/1.png": "a", "b/0.png": "b", "c/deep/0.png": "c"}
+    assert all(len(r["top"]) == 1 and 0 < r["probability"] <= 1 for r in rows)
+
+
+def test_predict_csv_top_k(model, folder):
+    result = invoke("predict", model, folder / "b" / "0.png", "--format", "csv", "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["path", "label", "probability", "label_2", "probability_2", "label_3", "probability_3"]
+    assert rows[1][1] == "b" and len(rows) == 2
+    assert sum(float(v) for v in rows[1][2::2]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_predict_unreadable_file_among_good_ones(model, folder):
+    bad = folder / "b" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
+    result = invoke("predict", model, folder, "--format", "json")
+    assert result.exit_code == 1
+    assert len(json.loads(result.stdout)) == 4  # the good ones are predicted
+    assert f"{bad}: " in result.stderr and "1 input could not be predicted" in result.stderr
+    no_traceback(result)
+
+
+def test_predict_missing_image_and_empty_folder(model, folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    result = invoke("predict", model, tmp_path / "empty", tmp_path / "nope.png", folder / "a" / "0.png")
+    assert result.exit_code == 1
+    assert "no images in this folder" in result.stderr and "nope.png: file not found" in result.stderr
+    assert "1 image:" in result.stdout and "0.png" in result.stdout
+    no_traceback(result)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("truncate", "truncated or corrupt"),
+    (b"definitely not a model\n" * 3, "not an ONNX model"),
+])
+def test_predict_bad_model(model, folder, content, message):
+    data = model.read_bytes()
+    model.write_bytes(data[: len(data) // 2] if content == "truncate" else content)
+    result = invoke("predict", model, folder)
+    assert result.exit_code == 1
+    assert message in result.stderr and str(model) in result.stderr
+    no_traceback(result)
+
+
+def test_predict_missing_model(tmp_path, folder):
+    result = invoke("predict", tmp_path / "missing.onnx", folder)
+    assert result.exit_code == 1 and "model file not found" in result.stderr
+    no_traceback(result)
+
+
+def test_evaluate_folder(model, folder):
+    result = invoke("evaluate", model, folder)
+    assert result.exit_code == 0, result.output
+    assert "4 images, accuracy 100.00 %" in result.stdout
+    assert "confusion" in result.stdout
+
+
+def test_evaluate_json_and_unknown_class(model, folder):
+    result = invoke("evaluate", model, folder, "--format", "json")
+    assert json.loads(result.stdout)["accuracy"] == 1.0
+    save_band(folder / "zebra" / "0.png", 0)
+    result = invoke("evaluate", model, folder)
+    assert result.exit_code == 1 and "classes the model does not know: zebra" in result.stderr
+    no_traceback(result)
+
+
+def test_evaluate_run_folder_of_image_files(model, folder, tmp_path):
+    """DATA = a run folder: its split.json's test files (relative to the data root) are scored."""
+    run = tmp_path / "run"
+    run.mkdir()
+    split = {"version": 1, "root": str(folder), "class_names": list(CLASSES), "splits": {
+        "train": {"files": ["a/0.png"], "labels": ["a"]},
+        "val": {"files": [], "labels": []},
+        "test": {"files": ["a/1.png", "b/0.png", "c/deep/0.png"], "labels": ["a", "b", "a"]}}}
+    (run / "split.json").write_text(json.dumps(split))
+    result = invoke("evaluate", model, run, "--format", "json")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got["images"] == 3 and got["accuracy"] == pytest.approx(2 / 3)
+    split["splits"]["test"] = {"files": [], "labels": []}
+    (run / "split.json").write_text(json.dumps(split))
+    result = invoke("evaluate", model, run)
+    assert result.exit_code == 1 and "no test split" in result.stderr
+
+
+def test_export_needs_a_run(tmp_path):
+    result = invoke("export", tmp_path / "nope")
+    assert result.exit_code == 1 and "run folder not found" in result.stderr
+    no_traceback(result)
+
+
+# Why None: a module set to None in sys.modules makes ``import torch`` raise ImportError.
+TORCH_FREE = """
+import sys
+sys.modules["torch"] = None
+from convspec.compiler.cli import main
+sys.argv = ["convspec", *sys.argv[1:]]
+main()
+"""
+
+
+def test_predict_and_evaluate_do_not_import_torch(model, folder):
+    for args in (["predict", model, folder, "--format", "json"], ["evaluate", model, folder]):
+        proc = subprocess.run([sys.executable, "-c", TORCH_FREE, *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------ a trained run (slow)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """A 3-epoch digits run with model.onnx, shared by the deploy tests of this session."""
+    base = tmp_path_factory.getbasetemp() / "deploy-digits-run"
+    run = base / "digits-cnn"
+    if not (run / "model.onnx").exists():
+        from convspec.compiler.train import train
+        from convspec.specs import load_spec
+
+        spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=3"])
+        train(spec, out=base, progress=False, export=True, log=lambda _m: None)
+    return run
+
+
+@pytest.mark.slow
+def test_evaluate_run_folder_matches_training_test_accuracy(digits_run):
+    result = invoke("evaluate", digits_run / "model.onnx", digits_run, "--format", "json")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    results = json.loads((digits_run / "results.json").read_text())
+    assert got["images"] == sum(results["counts"]["test"].values())
+    assert got["accuracy"] == pytest.approx(results["test"]["metrics"]["accuracy"])
+    # A run folder works as MODEL too.
+    assert invoke("evaluate", digits_run, digits_run).exit_code == 0
+
+
+@pytest.mark.slow
+def test_export_command(digits_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    (run / "model.onnx").unlink()
+    result = invoke("export", run, "--int8")
+    assert result.exit_code == 0, result.output
+    assert (run / "model.onnx").exists() and (run / "model.int8.onnx").exists()
+    assert "top-1 agreement 100.00 %" in result.stderr and "model.int8.onnx" in result.stderr
+    assert "[torch.onnx]" not in result.output + result.stderr
+
+
+@pytest.mark.slow
+def test_predict_digit_png(digits_run, tmp_path):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    Image.fromarray(np.rint(d.images[0] * 255 / 16).astype(np.uint8)).save(tmp_path / "zero.png")
+    result = invoke("predict", digits_run / "model.onnx", tmp_path / "zero.png", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["label"] in [str(i) for i in range(10)]

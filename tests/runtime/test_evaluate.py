@@ -1,0 +1,172 @@
+"""``convspec.runtime.evaluate``: scores on folders and CSVs, class matching, unreadable files.
+
+Fast tests use a hand-written "band" model (class j = brightest band of rows j); the slow
+one checks ORT against PyTorch on a trained digits run, image for image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from convspec.runtime import DataError, Predictor, evaluate
+from convspec.runtime.evaluate import scores
+
+REPO = Path(__file__).resolve().parents[2]
+H = W = 6
+CLASSES = ("a", "b", "c")
+
+
+def band_model(path: Path) -> Path:
+    """uint8 (N, 1, 6, 6) -> softmax over 3 classes; class j's logit is 0.05 x the sum of rows 2j, 2j+1."""
+    w = np.zeros((H * W, 3), np.float32)
+    for j in range(3):
+        band = np.zeros((H, W), np.float32)
+        band[2 * j:2 * j + 2] = 0.05
+        w[:, j] = band.ravel()
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("Flatten", ["f"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "band",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 1, H, W])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    helper.set_model_props(model, {"convspec.classes": json.dumps(list(CLASSES)), "convspec.task": "multiclass",
+                                   "convspec.channels": "1", "convspec.input_size": json.dumps([H, W])})
+    onnx.save(model, path)
+    return path
+
+
+def save_band(path: Path, j: int) -> None:
+    a = np.full((H, W), 10, np.uint8)
+    a[2 * j:2 * j + 2] = 250
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+
+
+@pytest.fixture
+def model(tmp_path):
+    return band_model(tmp_path / "band.onnx")
+
+
+def test_folder_with_known_answers(model, tmp_path):
+    root = tmp_path / "data"
+    truth = {"a": [0, 0, 1], "b": [1, 1], "c": [2, 2, 2, 0]}  # folder -> band drawn in each image
+    for name, bands in truth.items():
+        for i, j in enumerate(bands):
+            save_band(root / name / f"{i}.png", j)
+    r = evaluate(model, root)
+    assert r.images == 9 and r.classes == list(CLASSES)
+    assert r.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 3]]
+    assert r.accuracy == pytest.approx(7 / 9)
+    assert r.per_class["a"] == {"precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3),
+                                "f1": pytest.approx(2 / 3), "support": 3}
+    assert r.per_class["b"]["precision"] == pytest.approx(2 / 3) and r.per_class["b"]["recall"] == 1.0
+    assert r.failures == []
+    assert json.dumps(r.to_dict())
+
+
+def test_csv_and_subset_of_classes(model, tmp_path):
+    for i, j in enumerate([2, 2, 1]):
+        save_band(tmp_path / "img" / f"{i}.png", j)
+    (tmp_path / "two.csv").write_text("path,label\nimg/0.png,c\nimg/2.png,b\n")
+    r = evaluate(Predictor(model), tmp_path / "two.csv")
+    assert r.accuracy == 1.0 and r.per_class["a"]["support"] == 0
+    assert r.precision == 1.0  # macro over the classes present
+
+
+def test_unknown_class_is_a_clear_error(model, tmp_path):
+    for name in ("a", "zebra"):
+        save_band(tmp_path / "data" / name / "0.png", 0)
+    with pytest.raises(DataError, match=r"classes the model does not know: zebra \(the model's classes: a, b, c\)"):
+        evaluate(model, tmp_path / "data")
+
+
+def test_unreadable_images_are_skipped_and_reported(model, tmp_path):
+    root = tmp_path / "data"
+    save_band(root / "a" / "0.png", 0)
+    save_band(root / "b" / "0.png", 1)
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
+    r = evaluate(model, root)
+    assert r.images == 2 and r.accuracy == 1.0
+    assert [Path(p).name for p, _ in r.failures] == ["broken.png"]
+
+
+def test_missing_data(model, tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        evaluate(model, tmp_path / "nothing")
+
+
+def test_scores_match_sklearn():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    r = scores(y, p, ["w", "x", "y", "z"])
+    prec, rec, f1, sup = precision_recall_fscore_support(y, p, labels=[0, 1, 2, 3], zero_division=0)
+    assert r.confusion.tolist() == confusion_matrix(y, p, labels=[0, 1, 2, 3]).tolist()
+    for i, name in enumerate("wxyz"):
+        c = r.per_class[name]
+        assert (c["precision"], c["recall"], c["f1"], c["support"]) == pytest.approx((prec[i], rec[i], f1[i], sup[i]))
+    assert r.f1 == pytest.approx(f1.mean())
+
+
+# ------------------------------------------------------------------ a trained run (slow)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """A 3-epoch digits run with model.onnx, shared by the deploy tests of this session."""
+    base = tmp_path_factory.getbasetemp() / "deploy-digits-run"
+    run = base / "digits-cnn"
+    if not (run / "model.onnx").exists():
+        from convspec.compiler.train import train
+        from convspec.specs import load_spec
+
+        spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=3"])
+        train(spec, out=base, progress=False, export=True, log=lambda _m: None)
+    return run
+
+
+@pytest.mark.slow
+def test_evaluate_onnx_matches_pytorch_on_pngs(digits_run, tmp_path):
+    """PNG files of the run's test images: ORT's accuracy (and every prediction) equals PyTorch's."""
+    import torch
+
+    from convspec.compiler import checkpoint
+    from convspec.compiler.builder import build_model
+    from convspec.compiler.data import load_dataset
+    from convspec.specs import load_spec_text
+
+    spec = load_spec_text((digits_run / "spec.yaml").read_text(), "spec.yaml")
+    data = load_dataset(spec, split_file=digits_run / "split.json", log=lambda _m: None)
+    images, labels = data.arrays("test")
+    for i, (a, y) in enumerate(zip(images, labels, strict=True)):
+        path = tmp_path / "pngs" / data.class_names[y] / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a[0]).save(path)
+    r = evaluate(digits_run / "model.onnx", tmp_path / "pngs")
+
+    state = checkpoint.load(digits_run / "best.pt")
+    model = build_model(spec, class_names=state["class_names"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    # The folder lists files by class, then name: the same order as the test images sorted by (label, index).
+    order = sorted(range(len(labels)), key=lambda i: (labels[i], f"{i:03d}"))
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(images[order])).numpy()
+    assert r.images == len(labels)
+    assert (r.y_pred == ref.argmax(1)).all()
+    assert r.accuracy == pytest.approx(float((ref.argmax(1) == labels[order]).mean()))
+    np.testing.assert_allclose(r.probabilities, ref, atol=1e-4)
