@@ -18,8 +18,18 @@ from torch import nn
 from convspec.specs.base import pair
 from convspec.specs.errors import Issue, SpecError
 from convspec.specs.layers import (
-    ActivationLayer, AvgPool, BatchNorm, Conv, Dense, Dropout, Flatten, GlobalAvgPool,
-    GlobalMaxPool, MaxPool, Repeat, Residual,
+    ActivationLayer,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    MaxPool,
+    Repeat,
+    Residual,
 )
 from convspec.specs.shapes import SHAPE_RULES, ShapeError, residual_shortcut, same_padding
 

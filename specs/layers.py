@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -93,10 +93,7 @@ class Residual(Strict):
 
 
 Layer = Annotated[
-    Union[
-        Conv, MaxPool, AvgPool, GlobalAvgPool, GlobalMaxPool, Flatten, Dense, Dropout,
-        BatchNorm, ActivationLayer, Repeat, Residual,
-    ],
+    Conv | MaxPool | AvgPool | GlobalAvgPool | GlobalMaxPool | Flatten | Dense | Dropout | BatchNorm | ActivationLayer | Repeat | Residual,
     Field(discriminator="type"),
 ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -74,7 +74,7 @@ class Grayscale(Strict):
 
 
 PreprocessStep = Annotated[
-    Union[Normalize, Rescale, CenterCrop, Crop, Denoise, Grayscale], Field(discriminator="type")
+    Normalize | Rescale | CenterCrop | Crop | Denoise | Grayscale, Field(discriminator="type")
 ]
 
 # ------------------------------------------------------------------- augment
@@ -158,6 +158,6 @@ class Cutout(Strict):
 
 
 AugmentStep = Annotated[
-    Union[Flip, Rotate, Scale, Translate, RandomCrop, Brightness, Contrast, GaussianNoise, Cutout],
+    Flip | Rotate | Scale | Translate | RandomCrop | Brightness | Contrast | GaussianNoise | Cutout,
     Field(discriminator="type"),
 ]

@@ -14,8 +14,18 @@ from dataclasses import dataclass, field
 from .base import pair
 from .errors import Issue, Path, SpecError
 from .layers import (
-    ActivationLayer, AvgPool, BatchNorm, Conv, Dense, Dropout, Flatten, GlobalAvgPool,
-    GlobalMaxPool, MaxPool, Repeat, Residual,
+    ActivationLayer,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    MaxPool,
+    Repeat,
+    Residual,
 )
 from .pipeline import CenterCrop, Crop, Grayscale, Normalize
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -36,7 +36,7 @@ class CsvSource(Strict):
     root: str | None = None
 
 
-Source = Annotated[Union[BuiltinSource, FolderSource, CsvSource], Field(discriminator="type")]
+Source = Annotated[BuiltinSource | FolderSource | CsvSource, Field(discriminator="type")]
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -95,7 +95,7 @@ class AdamW(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
 
 
-Optimizer = Annotated[Union[SGD, Adam, AdamW], Field(discriminator="type")]
+Optimizer = Annotated[SGD | Adam | AdamW, Field(discriminator="type")]
 
 
 class _Warmup(Strict):
@@ -129,7 +129,7 @@ class PlateauScheduler(_Warmup):
 
 
 Scheduler = Annotated[
-    Union[NoScheduler, StepScheduler, CosineScheduler, OneCycleScheduler, PlateauScheduler],
+    NoScheduler | StepScheduler | CosineScheduler | OneCycleScheduler | PlateauScheduler,
     Field(discriminator="type"),
 ]
 
@@ -191,7 +191,7 @@ class ChoiceDist(Strict):
     values: Annotated[list[Any], Field(min_length=1)]
 
 
-Distribution = Annotated[Union[FloatDist, IntDist, ChoiceDist], Field(discriminator="type")]
+Distribution = Annotated[FloatDist | IntDist | ChoiceDist, Field(discriminator="type")]
 
 
 class Tune(Strict):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+REPO = Path(__file__).resolve().parents[1]
 DIGITS_PER_CLASS = 20
 SHAPES = ("circle", "square", "triangle")
 SHAPES_PER_CLASS = 12
@@ -61,3 +64,17 @@ def shapes_folder(tmp_path_factory):
                 d.polygon([(x0 + s // 2, y0), (x0, y0 + s), (x0 + s, y0 + s)], fill=fore)
             im.save(root / shape / f"{k:02d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """A 3-epoch digits run with model.onnx, trained once and shared by the session's tests."""
+    base = tmp_path_factory.getbasetemp() / "deploy-digits-run"
+    run = base / "digits-cnn"
+    if not (run / "model.onnx").exists():
+        from convspec.compiler.train import train
+        from convspec.specs import load_spec
+
+        spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=3"])
+        train(spec, out=base, progress=False, export=True, log=lambda _m: None)
+    return run

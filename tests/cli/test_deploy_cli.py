@@ -211,19 +211,6 @@ def test_predict_and_evaluate_do_not_import_torch(model, folder):
 # ------------------------------------------------------------------ a trained run (slow)
 
 
-@pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> Path:
-    """A 3-epoch digits run with model.onnx, shared by the deploy tests of this session."""
-    base = tmp_path_factory.getbasetemp() / "deploy-digits-run"
-    run = base / "digits-cnn"
-    if not (run / "model.onnx").exists():
-        from convspec.compiler.train import train
-        from convspec.specs import load_spec
-
-        spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=3"])
-        train(spec, out=base, progress=False, export=True, log=lambda _m: None)
-    return run
-
 
 @pytest.mark.slow
 def test_evaluate_run_folder_matches_training_test_accuracy(digits_run):

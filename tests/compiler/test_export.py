@@ -20,19 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> Path:
-    """A 3-epoch digits run with model.onnx, shared by the deploy tests of this session."""
-    base = tmp_path_factory.getbasetemp() / "deploy-digits-run"
-    run = base / "digits-cnn"
-    if not (run / "model.onnx").exists():
-        from convspec.compiler.train import train
-        from convspec.specs import load_spec
-
-        spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=3"])
-        train(spec, out=base, progress=False, export=True, log=lambda _m: None)
-    return run
-
 
 @pytest.fixture
 def run_copy(digits_run, tmp_path) -> Run:
