@@ -133,6 +133,16 @@ app.command("summary")(summary)
 app.command("schema")(schema)
 app.command("train")(train)
 
+from convspec.compiler.cli_tune import tune  # noqa: E402  (torch-free; needs user_errors above)
+
+app.command("tune")(tune)
+
+from convspec.compiler.cli_deploy import evaluate, export, predict  # noqa: E402  (torch only inside export)
+
+app.command("export")(export)
+app.command("predict")(predict)
+app.command("evaluate")(evaluate)
+
 
 def main() -> None:
     app()

@@ -64,6 +64,14 @@ def all_sum(d: Dist, values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def sync_buffers(d: Dist, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank, before evaluating."""
+    if not d.enabled:
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
+
+
 def shard(perm: torch.Tensor, d: Dist) -> torch.Tensor:
     """This rank's part of an epoch's permutation, padded so every rank takes as many steps
     (as torch's DistributedSampler does)."""
