@@ -64,7 +64,7 @@ def prepare_digits(args, work: Path) -> dict:
     if args.run:
         run = Run(Path(args.run))
     else:
-        from convspec.compiler.train import train
+        from convspec.compiler.training import train
         from convspec.specs import load_spec
 
         spec = load_spec(REPO / "examples" / "digits.yaml", overrides=[f"training.epochs={args.epochs}"])

@@ -10,9 +10,9 @@ import importlib
 
 _API = {
     "build_model": "convspec.compiler.builder",
-    "train": "convspec.compiler.train",
+    "train": "convspec.compiler.training",
     "export_onnx": "convspec.compiler.export",
-    "tune": "convspec.compiler.tune",
+    "tune": "convspec.compiler.tuning",
 }
 
 __all__ = list(_API)

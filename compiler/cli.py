@@ -123,7 +123,7 @@ def train(
         from convspec.compiler.launch import launch_torchrun
 
         raise typer.Exit(launch_torchrun(nproc, sys.argv[1:]))
-    from convspec.compiler.train import train as run_training
+    from convspec.compiler.training import train as run_training
 
     run_training(spec_path, out=out_dir, overrides=set_, resume=resume, device=device, export=not no_export)
 

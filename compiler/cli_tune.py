@@ -1,4 +1,4 @@
-"""``convspec tune SPEC``: the command over :func:`convspec.compiler.tune.tune`.
+"""``convspec tune SPEC``: the command over :func:`convspec.compiler.tuning.tune`.
 
 Imports torch and Optuna only inside the command, so ``convspec --help`` stays fast.
 """
@@ -42,7 +42,7 @@ def tune(
 ) -> None:
     """Search the spec's tune.space with Optuna; write best.yaml, trials.csv, plots, and retrain the best."""
     from convspec.compiler.cli import out
-    from convspec.compiler.tune import tune as run_tune
+    from convspec.compiler.tuning import tune as run_tune
 
     result = run_tune(
         spec_path, trials=trials, timeout=timeout, storage=storage, study_name=study, out=out_dir,

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from convspec.compiler.cli import app
-from convspec.compiler.tune import TuneError, tune
+from convspec.compiler.tuning import TuneError, tune
 from convspec.specs import SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_cli_tune_without_tune_section_exits_1(tmp_path):
 
 
 def test_tiny_study_writes_best_yaml_that_trains(tmp_path, monkeypatch):
-    from convspec.compiler.train import train
+    from convspec.compiler.training import train
 
     path = write_spec(tmp_path, """\
 tune:

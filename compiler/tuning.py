@@ -221,7 +221,7 @@ def tune(
         files=files, notes=notes,
     )
     if retrain:
-        from .train import train
+        from .training import train
 
         log("retraining the best spec with export, then the test split (evaluated once, after the search)")
         run = train(best_spec.model_copy(deep=True), out=folder, export=True, progress=progress, log=log)
@@ -382,7 +382,7 @@ class _Objective:
         self.metric, self.maximize, self.pruning = t.metric, t.resolved_direction == "maximize", t.pruner != "none"
 
     def __call__(self, trial) -> float:
-        from .train import train
+        from .training import train
 
         values = {path: _suggest(trial, path, d) for path, d in self.base.tune.space.items()}
         trial.set_user_attr("values", values)
@@ -480,7 +480,7 @@ def _trial_values(ft, spec: Spec) -> dict[str, Any]:
 
 
 def _training_interrupted():
-    from .train import TrainingInterrupted
+    from .training import TrainingInterrupted
 
     return TrainingInterrupted
 
