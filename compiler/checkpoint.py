@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,24 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Why: torch warns about the pickle protocol of foreign files before refusing them.
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused: the file holds objects other than weights ({first[:200]}); convspec loads checkpoints with weights_only=True") from None
+        raise CheckpointError(f"{path}: refused: the file holds objects other than weights ({_unpickling_reason(e)}); "
+                              "convspec loads checkpoints with weights_only=True and never runs code from a checkpoint") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state or "spec" not in state:
         raise CheckpointError(f"{path}: not a convspec checkpoint (expected keys format, model, spec)")
     return state
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The line of torch's long weights_only message that says what was refused."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("Trying to load unsupported", "Unsupported")) or "GLOBAL" in ln:
+            return ln[:200]
+    return lines[-1][:200] if lines else "unsafe content"

@@ -37,7 +37,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except ConvspecError as e:
             err.print(str(e), markup=False)
-            raise typer.Exit(1) from None
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False)
             raise typer.Exit(130) from None

@@ -26,11 +26,11 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, steps_per_epoch: int, 
         return scheduler.min_lr + (base_lr - scheduler.min_lr) * 0.5 * (1 + math.cos(math.pi * min(t / span, 1.0)))
     if kind == "onecycle":
         # Why: torch's OneCycleLR shape (cosine up from lr/25 over pct_start, down to lr/1e4).
-        up = max(int(scheduler.pct_start * span), 1)
+        up = max(scheduler.pct_start * span - 1, 1.0)  # step of the peak, as torch counts
         start, end = base_lr / 25, base_lr / 25 / 1e4
-        if t < up:
+        if t <= up:
             return start + (base_lr - start) * 0.5 * (1 - math.cos(math.pi * t / up))
-        frac = min((t - up) / max(span - up, 1), 1.0)
+        frac = min((t - up) / max(span - 1 - up, 1.0), 1.0)
         return end + (base_lr - end) * 0.5 * (1 + math.cos(math.pi * frac))
     raise ValueError(f"unknown scheduler {kind!r}")
 

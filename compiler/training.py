@@ -37,6 +37,8 @@ EVAL_BATCH = 1024
 class TrainingInterrupted(ConvspecError):
     """Ctrl-C during training: last.pt holds the last finished epoch."""
 
+    exit_code = 130  # Why: the shell's convention for SIGINT
+
 
 def train(
     spec: Spec | str | os.PathLike | None = None,

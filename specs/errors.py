@@ -51,6 +51,8 @@ class ConvspecError(Exception):
     data pipeline, ModelError in the runtime. Anything else reaching the CLI is a bug.
     """
 
+    exit_code = 1
+
 
 class SpecError(ConvspecError, ValueError):
     """A spec is invalid. ``issues`` holds every problem found, in file order."""

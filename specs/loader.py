@@ -15,7 +15,7 @@ from .paths import PathError, has_path, set_path, split_path, with_values
 from .rules import check_rules, resolve_paths
 from .shapes import preprocess_issues, summarize
 from .spec import Spec
-from .yamlio import dump_yaml, get_node, parse_yaml, position, to_plain
+from .yamlio import MAX_BYTES, check_flow_depth, check_size, dump_yaml, get_node, parse_yaml, position, to_plain
 
 __all__ = ["load_spec", "load_spec_text", "spec_from_dict", "apply_values", "dump_yaml"]
 
@@ -33,7 +33,10 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Sp
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
-            raw = f.read(2 << 20)
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_BYTES:  # Why here: read no more than needed, and report the real size
+                raise SpecError(Issue(f"file is {size:,} bytes; a spec is at most {MAX_BYTES:,}", file=name, line=1, col=1))
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(Issue("no such file", file=name)) from None
     except IsADirectoryError:
@@ -131,15 +134,27 @@ def _apply_overrides(doc, overrides: list[str], name: str) -> dict[str, tuple]:
             issues.append(Issue(f"--set expects KEY=VALUE, like training.epochs=5 (got {item!r})", file=name))
             continue
         try:
+            check_flow_depth(text, name)
             value = yaml.load(text) if text.strip() else None
             path = split_path(key)
             set_path(doc, path, value)
         except (YAMLError, PathError) as e:
             issues.append(Issue(f"--set {item}: {e}", file=name))
             continue
+        except SpecError as e:
+            issues.append(Issue(f"--set {key}=...: {e.issues[0].message}", file=name))
+            continue
+        except (ValueError, RecursionError) as e:  # a 5,000-digit int; nesting past the recursion limit
+            issues.append(Issue(f"--set {key}=...: {str(e)[:160] or type(e).__name__}", file=name))
+            continue
         applied[item] = path
     if issues:
         raise SpecError(issues)
+    if applied:
+        try:
+            check_size(doc, name)
+        except SpecError as e:
+            raise SpecError(Issue(f"--set: {e.issues[0].message}", file=name)) from None
     return applied
 
 

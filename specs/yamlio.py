@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from typing import Any
 
@@ -14,6 +15,10 @@ from .errors import Issue, SpecError
 
 MAX_BYTES = 1 << 20  # Why: a spec is a few KB; a 50 MB "spec" is a mistake, not a model.
 MAX_DEPTH = 64
+# Why: aliases share one node, so a few hundred bytes of anchors can stand for billions of
+# values ("billion laughs"); copying them out (to_plain, pydantic) would take minutes and
+# gigabytes. A real spec, aliases expanded, has a few hundred values.
+MAX_VALUES = 100_000
 
 
 def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
@@ -38,6 +43,7 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
         raise SpecError(Issue(f"file is {len(text):,} characters; a spec is at most {MAX_BYTES:,}", file=file, line=1, col=1))
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
         raise SpecError(Issue("the file is empty; expected a mapping with keys version, task, data, input and model", file=file, line=1, col=1))
+    check_flow_depth(text, file)
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:
@@ -51,12 +57,85 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
         raise SpecError(Issue(f"YAML error: {e}", file=file, line=1, col=1)) from None
     except RecursionError:
         raise SpecError(Issue("nesting is too deep to be a spec", file=file, line=1, col=1)) from None
+    except ValueError as e:  # e.g. Python's 4,300-digit limit on int("1" * 5000)
+        line, col = _long_number_position(text)
+        raise SpecError(Issue(f"YAML value error: {str(e)[:160]}", file=file, line=line, col=col)) from None
     if not isinstance(doc, CommentedMap):
         kind = "a list" if isinstance(doc, list) else f"a single value ({_short(doc)})"
         raise SpecError(Issue(f"the document is {kind}; expected a mapping with keys version, task, data, input and model", file=file, line=1, col=1))
-    if _depth(doc) > MAX_DEPTH:
-        raise SpecError(Issue(f"nesting is deeper than {MAX_DEPTH} levels", file=file, line=1, col=1))
+    check_size(doc, file)
     return doc
+
+
+def check_flow_depth(text: str, file: str) -> None:
+    """Refuse ``[[[[...`` / ``{{{{...`` nested past MAX_DEPTH before the parser sees it.
+
+    Why: ruamel's scanner is quadratic in flow depth (seconds at a few hundred levels,
+    then a RecursionError); a scan of the brackets outside quotes and comments is linear.
+    """
+    depth, quote, line, col = 0, "", 1, 0
+    prev = "\n"
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col, quote = line + 1, 0, quote if quote == '"' else ""
+        elif quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"" and (prev in " \t\n[{,:" or col == 1):
+            quote = ch
+        elif ch == "#" and prev in " \t\n":
+            quote = "\n"  # a comment: skip to the end of the line
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(Issue(f"nesting is deeper than {MAX_DEPTH} levels", file=file, line=line, col=col))
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        prev = ch
+
+
+def check_size(doc: CommentedMap, file: str) -> None:
+    """Depth at most MAX_DEPTH and at most MAX_VALUES values, with aliases expanded.
+
+    Raises:
+        SpecError: at the top-level key whose value is too deep or too large.
+    """
+    count = [0]
+
+    def walk(node: Any, level: int) -> str | None:
+        if isinstance(node, dict):
+            children = [c for kv in node.items() for c in kv]
+        elif isinstance(node, (list, tuple)) and not isinstance(node, str):
+            children = list(node)
+        else:
+            return None
+        if level > MAX_DEPTH:
+            return f"nesting is deeper than {MAX_DEPTH} levels"
+        count[0] += len(children)
+        if count[0] > MAX_VALUES:
+            return (f"aliases expand to more than {MAX_VALUES:,} values (a 'billion laughs' document?); "
+                    "a spec holds a few hundred")
+        for child in children:
+            problem = walk(child, level + 1)
+            if problem:
+                return problem
+        return None
+
+    for key, value in doc.items():
+        problem = walk(value, 2)
+        if problem:
+            line, col = position(doc, (key,), at_key=True) or (1, 1)
+            raise SpecError(Issue(problem, file=file, line=line, col=col))
+        count[0] += 1
+
+
+def _long_number_position(text: str) -> tuple[int, int]:
+    m = re.search(r"[0-9_]{4000,}", text)
+    if not m:
+        return 1, 1
+    line = text.count("\n", 0, m.start()) + 1
+    return line, m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
 
 
 def _marked_issue(e: MarkedYAMLError, file: str) -> Issue:
@@ -78,14 +157,6 @@ def _marked_issue(e: MarkedYAMLError, file: str) -> Issue:
     return Issue(msg, file=file, line=line, col=col)
 
 
-def _depth(node: Any, level: int = 0) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if isinstance(node, dict):
-        return max((_depth(v, level + 1) for v in node.values()), default=level + 1)
-    if isinstance(node, list):
-        return max((_depth(v, level + 1) for v in node), default=level + 1)
-    return level
 
 
 def to_plain(node: Any) -> Any:
