@@ -118,7 +118,8 @@ def predict(
 
 def _run_test_split(run: Path, predictor):
     """Score ``predictor`` on a run folder's test split (split.json + spec.yaml), without torch."""
-    from convspec.compiler.data import load_dataset, read_split
+    from convspec.compiler.data import load_dataset
+    from convspec.compiler.split import read_split
     from convspec.runtime.evaluate import evaluate_arrays, evaluate_files, match_classes
     from convspec.specs import load_spec_text
 

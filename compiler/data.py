@@ -39,21 +39,24 @@ from pathlib import Path
 
 import numpy as np
 
-from convspec.runtime.datasets import DataError, list_csv, list_folder, list_split_folders
+from convspec.runtime.datasets import (
+    DataError,
+    list_csv,
+    list_folder,
+    list_split_folders,
+    short_list,
+)
 from convspec.runtime.files import atomic_write, atomic_write_text
 from convspec.runtime.images import ImageError, decode_into, prepare_array
 from convspec.specs.classes import DIGITS, sort_names
 
-__all__ = [
-    "DataError", "Dataset", "SPLITS", "compute_mean_std", "default_cache_dir", "load_dataset",
-    "make_split", "read_split", "save_split",
-]
+from .split import SPLITS, apply_split_file, make_split
 
-SPLITS = ("train", "val", "test")
+__all__ = ["DataError", "Dataset", "default_cache_dir", "load_dataset"]
+
 AUTO_MEMORY_LIMIT = 2 << 30  # bytes: ``cache: auto`` keeps smaller data sets in RAM
 # Bump when decoding or resizing changes the pixels: old disk caches then miss.
 LOADER_VERSION = 1
-_SHOW = 10
 
 Log = Callable[[str], None]
 
@@ -157,14 +160,14 @@ def load_dataset(
         root = None
     else:
         if src.type == "folder" and spec.data.split.from_ == "folders":
-            per_split, data_names = list_split_folders(src.path, log=warn)
+            per_split, data_names = list_split_folders(src.path, log=log)  # they prefix warning: themselves
             samples, preset = [], {}
             for split in SPLITS:
                 preset[split] = list(range(len(samples), len(samples) + len(per_split[split])))
                 samples += per_split[split]
             root = src.path
         elif src.type == "folder":
-            samples, data_names = list_folder(src.path, log=warn)
+            samples, data_names = list_folder(src.path, log=log)
             root = src.path
         else:
             samples, data_names = list_csv(src.path, src.root)
@@ -189,11 +192,11 @@ def load_dataset(
     present = np.bincount(labels, minlength=len(class_names))
     lost = [name for name, n in zip(class_names, present, strict=True) if n == 0]
     if lost:
-        raise DataError(f"data: every image of class {_names(lost)} failed to load; see the warnings above")
+        raise DataError(f"data: every image of class {short_list(lost)} failed to load; see the warnings above")
 
     ds = Dataset(class_names, images, labels, files, {}, bad, root)
     if split_file is not None:
-        ds.splits = _apply_split_file(split_file, ds, log)
+        ds.splits = apply_split_file(split_file, ds, log)
     elif preset is not None:
         ds.splits = {s: np.asarray(idx, np.int64) for s, idx in preset.items()}
     else:
@@ -213,18 +216,18 @@ def _resolve_classes(spec, data_names: list[str]) -> tuple[list[str], np.ndarray
     if declared == "auto" or isinstance(declared, int):
         names = list(data_names)
         if isinstance(declared, int) and declared != len(names):
-            raise DataError(f"classes: {declared}, but the data has {len(names)} classes ({_names(names)})")
+            raise DataError(f"classes: {declared}, but the data has {len(names)} classes ({short_list(names)})")
     else:
         names = [str(c) for c in declared]
         if set(names) != set(data_names):
             missing = sort_names(set(data_names) - set(names))
             extra = sort_names(set(names) - set(data_names))
             detail = "; ".join(p for p in (
-                f"in the data but not listed: {_names(missing)}" if missing else "",
-                f"listed but not in the data: {_names(extra)}" if extra else "") if p)
+                f"in the data but not listed: {short_list(missing)}" if missing else "",
+                f"listed but not in the data: {short_list(extra)}" if extra else "") if p)
             raise DataError(f"classes must match the data's classes ({detail})")
     if spec.task == "binary" and len(names) != 2:
-        raise DataError(f"task: binary needs exactly 2 classes; the data has {len(names)} ({_names(names)})")
+        raise DataError(f"task: binary needs exactly 2 classes; the data has {len(names)} ({short_list(names)})")
     position = {name: i for i, name in enumerate(names)}
     return names, np.asarray([position[n] for n in data_names], np.int64)
 
@@ -406,179 +409,8 @@ def _counter(progress, total: int):
     return advance
 
 
-# ------------------------------------------------------------------- split
-
-
-def make_split(
-    ids: list[str],
-    labels: list[str],
-    *,
-    train: float,
-    val: float,
-    test: float,
-    stratify: bool = True,
-    seed: int = 0,
-    log: Log = print,
-) -> dict[str, np.ndarray]:
-    """Split by fractions: a pure function of the file ids, their labels and the seed.
-
-    The ids are sorted first, so neither listing order nor class order changes the result;
-    labels are class *names* for the same reason. The test set is cut first, then val from
-    the rest (sizes are fractions of the whole, at least 1 when the fraction is above 0),
-    each with scikit-learn's ``train_test_split``, stratified when asked and possible (a
-    class too small to stratify falls back to a plain shuffle, with a warning).
-
-    Returns:
-        ``{"train", "val", "test"}`` -> sorted int64 indices into ``ids``.
-
-    Raises:
-        DataError: too few images to give train at least one.
-    """
-    n = len(ids)
-    n_test, n_val = _count(test, n), _count(val, n)
-    if n - n_test - n_val < 1:
-        raise DataError(f"data.split: {n} images are too few for train {train}, val {val}, test {test}")
-    order = np.asarray(sorted(range(n), key=ids.__getitem__), np.int64)
-    y = np.asarray(labels, dtype=object)[order]  # labels in sorted-id order
-    positions = np.arange(n)
-    rest, test_pos = _cut(positions, y, n_test, stratify, seed, "test", log)
-    train_pos, val_pos = _cut(rest, y[rest], n_val, stratify, seed, "val", log)
-    return {name: np.sort(order[pos]).astype(np.int64)
-            for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos))}
-
-
-def _count(fraction: float, n: int) -> int:
-    return 0 if fraction <= 0 else max(1, int(np.floor(fraction * n + 0.5)))
-
-
-def _cut(pos: np.ndarray, y: np.ndarray, k: int, stratify: bool, seed: int, what: str, log: Log):
-    """Split ``pos`` into (rest, k held out)."""
-    if k == 0:
-        return pos, np.empty(0, np.int64)
-    from sklearn.model_selection import train_test_split
-
-    if stratify:
-        try:
-            rest, held = train_test_split(pos, test_size=k, stratify=y, random_state=seed, shuffle=True)
-            return rest, held
-        except ValueError as e:
-            log(f"warning: cannot stratify the {what} split ({e}); splitting without stratification")
-    rest, held = train_test_split(pos, test_size=k, random_state=seed, shuffle=True)
-    return rest, held
-
-
-def save_split(dataset: Dataset, path: str | os.PathLike) -> Path:
-    """Write ``split.json`` atomically: class names, and per split the file ids and labels.
-
-    Format::
-
-        {"version": 1, "root": "/data/xray", "class_names": ["normal", "pneumonia"],
-         "splits": {"train": {"files": ["normal/1.png", ...], "labels": ["normal", ...]},
-                    "val": {...}, "test": {...}}}
-    """
-    ids = dataset.file_ids()
-    doc = {"version": 1, "root": dataset.root, "class_names": list(dataset.class_names), "splits": {}}
-    for split in SPLITS:
-        idx = dataset.splits.get(split, np.empty(0, np.int64))
-        doc["splits"][split] = {"files": [ids[i] for i in idx],
-                                "labels": [dataset.class_names[dataset.labels[i]] for i in idx]}
-    return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-
-
-def read_split(path: str | os.PathLike) -> dict:
-    """Read and check a ``split.json`` written by :func:`save_split`.
-
-    Raises:
-        DataError: the file is missing or not a split file.
-    """
-    try:
-        doc = json.loads(Path(path).read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"split file not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable split file ({e})") from None
-    try:
-        assert doc["version"] == 1 and isinstance(doc["class_names"], list)
-        for split in SPLITS:
-            part = doc["splits"][split]
-            assert len(part["files"]) == len(part["labels"])
-    except (AssertionError, KeyError, TypeError):
-        raise DataError(f"{path}: not a convspec split file (expected version 1 with class_names "
-                        "and splits train/val/test, each with files and labels)") from None
-    return doc
-
-
-def _apply_split_file(path, ds: Dataset, log: Log) -> dict[str, np.ndarray]:
-    doc = read_split(path)
-    if doc["class_names"] != ds.class_names:
-        raise DataError(f"{path}: its classes ({_names(doc['class_names'])}) differ from the data's "
-                        f"({_names(ds.class_names)})")
-    where = {fid: i for i, fid in enumerate(ds.file_ids())}
-    bad = {p for p, _ in ds.bad_files}
-    splits, missing, relabelled, used = {}, [], 0, 0
-    for split in SPLITS:
-        part = doc["splits"][split]
-        idx = []
-        for fid, label in zip(part["files"], part["labels"], strict=True):
-            i = where.get(fid)
-            if i is None:
-                missing.append(fid)
-                continue
-            relabelled += ds.class_names[ds.labels[i]] != label
-            idx.append(i)
-        splits[split] = np.sort(np.asarray(idx, np.int64))
-        used += len(idx)
-    if missing:
-        unreadable = sum(1 for m in missing if os.path.join(ds.root or "", m) in bad or m in bad)
-        note = f" ({unreadable} of them failed to decode)" if unreadable else ""
-        raise DataError(f"{path}: {len(missing)} files of the saved split are not in the data{note}: "
-                        f"{_names(missing)}")
-    if relabelled:
-        log(f"warning: {relabelled} images have a different label than in {path}; using the data's labels")
-    if used < len(ds):
-        log(f"warning: {len(ds) - used} images of the data are not in {path} and are not used")
-    return splits
-
-
-# ------------------------------------------------------------------- stats
-
-
-def compute_mean_std(dataset: Dataset, split: str = "train") -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of one split's pixels in [0, 1] units.
-
-    For ``normalize: {mean: auto}``. Sums are exact integers over chunks, so a memmapped
-    set is read once and never held whole in RAM. A constant channel gets std 1.0 (nothing
-    to scale; as scikit-learn's StandardScaler does).
-
-    Raises:
-        DataError: the split is empty.
-    """
-    idx = np.sort(dataset.splits.get(split, np.empty(0, np.int64)))
-    if len(idx) == 0:
-        raise DataError(f"cannot compute mean and std: the {split} split is empty")
-    n, c, h, w = len(idx), *dataset.images.shape[1:]
-    step = max(1, (16 << 20) // (c * h * w))
-    total = np.zeros(c, np.uint64)
-    squares = np.zeros(c, np.uint64)
-    for j in range(0, n, step):
-        x = np.asarray(dataset.images[idx[j:j + step]], np.uint32)  # (n, C, H, W)
-        total += x.sum(axis=(0, 2, 3), dtype=np.uint64)
-        squares += (x * x).sum(axis=(0, 2, 3), dtype=np.uint64)
-    count = float(n * h * w)
-    mean = total.astype(np.float64) / (255.0 * count)
-    var = squares.astype(np.float64) / (255.0 ** 2 * count) - mean ** 2
-    std = np.sqrt(np.maximum(var, 0.0))
-    std = np.where(std < 1e-6, 1.0, std)
-    return [float(m) for m in mean], [float(s) for s in std]
-
-
 # ----------------------------------------------------------------- helpers
 
-
-def _names(items) -> str:
-    items = list(items)
-    text = ", ".join(str(i) for i in items[:_SHOW])
-    return text + (f", ... and {len(items) - _SHOW} more" if len(items) > _SHOW else "")
 
 
 def _file_id(path: str, root: str) -> str:

@@ -26,10 +26,11 @@ from convspec.specs import ConvspecError, Spec, load_spec, load_spec_text
 from . import checkpoint, distributed, metrics, report
 from .augment import build_augmenter
 from .builder import build_model
-from .data import Dataset, load_dataset, save_split
+from .data import Dataset, load_dataset
 from .device import Placement, resolve
 from .runfolder import Run, new_run
 from .schedule import Plateau, lr_at
+from .split import save_split
 
 EVAL_BATCH = 1024
 
@@ -370,8 +371,9 @@ def _auto_stats(model, images, idx: torch.Tensor) -> tuple[list[float], list[flo
         total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
         n += x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / n
-    std = (total_sq / n - mean * mean).clamp_min(1e-12).sqrt()
-    return mean.tolist(), std.clamp_min(1e-6).tolist()
+    std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)  # a constant channel: nothing to scale
+    return mean.tolist(), std.tolist()
 
 
 # Keys a resumed run may change: more epochs, another device.

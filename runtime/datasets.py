@@ -30,7 +30,8 @@ class DataError(ConvspecError):
     """The data a spec points at cannot be used: missing folder, bad CSV, classes that do not match."""
 
 
-def _names(items, show: int = _SHOW) -> str:
+def short_list(items, show: int = _SHOW) -> str:
+    """``a, b, c, ... and 12 more``: long lists in messages stay one line."""
     items = list(items)
     text = ", ".join(str(i) for i in items[:show])
     return text + (f", ... and {len(items) - show} more" if len(items) > show else "")
@@ -79,8 +80,11 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
                 except OSError:
                     continue
                 ident = (st.st_dev, st.st_ino)
-                if ident in ancestors:  # Why ancestors, not all seen: two links to one folder are fine
-                    _warn(log, f"symbolic link loop at {entry.path}; skipped")
+                # Why ancestors, not all seen: two links to one folder are fine. Why the real
+                # path too: a link to a folder above ``folder`` (``cat/up -> ..``) is a loop
+                # that would first list the other classes' images as this one's.
+                if ident in ancestors or (entry.is_symlink() and _contains(entry.path, top)):
+                    _warn(log, f"symbolic link loop at {entry.path} (it points to a folder above it); skipped")
                     continue
                 walk(entry.path, child, ancestors | {ident})
             elif is_image_file(entry.name):
@@ -94,9 +98,19 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     if not os.path.isdir(folder):
         raise DataError(f"folder not found: {folder}")
     st = os.stat(folder)
+    top = os.path.realpath(folder)
     walk(folder, "", frozenset({(st.st_dev, st.st_ino)}))
     found.sort()
     return [os.path.join(folder, *rel.split("/")) for rel in found]
+
+
+def _contains(link: str, top: str) -> bool:
+    """Whether the folder ``link`` resolves to is ``top`` or a folder above it."""
+    try:
+        target = os.path.realpath(link)
+    except OSError:
+        return False
+    return top == target or top.startswith(target.rstrip(os.sep) + os.sep)
 
 
 def list_folder(root: str, *, key: str = "data.source.path", min_classes: int = 2,
@@ -133,7 +147,7 @@ def list_folder(root: str, *, key: str = "data.source.path", min_classes: int = 
         samples.extend((f, label) for f in files)
     if empty:
         which = "folder" if len(empty) == 1 else "folders"
-        raise DataError(f"{key}: class {which} without images in {root}: {_names(empty)} "
+        raise DataError(f"{key}: class {which} without images in {root}: {short_list(empty)} "
                         "(image files: .png .jpg .jpeg .bmp .gif .tif .tiff .webp)")
     if len(classes) < min_classes:
         raise DataError(f"{key}: only one class folder ({classes[0]}) in {root}; "
@@ -158,7 +172,7 @@ def list_split_folders(root: str, *, key: str = "data.source.path",
     if missing:
         present = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
         raise DataError(f"{key}: split from: folders needs {' and '.join(m + '/' for m in missing)} "
-                        f"in {root} (found: {_names(present) or 'no folders'})")
+                        f"in {root} (found: {short_list(present) or 'no folders'})")
     out: dict[str, Samples] = {}
     names: dict[str, list[str]] = {}
     for split in SPLIT_FOLDERS:
@@ -172,8 +186,8 @@ def list_split_folders(root: str, *, key: str = "data.source.path",
         if found != ref:
             extra, lacking = sorted(set(found) - set(ref)), sorted(set(ref) - set(found))
             detail = "; ".join(p for p in (
-                f"not in train/: {_names(extra)}" if extra else "",
-                f"missing from {split}/: {_names(lacking)}" if lacking else "") if p)
+                f"not in train/: {short_list(extra)}" if extra else "",
+                f"missing from {split}/: {short_list(lacking)}" if lacking else "") if p)
             raise DataError(f"{key}: {split}/ and train/ must have the same class folders ({detail})")
     return out, ref
 
@@ -256,7 +270,7 @@ def list_csv(csv_path: str, root: str | None = None, *, key: str = "data.source.
     if missing:
         shown = [os.path.relpath(p, root) for p in missing]
         raise DataError(f"{key}: {len(missing)} files listed in {name} do not exist "
-                        f"(paths are relative to {root}): {_names(shown)}")
+                        f"(paths are relative to {root}): {short_list(shown)}")
     class_names = sort_names({label for _, label in samples_named})
     if len(class_names) < min_classes:
         raise DataError(f"{key}: {name} has only one label ({class_names[0]}); "

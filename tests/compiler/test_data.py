@@ -13,13 +13,10 @@ from PIL import Image
 
 from convspec.compiler.data import (
     Dataset,
-    compute_mean_std,
     default_cache_dir,
     load_dataset,
-    make_split,
-    read_split,
-    save_split,
 )
+from convspec.compiler.split import make_split, read_split, save_split
 from convspec.runtime.datasets import DataError
 from convspec.runtime.images import ImageError
 from convspec.specs import spec_from_dict
@@ -328,21 +325,6 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("CONVSPEC_CACHE")
     assert default_cache_dir().parts[-2:] == (".cache", "convspec")
-
-
-# ------------------------------------------------------------------- stats
-
-
-def test_compute_mean_std_matches_numpy(shapes_folder):
-    ds = load_dataset(make_spec({"type": "folder", "path": str(shapes_folder)}, channels=3, size=(16, 16)),
-                      log=Log())
-    mean, std = compute_mean_std(ds)
-    x = ds.images[ds.splits["train"]].astype(np.float64) / 255.0
-    assert np.allclose(mean, x.mean(axis=(0, 2, 3))) and np.allclose(std, x.std(axis=(0, 2, 3)))
-    assert len(mean) == 3
-    flat = Dataset(["a", "b"], np.zeros((4, 1, 2, 2), np.uint8), np.array([0, 1, 0, 1]), list("wxyz"),
-                   {"train": np.arange(4)})
-    assert compute_mean_std(flat) == ([0.0], [1.0])
 
 
 def test_arrays_are_writable_copies():

@@ -158,3 +158,18 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
     state = checkpoint.load(tmp_path / "digits-cnn" / "last.pt")
     assert state["epoch"] >= 1 and len(state["history"]) == state["epoch"]
     assert json.loads(metrics.read_text().splitlines()[-1])["epoch"] == state["epoch"]
+
+
+def test_normalize_auto_takes_mean_and_std_from_the_training_split(tmp_path):
+    import numpy as np
+
+    from convspec.compiler.data import load_dataset
+
+    spec = small_digits("training.epochs=1", "preprocess=[{type: normalize, mean: auto}]")
+    run = train(spec, out=tmp_path, export=False, **QUIET)
+    state = checkpoint.load(run.last)["model"]
+    [mean_key] = [k for k in state if k.endswith("mean") and k.startswith("preprocess")]
+    data = load_dataset(spec, split_file=str(run.split), log=lambda _m: None)
+    x = data.images[data.splits["train"]].astype(np.float64) / 255
+    assert np.allclose(state[mean_key].flatten().numpy(), x.mean(axis=(0, 2, 3)), atol=1e-6)
+    assert np.allclose(state[mean_key.replace("mean", "std")].flatten().numpy(), x.std(axis=(0, 2, 3)), atol=1e-6)
