@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from convspec.specs.pipeline import (
-    Brightness, Contrast, Cutout, Flip, GaussianNoise, RandomCrop, Rotate, Scale, Translate,
+    Brightness,
+    Contrast,
+    Cutout,
+    Flip,
+    GaussianNoise,
+    RandomCrop,
+    Rotate,
+    Scale,
+    Translate,
 )
 
 GEOMETRIC = (Flip, Rotate, Scale, Translate, RandomCrop)
