@@ -47,14 +47,12 @@ def set_path(data: Any, path: tuple, value: Any, *, create: bool = True) -> None
 
 
 def has_path(data: Any, path: tuple) -> bool:
-    node = data
-    for seg in path:
-        if isinstance(node, dict) and seg in node:
-            node = node[seg]
-        elif isinstance(node, list) and isinstance(seg, int) and -len(node) <= seg < len(node):
-            node = node[seg]
-        else:
-            return False
+    from .yamlio import get_node
+
+    try:
+        get_node(data, path)
+    except KeyError:
+        return False
     return True
 
 

@@ -78,3 +78,55 @@ def digits_run(tmp_path_factory) -> Path:
         spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=3"])
         train(spec, out=base, progress=False, export=True, log=lambda _m: None)
     return run
+
+
+class Band:
+    """A hand-built ONNX model whose answers are known, and images for it.
+
+    uint8 (N, 1, 6, 6) -> softmax over classes a, b, c; class j's logit is 0.05 x the sum of
+    rows 2j and 2j+1, so an image bright in rows 2j, 2j+1 (``save(path, j)``) is class j.
+    """
+
+    H = W = 6
+    CLASSES = ("a", "b", "c")
+
+    def model(self, path: Path) -> Path:
+        import json
+
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        H, W = self.H, self.W
+        w = np.zeros((H * W, 3), np.float32)
+        for j in range(3):
+            band = np.zeros((H, W), np.float32)
+            band[2 * j:2 * j + 2] = 0.05
+            w[:, j] = band.ravel()
+        graph = helper.make_graph(
+            [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["f"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+            "band",
+            [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 1, H, W])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+            [numpy_helper.from_array(w, "w")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        helper.set_model_props(model, {"convspec.classes": json.dumps(list(self.CLASSES)), "convspec.task": "multiclass",
+                                       "convspec.channels": "1", "convspec.input_size": json.dumps([H, W])})
+        onnx.save(model, path)
+        return path
+
+    def save(self, path: Path, j: int) -> Path:
+        a = np.full((self.H, self.W), 10, np.uint8)
+        a[2 * j:2 * j + 2] = 250
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(path)
+        return path
+
+
+@pytest.fixture
+def band() -> Band:
+    return Band()

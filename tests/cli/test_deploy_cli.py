@@ -14,17 +14,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
 from convspec.compiler.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
-H = W = 6
-CLASSES = ("a", "b", "c")
 runner = CliRunner()
 
 
@@ -32,52 +28,21 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-def band_model(path: Path) -> Path:
-    """uint8 (N, 1, 6, 6) -> softmax over 3 classes; class j's logit is 0.05 x the sum of rows 2j, 2j+1."""
-    w = np.zeros((H * W, 3), np.float32)
-    for j in range(3):
-        band = np.zeros((H, W), np.float32)
-        band[2 * j:2 * j + 2] = 0.05
-        w[:, j] = band.ravel()
-    graph = helper.make_graph(
-        [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-         helper.make_node("Flatten", ["f"], ["flat"], axis=1),
-         helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-        "band",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 1, H, W])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    helper.set_model_props(model, {"convspec.classes": json.dumps(list(CLASSES)), "convspec.task": "multiclass",
-                                   "convspec.channels": "1", "convspec.input_size": json.dumps([H, W])})
-    onnx.save(model, path)
-    return path
-
-
-def save_band(path: Path, j: int) -> Path:
-    a = np.full((H, W), 10, np.uint8)
-    a[2 * j:2 * j + 2] = 250
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path)
-    return path
 
 
 @pytest.fixture
-def model(tmp_path):
-    return band_model(tmp_path / "band.onnx")
+def model(tmp_path, band):
+    return band.model(tmp_path / "band.onnx")
 
 
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, band):
     """data/<class>/<i>.png (nested one level deeper for class c), labels = folder names."""
     root = tmp_path / "data"
-    save_band(root / "a" / "0.png", 0)
-    save_band(root / "a" / "1.png", 0)
-    save_band(root / "b" / "0.png", 1)
-    save_band(root / "c" / "deep" / "0.png", 2)
+    band.save(root / "a" / "0.png", 0)
+    band.save(root / "a" / "1.png", 0)
+    band.save(root / "b" / "0.png", 1)
+    band.save(root / "c" / "deep" / "0.png", 2)
     return root
 
 
@@ -157,20 +122,20 @@ def test_evaluate_folder(model, folder):
     assert "confusion" in result.stdout
 
 
-def test_evaluate_json_and_unknown_class(model, folder):
+def test_evaluate_json_and_unknown_class(model, folder, band):
     result = invoke("evaluate", model, folder, "--format", "json")
     assert json.loads(result.stdout)["accuracy"] == 1.0
-    save_band(folder / "zebra" / "0.png", 0)
+    band.save(folder / "zebra" / "0.png", 0)
     result = invoke("evaluate", model, folder)
     assert result.exit_code == 1 and "classes the model does not know: zebra" in result.stderr
     no_traceback(result)
 
 
-def test_evaluate_run_folder_of_image_files(model, folder, tmp_path):
+def test_evaluate_run_folder_of_image_files(model, folder, tmp_path, band):
     """DATA = a run folder: its split.json's test files (relative to the data root) are scored."""
     run = tmp_path / "run"
     run.mkdir()
-    split = {"version": 1, "root": str(folder), "class_names": list(CLASSES), "splits": {
+    split = {"version": 1, "root": str(folder), "class_names": list(band.CLASSES), "splits": {
         "train": {"files": ["a/0.png"], "labels": ["a"]},
         "val": {"files": [], "labels": []},
         "test": {"files": ["a/1.png", "b/0.png", "c/deep/0.png"], "labels": ["a", "b", "a"]}}}

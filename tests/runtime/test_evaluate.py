@@ -10,64 +10,30 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from convspec.runtime import DataError, Predictor, evaluate
 from convspec.runtime.evaluate import scores
 
 REPO = Path(__file__).resolve().parents[2]
-H = W = 6
-CLASSES = ("a", "b", "c")
 
 
-def band_model(path: Path) -> Path:
-    """uint8 (N, 1, 6, 6) -> softmax over 3 classes; class j's logit is 0.05 x the sum of rows 2j, 2j+1."""
-    w = np.zeros((H * W, 3), np.float32)
-    for j in range(3):
-        band = np.zeros((H, W), np.float32)
-        band[2 * j:2 * j + 2] = 0.05
-        w[:, j] = band.ravel()
-    graph = helper.make_graph(
-        [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-         helper.make_node("Flatten", ["f"], ["flat"], axis=1),
-         helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-        "band",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 1, H, W])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    helper.set_model_props(model, {"convspec.classes": json.dumps(list(CLASSES)), "convspec.task": "multiclass",
-                                   "convspec.channels": "1", "convspec.input_size": json.dumps([H, W])})
-    onnx.save(model, path)
-    return path
-
-
-def save_band(path: Path, j: int) -> None:
-    a = np.full((H, W), 10, np.uint8)
-    a[2 * j:2 * j + 2] = 250
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path)
 
 
 @pytest.fixture
-def model(tmp_path):
-    return band_model(tmp_path / "band.onnx")
+def model(tmp_path, band):
+    return band.model(tmp_path / "band.onnx")
 
 
-def test_folder_with_known_answers(model, tmp_path):
+def test_folder_with_known_answers(model, tmp_path, band):
     root = tmp_path / "data"
     truth = {"a": [0, 0, 1], "b": [1, 1], "c": [2, 2, 2, 0]}  # folder -> band drawn in each image
     for name, bands in truth.items():
         for i, j in enumerate(bands):
-            save_band(root / name / f"{i}.png", j)
+            band.save(root / name / f"{i}.png", j)
     r = evaluate(model, root)
-    assert r.images == 9 and r.classes == list(CLASSES)
+    assert r.images == 9 and r.classes == list(band.CLASSES)
     assert r.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 3]]
     assert r.accuracy == pytest.approx(7 / 9)
     assert r.per_class["a"] == {"precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3),
@@ -77,26 +43,26 @@ def test_folder_with_known_answers(model, tmp_path):
     assert json.dumps(r.to_dict())
 
 
-def test_csv_and_subset_of_classes(model, tmp_path):
+def test_csv_and_subset_of_classes(model, tmp_path, band):
     for i, j in enumerate([2, 2, 1]):
-        save_band(tmp_path / "img" / f"{i}.png", j)
+        band.save(tmp_path / "img" / f"{i}.png", j)
     (tmp_path / "two.csv").write_text("path,label\nimg/0.png,c\nimg/2.png,b\n")
     r = evaluate(Predictor(model), tmp_path / "two.csv")
     assert r.accuracy == 1.0 and r.per_class["a"]["support"] == 0
     assert r.precision == 1.0  # macro over the classes present
 
 
-def test_unknown_class_is_a_clear_error(model, tmp_path):
+def test_unknown_class_is_a_clear_error(model, tmp_path, band):
     for name in ("a", "zebra"):
-        save_band(tmp_path / "data" / name / "0.png", 0)
+        band.save(tmp_path / "data" / name / "0.png", 0)
     with pytest.raises(DataError, match=r"classes the model does not know: zebra \(the model's classes: a, b, c\)"):
         evaluate(model, tmp_path / "data")
 
 
-def test_unreadable_images_are_skipped_and_reported(model, tmp_path):
+def test_unreadable_images_are_skipped_and_reported(model, tmp_path, band):
     root = tmp_path / "data"
-    save_band(root / "a" / "0.png", 0)
-    save_band(root / "b" / "0.png", 1)
+    band.save(root / "a" / "0.png", 0)
+    band.save(root / "b" / "0.png", 1)
     (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
     r = evaluate(model, root)
     assert r.images == 2 and r.accuracy == 1.0
