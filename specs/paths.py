@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .yamlio import get_node
+
 
 class PathError(ValueError):
     """A dotted path that does not lead anywhere in the document."""
@@ -47,8 +49,6 @@ def set_path(data: Any, path: tuple, value: Any, *, create: bool = True) -> None
 
 
 def has_path(data: Any, path: tuple) -> bool:
-    from .yamlio import get_node
-
     try:
         get_node(data, path)
     except KeyError:

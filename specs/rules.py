@@ -53,9 +53,9 @@ def _classes(spec) -> list[Issue]:
                 extra = sorted(set(spec.classes) - set(found))
                 detail = "; ".join(p for p in (f"in the data but not listed: {', '.join(missing)}" if missing else "",
                                                f"listed but not in the data: {', '.join(extra)}" if extra else "") if p)
-                issues.append(Issue(f"classes must match the data's classes ({detail})", ("classes",)))
+                issues.append(Issue(f"must match the data's classes ({detail})", ("classes",)))
             elif isinstance(spec.classes, int) and spec.classes != len(found):
-                issues.append(Issue(f"classes: {spec.classes}, but the data has {len(found)} classes ({', '.join(found[:10])})", ("classes",)))
+                issues.append(Issue(f"{spec.classes} classes given, but the data has {len(found)} ({', '.join(found[:10])})", ("classes",)))
     return issues
 
 
