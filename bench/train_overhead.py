@@ -31,7 +31,7 @@ from convspec.specs import load_spec
 REPO = Path(__file__).resolve().parents[1]
 
 
-def hand_written(num_classes: int) -> nn.Module:
+def hand_written(num_classes: int, h: int, w: int) -> nn.Module:
     """examples/digits.yaml by hand: what a user would write without convspec."""
 
     def block(cin: int, cout: int) -> list[nn.Module]:
@@ -41,7 +41,7 @@ def hand_written(num_classes: int) -> nn.Module:
         def __init__(self):
             super().__init__()
             self.body = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, num_classes))
+                                      nn.Flatten(), nn.Dropout(0.2), nn.Linear(64 * (h // 2) * (w // 2), num_classes))
 
         def forward(self, x):
             return self.body((x.float() / 255 - 0.5) / 0.5)
@@ -86,7 +86,7 @@ def main() -> None:
 
     # -- 1. step time: compiled vs hand-written ----------------------------------------
     compiled = build_model(spec, num_classes=k).train()
-    manual = hand_written(k).train()
+    manual = hand_written(k, *spec.input.size).train()
     assert sum(p.numel() for p in compiled.parameters()) == sum(p.numel() for p in manual.parameters())
     steps = {"compiled": step_fn(compiled, torch.optim.AdamW(compiled.parameters(), 1e-3)),
              "hand-written": step_fn(manual, torch.optim.AdamW(manual.parameters(), 1e-3))}
