@@ -38,6 +38,8 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
+        if not path.parent.is_dir():
+            raise CheckpointError(f"{path.parent}: folder not found (looked for the checkpoint {path.name} in it)")
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         with warnings.catch_warnings():

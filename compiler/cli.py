@@ -7,12 +7,14 @@ Commands import torch only inside their bodies; ``validate``, ``summary``, ``sch
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from convspec.specs import ConvspecError, SpecError
@@ -76,14 +78,14 @@ def summary(
     s = spec.summary()
     from convspec.specs.shapes import fmt_shape
 
-    table = Table(title=f"{spec.name}: input {fmt_shape(s.input_shape)} uint8", title_justify="left")
+    table = Table(title=escape(f"{spec.name}: input {fmt_shape(s.input_shape)} uint8"), title_justify="left")  # names are user data, not markup
     table.add_column("layer")
     table.add_column("output", justify="right")
     table.add_column("params", justify="right")
     table.add_column("MACs", justify="right")
     for r in s.rows:
         style = "dim" if r.depth else None
-        table.add_row("  " * r.depth + r.name, fmt_shape(r.shape), f"{r.params:,}", f"{r.macs:,}", style=style)
+        table.add_row(escape("  " * r.depth + r.name), fmt_shape(r.shape), f"{r.params:,}", f"{r.macs:,}", style=style)
     table.add_section()
     table.add_row("total", fmt_shape(s.output_shape), f"{s.params:,}", f"{s.macs:,}", style="bold")
     out.print(table)
@@ -119,6 +121,8 @@ def train(
     """Train a spec: writes runs/NAME/ with checkpoints, metrics, plots, report and model.onnx."""
     if spec_path is None and resume is None:
         raise ConvspecError("give a SPEC file, or --resume RUN")
+    if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConvspecError(f"--device {device}: must be auto, cpu, cuda or cuda:N (as training.device)")
     if nproc > 1:
         from convspec.compiler.launch import launch_torchrun
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from convspec.specs import ConvspecError
@@ -67,7 +68,7 @@ def _collect(inputs: list[Path]) -> tuple[list[str], list[tuple[str, str]]]:
                 problems.append((name, "no images in this folder (looked for "
                                        + " ".join(sorted(IMAGE_EXTENSIONS)) + ", in sub-folders too)"))
             files.extend(found)
-        elif not item.exists():
+        elif not item.exists() and not item.is_symlink():  # a broken or looping link: the decoder names it
             problems.append((name, "file not found"))
         else:
             files.append(name)  # whatever its name, the decoder decides (and reports)
@@ -96,16 +97,17 @@ def predict(
         for p in preds:
             w.writerow([p.source] + [v for lab, prob in p.top for v in (lab, f"{prob:.6f}")])
     elif preds:
-        table = Table(title=f"{len(preds)} image{'s' if len(preds) != 1 else ''}: {model}", title_justify="left")
+        # Why escape: file and class names are user data; rich would read "[/]" or "[bold]" in them as markup
+        table = Table(title=escape(f"{len(preds)} image{'s' if len(preds) != 1 else ''}: {model}"), title_justify="left")
         table.add_column("image", overflow="fold")
         table.add_column("label")
         table.add_column("probability", justify="right")
         if k > 1:
             table.add_column(f"next {k - 1}")
         for p in preds:
-            row = [p.source, p.label, f"{p.probability:.4f}"]
+            row = [escape(p.source), escape(p.label), f"{p.probability:.4f}"]
             if k > 1:
-                row.append(", ".join(f"{lab} {prob:.4f}" for lab, prob in p.top[1:]))
+                row.append(escape(", ".join(f"{lab} {prob:.4f}" for lab, prob in p.top[1:])))
             table.add_row(*row)
         out.print(table)
     for path, reason in failures:
@@ -174,15 +176,15 @@ def evaluate(
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, c in result.per_class.items():
         if c["support"] or result.confusion[:, result.classes.index(name)].any():
-            table.add_row(name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
+            table.add_row(escape(name), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
     out.print(table)
     if len(result.classes) <= 20:
         cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
         cm.add_column("")
         for name in result.classes:
-            cm.add_column(name, justify="right")
+            cm.add_column(escape(name), justify="right")
         for name, row in zip(result.classes, result.confusion, strict=True):
-            cm.add_row(name, *[str(v) for v in row])
+            cm.add_row(escape(name), *[str(v) for v in row])
         out.print(cm)
     if result.failures:
         err.print(f"{len(result.failures)} unreadable image{'s' if len(result.failures) != 1 else ''} skipped", markup=False)

@@ -96,7 +96,7 @@ def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None,
         info["int8"] = quantize_run(run, spec, blob, data, log=log)
     info["time_s"] = round(time.perf_counter() - t0, 2)
     run.write_json(run.export_json, info)
-    results = run.read_results()
+    results = _read_results(run, log)
     if results:
         results["export"] = info
         run.write_json(run.results, results)
@@ -228,7 +228,7 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         version = importlib.metadata.version("convspec")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    metrics = run.read_results().get("test", {}).get("metrics", {})
+    metrics = _read_results(run).get("test", {}).get("metrics", {})
     info = ModelInfo(classes=tuple(class_names), task=spec.task, channels=spec.input.channels,
                      size=tuple(spec.input.size), resize=spec.input.resize, spec=spec.to_yaml(),
                      version=version, test_metrics={k: v for k, v in metrics.items() if v == v})  # drop NaN
@@ -249,6 +249,17 @@ def _check(proto) -> None:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # onnx.checker.ValidationError, shape inference errors
         raise ExportError(f"the exported model fails onnx.checker: {str(e).strip()[:500]}") from None
+
+
+def _read_results(run: Run, log: Callable[[str], None] | None = None) -> dict:
+    """The run's results.json, or {} (with a warning) when it is unreadable: export does not need it."""
+    try:
+        results = run.read_results()
+    except (OSError, ValueError) as e:
+        if log is not None:
+            log(f"warning: {run.results} is not readable JSON ({e}); leaving it as it is")
+        return {}
+    return results if isinstance(results, dict) else {}
 
 
 def _dataset(spec: Spec, run: Run):

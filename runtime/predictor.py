@@ -356,11 +356,17 @@ class Predictor:
         items = _as_items(items)
         k = min(top_k, len(self._classes))
         out: list[Prediction] = []
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2),
-                                thread_name_prefix="convspec-load") as pool:
+        # Why no pool for one image: starting threads costs more than decoding a small image, and
+        # a server calling predict([image]) from many threads must not start threads per call.
+        pool = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2),
+                                  thread_name_prefix="convspec-load") if len(items) > 1 else None
+        with pool or contextlib.nullcontext():
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
-                loaded = list(pool.map(lambda it: self._load(*it), enumerate(chunk, start)))
+                if pool is None:
+                    loaded = [self._load(i, it) for i, it in enumerate(chunk, start)]
+                else:
+                    loaded = list(pool.map(lambda it: self._load(*it), enumerate(chunk, start)))
                 good = [(src, a) for src, a in loaded if not isinstance(a, ImageError)]
                 for src, a in loaded:
                     if isinstance(a, ImageError):

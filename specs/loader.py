@@ -15,7 +15,16 @@ from .paths import PathError, has_path, set_path, split_path, with_values
 from .rules import check_rules, resolve_paths
 from .shapes import preprocess_issues, summarize
 from .spec import Spec
-from .yamlio import MAX_BYTES, check_flow_depth, check_size, dump_yaml, get_node, parse_yaml, position, to_plain
+from .yamlio import (
+    MAX_BYTES,
+    check_flow_depth,
+    check_size,
+    dump_yaml,
+    get_node,
+    parse_yaml,
+    position,
+    to_plain,
+)
 
 __all__ = ["load_spec", "load_spec_text", "spec_from_dict", "apply_values", "dump_yaml"]
 

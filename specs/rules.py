@@ -44,7 +44,8 @@ def _classes(spec) -> list[Issue]:
     n = spec.num_classes()
     if spec.task == "binary" and n is not None and n != 2:
         where = ("classes",) if spec.classes != "auto" else ("task",)
-        issues.append(Issue(f"task: binary needs exactly 2 classes; this spec has {n}", where))
+        what = "binary" if where == ("task",) else "task: binary"  # Why: the key is already printed before it
+        issues.append(Issue(f"{what} needs exactly 2 classes; this spec has {n}", where))
     if isinstance(spec.classes, (list, int)):
         found = static_class_names(spec)
         if found is not None:

@@ -56,10 +56,14 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
     except YAMLError as e:
         raise SpecError(Issue(f"YAML error: {e}", file=file, line=1, col=1)) from None
     except RecursionError:
-        raise SpecError(Issue("nesting is too deep to be a spec", file=file, line=1, col=1)) from None
+        raise SpecError(Issue(f"nesting is deeper than {MAX_DEPTH} levels", file=file, line=1, col=1)) from None
     except ValueError as e:  # e.g. Python's 4,300-digit limit on int("1" * 5000)
         line, col = _long_number_position(text)
         raise SpecError(Issue(f"YAML value error: {str(e)[:160]}", file=file, line=line, col=col)) from None
+    except TypeError as e:  # ruamel cannot build a mapping whose key holds a list: "{a: [1]}: x"
+        line, col = _complex_key_position(text)
+        raise SpecError(Issue(f"YAML error: a key is a mapping or list that holds a list ({str(e)[:80]}); "
+                              "keys are names, like 'layers:'", file=file, line=line, col=col)) from None
     if not isinstance(doc, CommentedMap):
         kind = "a list" if isinstance(doc, list) else f"a single value ({_short(doc)})"
         raise SpecError(Issue(f"the document is {kind}; expected a mapping with keys version, task, data, input and model", file=file, line=1, col=1))
@@ -128,6 +132,15 @@ def check_size(doc: CommentedMap, file: str) -> None:
             line, col = position(doc, (key,), at_key=True) or (1, 1)
             raise SpecError(Issue(problem, file=file, line=line, col=col))
         count[0] += 1
+
+
+def _complex_key_position(text: str) -> tuple[int, int]:
+    """Where a flow collection is followed by ':' (``- {a: [1]}:``), the likely complex key; else 1:1."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        m = re.search(r"[\]}]\s*:(\s|$)", line)
+        if m and not line.lstrip().startswith("#"):
+            return n, m.start() + 1
+    return 1, 1
 
 
 def _long_number_position(text: str) -> tuple[int, int]:
