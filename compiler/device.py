@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,8 @@ def resolve(device: str = "auto", precision: str = "auto") -> Placement:
     """
     if device == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise SpecError(Issue(f"must be auto, cpu, cuda or cuda:N (got {device!r})", ("training", "device")))
     else:
         dev = torch.device(device)
         if dev.type == "cuda":

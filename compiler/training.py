@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convspec.runtime.files import atomic_write_text
 from convspec.specs import ConvspecError, Spec, load_spec, load_spec_text
 
 from . import checkpoint, distributed, metrics, report
@@ -82,7 +83,11 @@ def train(
     state = None
     if resume is not None:
         run = Run(Path(resume))
+        if run.path.is_dir() and not run.last.exists():
+            raise checkpoint.CheckpointError(f"{run}: no last.pt: the run stopped before its first checkpoint; start it again with convspec train SPEC")
         state = checkpoint.load(run.last)
+        for leftover in run.path.glob(".*.tmp"):  # temp files of writes a kill interrupted
+            leftover.unlink(missing_ok=True)
         saved = load_spec_text(state["spec"], str(run.spec))
         spec = _check_resume_spec(saved, spec, overrides, run) if spec is not None else saved
     elif not isinstance(spec, Spec):
@@ -97,17 +102,18 @@ def train(
         if place.cuda:
             torch.cuda.set_device(place.device)
     distributed.init(dd, place.device)
-    if resume is None:
-        run = Run(Path(distributed.broadcast(dd, str(new_run(out, spec.name).path) if dd.is_main else None)))
     t_start = time.perf_counter()
 
-    # -- data -----------------------------------------------------------------------------
-    split_file = str(run.split) if run.split.exists() else None
-    data = load_dataset(spec, split_file=split_file, log=log if dd.is_main else (lambda _m: None))
+    # -- data (before the run folder: bad data must leave nothing behind) ----------------------
+    split_file = str(run.split) if resume is not None and run.split.exists() else None
+    data = load_dataset(spec, split_file=split_file, log=log)
+    if resume is None:
+        run = Run(Path(distributed.broadcast(dd, str(new_run(out, spec.name).path) if dd.is_main else None)))
     if dd.is_main:
         if split_file is None:
             save_split(data, run.split)
-        run.spec.write_text(spec.to_yaml()) if not run.spec.exists() else None
+        if not run.spec.exists():
+            atomic_write_text(run.spec, spec.to_yaml())
     t_data = time.perf_counter() - t_start
     images = _Images(data.images)  # (N, C, H, W) uint8, in RAM or a disk memmap
     labels = torch.from_numpy(data.labels)
@@ -155,8 +161,9 @@ def train(
         scaler.load_state_dict(state["scaler"]) if state.get("scaler") else None
         torch.set_rng_state(state["rng"]["torch"])
         shuffle_gen.set_state(state["rng"]["shuffle"])
-        if state["rng"].get("augment") is not None and aug_gen.device.type == "cpu":
-            aug_gen.set_state(state["rng"]["augment"])
+        aug_gen.set_state(state["rng"]["augment"])
+        if place.cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], place.device)
         history, best, stale = state["history"], state["best"], state["stale"]
         start_epoch = state["epoch"]
         if plateau is not None and state.get("plateau"):
@@ -172,7 +179,8 @@ def train(
             "history": history, "best": best, "stale": stale,
             "plateau": plateau.state() if plateau else None,
             "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state(),
-                    "augment": aug_gen.get_state() if aug_gen.device.type == "cpu" else None},
+                    "augment": aug_gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state(place.device) if place.cuda else None},
         })
 
     if state is None:
@@ -248,7 +256,7 @@ def train(
                     stale += 1
                 save_checkpoint(run.last, epoch)
                 if dd.is_main:
-                    run.metrics.write_text("".join(_json_line(h) for h in history))  # small; rewritten whole
+                    atomic_write_text(run.metrics, "".join(_json_line(h) for h in history))  # small; rewritten whole
                 bar.end_epoch(record)
                 if on_epoch is not None:
                     on_epoch(record)

@@ -251,7 +251,7 @@ def _check_tunable(spec: Spec) -> None:
     t = spec.tune
     if t is None:
         raise TuneError(f"{spec.source_file}: has no tune section (add tune: {{space: {{training.optimizer.lr: "
-                        "{type: float, low: 0.0001, high: 0.01, log: true}}}})")
+                        "{type: float, low: 0.0001, high: 0.01, log: true}}})")
     if not t.space:
         raise TuneError(f"{spec.source_file}: tune.space is empty: nothing to search")
     computed = {"val_loss", "val_accuracy", *(f"val_{m}" for m in spec.training.metrics)}

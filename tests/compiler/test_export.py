@@ -34,7 +34,7 @@ def test_model_passes_checker_and_takes_uint8_nchw(digits_run):
     [inp] = model.graph.input
     assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 16, 16]  # dynamic batch
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 12, 12]  # dynamic batch
     assert [o.name for o in model.graph.output] == ["probabilities"]
     assert model.opset_import[0].version == 18
     assert not (digits_run / "model.onnx.data").exists()  # one self-contained file
@@ -47,7 +47,7 @@ def test_metadata(digits_run):
     assert json.loads(props["convspec.classes"]) == [str(i) for i in range(10)]
     assert props["convspec.task"] == "multiclass"
     assert props["convspec.channels"] == "1"
-    assert json.loads(props["convspec.input_size"]) == [16, 16]
+    assert json.loads(props["convspec.input_size"]) == [12, 12]
     assert props["convspec.resize"] == "stretch"
     assert props["convspec.layout"] == "NCHW uint8"
     assert props["convspec.version"]
@@ -82,7 +82,7 @@ def test_onnx_agrees_with_pytorch(digits_run):
     model = build_model(spec, class_names=state["class_names"])
     model.load_state_dict(state["model"])
     model.eval()
-    x = np.random.default_rng(0).integers(0, 256, (33, 1, 16, 16), dtype=np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (33, 1, 12, 12), dtype=np.uint8)
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
     got = Predictor(digits_run / "model.onnx").predict_arrays(x)

@@ -93,7 +93,7 @@ def test_resume_refuses_a_different_spec_with_a_diff(tmp_path):
 
 def test_early_stopping_and_schedulers(tmp_path):
     spec = small_digits("training.epochs=30", "training.early_stopping={monitor: val_accuracy, patience: 2}",
-                        "training.scheduler={type: plateau, patience: 0, factor: 0.5}", "training.optimizer={type: sgd, lr: 0.0001}")
+                        "training.scheduler={type: plateau, patience: 0, factor: 0.5}", "training.optimizer={type: sgd, lr: 0.3}")
     run = train(spec, out=tmp_path, export=False, **QUIET)
     results = run.read_results()
     assert results["stopped_early"] and results["epochs_run"] < 30
