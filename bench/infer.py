@@ -1,6 +1,6 @@
 """Inference throughput: ONNX Runtime against PyTorch eager, and INT8 against fp32.
 
-Two models: (a) the digits example (1x16x16), trained for a few epochs and exported with
+Two models: (a) the digits example, trained as the example says and exported with
 ``convspec export --int8`` (so the INT8 accuracy is real); (b) a small 3x64x64 RGB conv net
 built from an inline spec with random weights (speed only). Each is run at batch 1 and 256
 by three engines: PyTorch eager (the compiled ``ConvspecModel`` under ``inference_mode``),
@@ -8,7 +8,7 @@ ORT fp32 and ORT INT8 (CPU provider, full graph optimization). Every measurement
 own process (``bench/_infer_worker.py``) with the same thread count; the three engines'
 measurements are interleaved, round by round, and the best round of each is kept.
 
-    python bench/infer.py                  # trains digits (3 epochs) in a temporary folder
+    python bench/infer.py                  # trains digits (as examples/digits.yaml says) in a temporary folder
     python bench/infer.py --run runs/digits-cnn --threads 2 --json out.json
 
 Goals: ORT/eager >= 4x at batch 1 and 256 on digits; INT8 >= 1.3x fp32 with <= 0.5 pt
@@ -67,14 +67,17 @@ def prepare_digits(args, work: Path) -> dict:
         from convspec.compiler.training import train
         from convspec.specs import load_spec
 
-        spec = load_spec(REPO / "examples" / "digits.yaml", overrides=[f"training.epochs={args.epochs}"])
-        print(f"training digits for {args.epochs} epochs ...", file=sys.stderr)
+        spec = load_spec(REPO / "examples" / "digits.yaml", overrides=[f"training.epochs={args.epochs}"] if args.epochs else None)
+        print(f"training digits for {spec.training.epochs} epochs ...", file=sys.stderr)
         run = train(spec, out=work, progress=False, export=False, log=lambda _m: None)
     if not run.onnx_int8.exists() or not run.export_json.exists() or "int8" not in json.loads(run.export_json.read_text()):
         export_onnx(run, int8=True, log=lambda m: print(m, file=sys.stderr))
     info = json.loads(run.export_json.read_text())
     weights = run.best if run.best.exists() else run.last
-    return {"name": "digits 1x16x16", "fp32": run.onnx, "int8": run.onnx_int8, "spec": run.spec,
+    from convspec.specs import load_spec_text
+
+    c, (h, w) = (lambda i: (i.channels, i.size))(load_spec_text(run.spec.read_text()).input)
+    return {"name": f"digits {c}x{h}x{w}", "fp32": run.onnx, "int8": run.onnx_int8, "spec": run.spec,
             "weights": weights, "export": info}
 
 
@@ -152,7 +155,7 @@ def measure_all(model: dict, batch: int, args) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", help="a digits run folder to use instead of training one")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs when training digits here")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs when training digits here (default: the example's)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every engine")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     ap.add_argument("--seconds", type=float, default=0.5, help="seconds per timing")
