@@ -34,7 +34,7 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
     img = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(img)
     fill = _colour(rng, avoid=background)
-    r = rng.uniform(0.15, 0.35) * size  # half the shape's extent
+    r = rng.uniform(0.25, 0.42) * size  # half the shape's extent
     cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -51,7 +51,7 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def make_shapes(out: Path, per_class: int = 150, size: int = 64, seed: int = 0) -> int:
+def make_shapes(out: Path, per_class: int = 300, size: int = 64, seed: int = 0) -> int:
     """Write ``per_class`` PNGs per class under ``out/<class>/``; returns the number written."""
     rng = np.random.default_rng(seed)
     n = 0
@@ -67,7 +67,7 @@ def make_shapes(out: Path, per_class: int = 150, size: int = 64, seed: int = 0) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    parser.add_argument("--per-class", type=int, default=150, help="images per class (default: 150)")
+    parser.add_argument("--per-class", type=int, default=300, help="images per class (default: 300)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)

@@ -95,7 +95,7 @@ def test_summary_of_a_folder_spec_without_data_notes_the_head(tmp_path: Path):
     shutil.copy(EXAMPLES / "shapes.yaml", spec)
     result = runner.invoke(app, ["summary", str(spec)], terminal_width=160)
     assert result.exit_code == 0, result.output
-    assert "23,696" in result.stdout and "not readable" in result.stdout
+    assert "196,064" in result.stdout and "not readable" in result.stdout
 
 
 def test_schema_to_stdout_and_to_a_file(tmp_path: Path):

@@ -87,13 +87,13 @@ def test_shapes_example_head_follows_its_data(tmp_path: Path):
     shutil.copy(EXAMPLES / "shapes.yaml", spec)
     # No data: the body is counted, the head's size is unknown and said to be.
     s = load_spec(spec).summary()
-    assert (s.params, s.output_shape) == (23_696, None)
+    assert (s.params, s.output_shape) == (196_064, None)
     assert "not readable" in s.classes_note
     # With the generated data: three classes, a 64 -> 3 head.
     make = runpy.run_path(str(EXAMPLES / "shapes" / "make_shapes.py"))["make_shapes"]
     assert make(tmp_path / "data" / "shapes", per_class=2, size=24, seed=1) == 6
     s = load_spec(spec).summary()
-    assert (s.params, s.output_shape) == (23_696 + 64 * 3 + 3, (3,))
+    assert (s.params, s.output_shape) == (196_064 + 64 * 3 + 3, (3,))
     assert load_spec(spec).num_classes() == 3
 
 
