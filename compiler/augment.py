@@ -14,6 +14,7 @@ handful of tensor ops on the training device is all this needs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -73,7 +74,7 @@ class Augmenter(nn.Module):
             generator: source of randomness; must live on ``x.device``. None: torch's default.
 
         Returns:
-            ``(N, C, H, W)`` of ``x``'s float dtype, clamped to [0, 255].
+            ``(N, C, H, W)`` of ``x``'s float dtype, in [0, 255].
         """
         if not x.is_floating_point():
             x = x.to(torch.float32)
@@ -81,7 +82,9 @@ class Augmenter(nn.Module):
             x = self._resample(x, self._sampling_matrix(x, generator))
         for op in self.photometric:
             x = self._photometric(op, x, generator).clamp_(0.0, 255.0)
-        return x.clamp(0.0, 255.0)
+        # No final clamp: a zero-filled bilinear resample weighs pixels by weights summing to at
+        # most 1, so in-range pixels stay in range, and each photometric op clamps its output.
+        return x
 
     # ------------------------------------------------------------ geometric
 
@@ -93,55 +96,54 @@ class Augmenter(nn.Module):
         """
         n, _, h, w = x.shape
         dev = x.device
-        A = torch.eye(3, device=dev).repeat(n, 1, 1)  # (N, 3, 3)
+        zero, one = torch.zeros(n, device=dev), torch.ones(n, device=dev)
+
+        def matrix(a, b, c, d, e, f) -> torch.Tensor:  # rows (a b c), (d e f), (0 0 1); one stack, not 6 writes
+            return torch.stack([a, b, c, d, e, f, zero, zero, one], dim=1).view(n, 3, 3)
+
+        A = None
         for op in self.geometric:
             fire = torch.rand(n, generator=g, device=dev) < op.p  # (N,)
-            inv = torch.eye(3, device=dev).repeat(n, 1, 1)
             if isinstance(op, Flip):
                 # Each requested axis flips independently with probability p.
                 hflip, vflip = fire, torch.rand(n, generator=g, device=dev) < op.p
-                if op.horizontal:
-                    inv[:, 0, 0] = torch.where(hflip, -1.0, 1.0)
-                if op.vertical:
-                    inv[:, 1, 1] = torch.where(vflip, -1.0, 1.0)
+                sx = torch.where(hflip, -1.0, 1.0) if op.horizontal else one
+                sy = torch.where(vflip, -1.0, 1.0) if op.vertical else one
+                inv = matrix(sx, zero, zero, zero, sy, zero)
             elif isinstance(op, Rotate):
                 deg = (torch.rand(n, generator=g, device=dev) * 2 - 1) * op.degrees
                 rad = torch.where(fire, deg, 0.0) * (math.pi / 180)
                 cos, sin = torch.cos(rad), torch.sin(rad)
-                inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 0], inv[:, 1, 1] = cos, sin, -sin, cos
+                inv = matrix(cos, sin, zero, -sin, cos, zero)
             elif isinstance(op, Scale):
                 lo, hi = op.range
                 s = lo + (hi - lo) * torch.rand(n, generator=g, device=dev)
-                s = torch.where(fire, s, 1.0)
-                inv[:, 0, 0], inv[:, 1, 1] = 1 / s, 1 / s
+                s = 1 / torch.where(fire, s, 1.0)
+                inv = matrix(s, zero, zero, zero, s, zero)
             elif isinstance(op, Translate):
                 fy, fx = op.fraction
                 t = torch.rand(n, 2, generator=g, device=dev) * 2 - 1  # (N, 2) in [-1, 1]
-                inv[:, 0, 2] = -torch.where(fire, t[:, 1] * fx * w, 0.0)
-                inv[:, 1, 2] = -torch.where(fire, t[:, 0] * fy * h, 0.0)
+                t = torch.where(fire[:, None], t, 0.0)
+                inv = matrix(one, zero, -t[:, 1] * (fx * w), zero, one, -t[:, 0] * (fy * h))
             elif isinstance(op, RandomCrop):
                 # Pad by P, crop back at offset o in [0, 2P]: out[y, x] = in[y + o - P, x + o - P].
                 pad = op.padding
                 o = torch.randint(0, 2 * pad + 1, (n, 2), generator=g, device=dev).to(torch.float32) - pad
-                inv[:, 0, 2] = torch.where(fire, o[:, 1], 0.0)
-                inv[:, 1, 2] = torch.where(fire, o[:, 0], 0.0)
-            A = A @ inv
+                o = torch.where(fire[:, None], o, 0.0)
+                inv = matrix(one, zero, o[:, 1], zero, one, o[:, 0])
+            A = inv if A is None else A @ inv
         return A
 
     @staticmethod
     def _resample(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         """One bilinear, zero-filled resample of ``x`` at ``A`` (centred pixel coordinates)."""
         n, c, h, w = x.shape
-        # Centred pixels -> affine_grid's normalised coords (align_corners=False): u = x_n * W/2.
-        theta = torch.empty(n, 2, 3, device=x.device)
-        theta[:, 0, 0] = A[:, 0, 0]
-        theta[:, 0, 1] = A[:, 0, 1] * (h / w)
-        theta[:, 0, 2] = A[:, 0, 2] * (2 / w)
-        theta[:, 1, 0] = A[:, 1, 0] * (w / h)
-        theta[:, 1, 1] = A[:, 1, 1]
-        theta[:, 1, 2] = A[:, 1, 2] * (2 / h)
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        grid = F.affine_grid(theta.to(work.dtype), [n, c, h, w], align_corners=False)  # (N, H, W, 2)
+        scale, base = _grid_constants(h, w, x.device, work.dtype)
+        theta = A[:, :2, :].to(work.dtype) * scale  # (N, 2, 3), affine_grid's normalised coordinates
+        # affine_grid's grid as ONE (2N, 3) x (3, HW) product (a view, same values): on CPU,
+        # affine_grid's batched matmul cost 4x this on small images, more than the resample.
+        grid = (theta.reshape(n * 2, 3) @ base).view(n, 2, h, w).permute(0, 2, 3, 1)  # (N, H, W, 2)
         out = F.grid_sample(work, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return out.to(x.dtype)  # (N, C, H, W)
 
@@ -180,6 +182,17 @@ class Augmenter(nn.Module):
             box = rows[:, :, None] & cols[:, None, :] & fire.view(n, 1, 1)  # (N, H, W)
             return x.masked_fill(box[:, None], 0.0)
         raise TypeError(f"not a photometric op: {op!r}")  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=32)
+def _grid_constants(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """For an H x W image: the centred-pixel -> normalised scale of a (2, 3) affine (align_corners
+    False: u = x_n * W/2), and the (3, H*W) homogeneous normalised pixel centres (x, y, 1)."""
+    scale = torch.tensor([[1.0, h / w, 2 / w], [w / h, 1.0, 2 / h]], device=device, dtype=dtype)
+    xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1  # pixel centres in [-1, 1]
+    ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+    base = torch.stack([xs.repeat(h), ys.repeat_interleave(w), torch.ones(h * w, device=device, dtype=dtype)])
+    return scale, base
 
 
 def build_augmenter(spec) -> Augmenter | None:
