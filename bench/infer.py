@@ -4,8 +4,8 @@ Two models: (a) the digits example, trained as the example says and exported wit
 ``convspec export --int8`` (so the INT8 accuracy is real); (b) a small 3x64x64 RGB conv net
 built from an inline spec with random weights (speed only). Each is run at batch 1 and 256
 by three engines: PyTorch eager (the compiled ``ConvspecModel`` under ``inference_mode``),
-ORT fp32 and ORT INT8 (CPU provider, full graph optimization). Every measurement runs in its
-own process (``bench/_infer_worker.py``) with the same thread count; the three engines'
+ORT fp32 and ORT INT8 (CPU provider, full graph optimization). Every measurement runs in a
+fresh process (``bench/_infer_worker.py``) with the same thread count; the three engines'
 measurements are interleaved, round by round, and the best round of each is kept.
 
     python bench/infer.py                  # trains digits (as examples/digits.yaml says) in a temporary folder
@@ -133,22 +133,24 @@ class Worker:
 
 
 def measure_all(model: dict, batch: int, args) -> dict[str, float]:
-    """Best images/s of each engine over ``args.rounds`` interleaved rounds.
+    """Best images/s of each engine over ``args.rounds`` interleaved rounds, a fresh process each.
 
-    Why interleaved and best-of: on a shared machine, load from other processes comes and
-    goes; it only ever slows a measurement down, and interleaving gives every engine the
-    same chances of a quiet moment, so the ratios of the best rounds are the fairest.
+    Why interleaved, fresh and best-of: on a shared machine, load from other processes comes
+    and goes, and where a process's threads land on the cores is decided when it starts (on 2
+    cores, two spinning pools sharing one core halve a batch-1 rate for the process's whole
+    life). All of that only ever slows a measurement down; a fresh process per round gives
+    every engine the same chances of a good start and a quiet moment, so the ratios of the
+    best rounds are the fairest.
     """
-    workers = {e: Worker(e, model, batch, args) for e in ENGINES}
     best = dict.fromkeys(ENGINES, 0.0)
-    try:
-        for _ in range(args.rounds):
-            for e, w in workers.items():
-                time.sleep(0.3)  # let the previous engine's worker threads stop spinning
+    for _ in range(args.rounds):
+        for e in ENGINES:
+            time.sleep(0.3)  # let the previous engine's worker threads stop spinning
+            w = Worker(e, model, batch, args)
+            try:
                 best[e] = max(best[e], w.measure())
-    finally:
-        for w in workers.values():
-            w.close()
+            finally:
+                w.close()
     return best
 
 
@@ -160,7 +162,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     ap.add_argument("--seconds", type=float, default=0.5, help="seconds per timing")
     ap.add_argument("--repeats", type=int, default=3, help="timings per measurement (the median is kept)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved measurements per engine (the best is kept)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved measurements per engine, a fresh process each (the best is kept)")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()
 
@@ -182,7 +184,7 @@ def main() -> None:
                               "parity_top1_agreement": m["export"]["top1_agreement"]})
 
     print(f"\nimages/s (best of {args.rounds} interleaved rounds), {args.threads} thread(s) per engine, "
-          "each engine in its own process\n")
+          "a fresh process per measurement\n")
     head = f"{'model':<30} {'batch':>5} {'eager':>10} {'ORT fp32':>10} {'ORT int8':>10} {'ORT/eager':>10} {'int8/fp32':>10}"
     print(head)
     print("-" * len(head))
