@@ -34,7 +34,8 @@ X = torch.from_numpy(d.images.copy()).float(); y = torch.from_numpy(d.labels)
 tr, te = torch.from_numpy(d.splits["train"]), torch.from_numpy(d.splits["test"])
 torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
 blk = lambda i, o: [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-net = nn.Sequential(*blk(1, 32), nn.MaxPool2d(2), *blk(32, 64), *blk(64, 64), nn.Flatten(), nn.Dropout(0.2), nn.Linear(64 * (spec.input.size[0] // 2) * (spec.input.size[1] // 2), len(d.class_names)))
+net = nn.Sequential(*blk(1, 32), nn.MaxPool2d(2), *blk(32, 32), nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * (spec.input.size[0] // 2) * (spec.input.size[1] // 2), len(d.class_names)))
+assert sum(p.numel() for p in net.parameters()) == spec.summary().params, 'the hand-written net is not the spec'
 o = spec.training.optimizer; bs = spec.training.batch_size; E = spec.training.epochs
 opt = torch.optim.AdamW(net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 sched = torch.optim.lr_scheduler.OneCycleLR(opt, o.lr, total_steps=E * -(-len(tr) // bs))

@@ -40,8 +40,8 @@ def hand_written(num_classes: int, h: int, w: int) -> nn.Module:
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64),
-                                      nn.Flatten(), nn.Dropout(0.2), nn.Linear(64 * (h // 2) * (w // 2), num_classes))
+            self.body = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 32),
+                                      nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * (h // 2) * (w // 2), num_classes))
 
         def forward(self, x):
             return self.body((x.float() / 255 - 0.5) / 0.5)

@@ -25,7 +25,7 @@ QUIET = {"progress": False, "log": lambda _m: None}
 
 def small_digits(*extra: str):
     """examples/digits.yaml, smaller and shorter: a few seconds on one core."""
-    return load_spec(DIGITS, overrides=["input.size=[8, 8]", "training.epochs=3", "model.layers.2.times=1", *extra])
+    return load_spec(DIGITS, overrides=["input.size=[8, 8]", "training.epochs=3", "model.layers.2.filters=16", *extra])
 
 
 def test_run_folder_holds_everything_spec_md_lists(tmp_path):
@@ -133,7 +133,7 @@ def test_folder_with_bad_images_trains_and_names_them(digits_folder, tmp_path):
 def test_cli_train_with_set_and_no_traceback_on_bad_override(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "convspec.compiler", "train", str(DIGITS), "--out", str(tmp_path), "--no-export",
-           "--set", "input.size=[8, 8]", "--set", "training.epochs=1", "--set", "model.layers.2.times=1"]
+           "--set", "input.size=[8, 8]", "--set", "training.epochs=1", "--set", "model.layers.2.filters=16"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "digits-cnn" / "best.pt").exists()

@@ -70,13 +70,13 @@ def test_overridden_values_are_validated_like_the_file(override, key, words):
 
 def test_apply_values_returns_a_new_validated_spec():
     spec = load_spec(DIGITS)
-    trial = apply_values(spec, {"training.optimizer.lr": 0.01, "model.layers.2.times": 1})
+    trial = apply_values(spec, {"training.optimizer.lr": 0.01, "model.layers.2.filters": 16})
     assert trial.training.optimizer.lr == 0.01
-    assert trial.model.layers[2].times == 1
+    assert trial.model.layers[2].filters == 16
     assert trial.summary().params < spec.summary().params
-    assert spec.training.optimizer.lr == 0.003 and spec.model.layers[2].times == 2
+    assert spec.training.optimizer.lr == 0.003 and spec.model.layers[2].filters == 32
     assert trial.source_file == spec.source_file
-    assert get_value(trial, "model.layers.2.times") == 1
+    assert get_value(trial, "model.layers.2.filters") == 16
 
 
 def test_apply_values_rejects_invalid_values_and_paths():
@@ -86,7 +86,7 @@ def test_apply_values_rejects_invalid_values_and_paths():
     with pytest.raises(SpecError, match="no such key"):
         apply_values(spec, {"training.nope.lr": 1})
     with pytest.raises(SpecError, match="out of range"):
-        apply_values(spec, {"model.layers.7.filters": 8})
+        apply_values(spec, {"model.layers.9.filters": 8})
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
