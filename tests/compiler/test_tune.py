@@ -224,7 +224,8 @@ tune:
     import optuna
 
     trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}").trials
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
-    assert all(t.state.name == "COMPLETE" for t in trials)
-    assert len({t.params["training.optimizer.lr"] for t in trials}) == 4  # the joiner draws its own seed
+    seen = [(t.number, t.state.name, t.params) for t in trials] + outputs  # printed if an assertion fails
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3], seen
+    assert all(t.state.name == "COMPLETE" for t in trials), seen
+    assert len({t.params["training.optimizer.lr"] for t in trials}) == 4, seen  # the joiner draws its own seed
     assert all((tmp_path / f"worker{k}" / "shared-tune" / "best.yaml").is_file() for k in range(2))
