@@ -351,15 +351,28 @@ def _storage(url: str | None, folder: Path):
     raise TuneError(f"--storage {shown}: cannot open the study database: {text[0] if text else type(last).__name__}")
 
 
+def _create_or_join(optuna, store, study_name: str, direction: str) -> bool:
+    """Create the study; True if another process had created it (we join)."""
+    for attempt in range(5):
+        try:
+            optuna.create_study(storage=store, study_name=study_name, direction=direction)
+            return False
+        except optuna.exceptions.DuplicatedStudyError:
+            return True
+        except optuna.exceptions.StorageInternalError as e:
+            # Why: two processes creating one SQLite study at once can collide on the file's
+            # write lock; SQLite reports that at once (no busy wait) to avoid a deadlock.
+            if "locked" not in str(e.__cause__ or e) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return False  # pragma: no cover
+
+
 def _study(optuna, store, shown: str, study_name: str, spec: Spec, grid: dict | None):
     """Create the study, or join the one of that name; returns (study, joined)."""
     t = spec.tune
     direction = t.resolved_direction
-    joined = False
-    try:
-        optuna.create_study(storage=store, study_name=study_name, direction=direction)
-    except optuna.exceptions.DuplicatedStudyError:
-        joined = True
+    joined = _create_or_join(optuna, store, study_name, direction)
     study = optuna.load_study(study_name=study_name, storage=store)
     if study.direction.name.lower() != direction:
         raise TuneError(f"study {study_name!r} in {shown} was created to {study.direction.name.lower()}, "

@@ -229,3 +229,27 @@ tune:
     assert all(t.state.name == "COMPLETE" for t in trials), seen
     assert len({t.params["training.optimizer.lr"] for t in trials}) == 4, seen  # the joiner draws its own seed
     assert all((tmp_path / f"worker{k}" / "shared-tune" / "best.yaml").is_file() for k in range(2))
+
+
+def test_a_study_creation_that_meets_a_locked_sqlite_file_retries(tmp_path, monkeypatch):
+    """SQLite refuses a colliding writer at once ("database is locked"); creating the study retries."""
+    import optuna
+    import sqlalchemy
+
+    from convspec.compiler import tuning
+
+    store = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    real, calls = optuna.create_study, []
+
+    def locked_once(**kwargs):
+        calls.append(kwargs["study_name"])
+        if len(calls) == 1:
+            locked = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+            raise optuna.exceptions.StorageInternalError("commit failed") from locked
+        return real(**kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", locked_once)
+    assert tuning._create_or_join(optuna, store, "s", "maximize") is False  # created, on the second try
+    assert calls == ["s", "s"]
+    assert tuning._create_or_join(optuna, store, "s", "maximize") is True  # now it exists: join
+    assert [s.study_name for s in optuna.get_all_study_summaries(store)] == ["s"]
