@@ -204,6 +204,16 @@ def main() -> None:
     for n in notes:
         loss = (n["fp32_accuracy"] - n["int8_accuracy"]) * 100
         print(f"goals: INT8 accuracy loss <= 0.5 pt: {loss:+.2f} pt {'ok' if loss <= 0.5 else 'MISSED'}")
+    # What INT8 can gain at batch 1: it speeds up the arithmetic (one image's share of a
+    # batch-256 run) as much as at batch 256; the rest of a batch-1 call is ORT's per-call
+    # overhead, the same in fp32 and int8.
+    by = {(r["model"], r["batch"]): r for r in rows}
+    for m in dict.fromkeys(r["model"] for r in rows):
+        if (m, 1) in by and (m, 256) in by:
+            call, share, gain = 1e6 / by[m, 1]["fp32"], 1e6 / by[m, 256]["fp32"], by[m, 256]["int8_vs_fp32"]
+            bound = call / max(call - share + share / gain, 1e-9)
+            print(f"{m}: a batch-1 fp32 call takes {call:.1f} us, of which about {min(share, call):.1f} us is "
+                  f"arithmetic; sped up {gain:.2f}x as at batch 256, INT8 at batch 1 could reach {bound:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": args.threads, "rows": rows, "accuracy": notes}, indent=1))
 
