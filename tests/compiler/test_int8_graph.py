@@ -127,3 +127,26 @@ def test_a_wide_first_conv_is_quantized(tmp_path):
 """
     model = pre_processed(exported(tmp_path, layers), tmp_path)  # 1 x 7x7 = 49 >= 32
     assert prepare_for_int8(model) == []
+
+
+@pytest.mark.parametrize("example", ["lenet5.yaml", "shapes.yaml", "digits.yaml"])
+def test_rewrites_keep_the_outputs_of_the_examples(tmp_path, example):
+    """The example architectures (tanh + average pools, repeat stages, flatten + dense), random weights."""
+    from pathlib import Path
+
+    from convspec.specs import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / example)
+    torch.manual_seed(0)
+    names = [str(i) for i in range(10)] if spec.task == "multiclass" else ["a", "b"]
+    model = build_model(spec, num_classes=len(names), class_names=names).eval()
+    blob = export_to_file(model, spec, tmp_path / "m.onnx", names).read_bytes()
+    pre = pre_processed(blob, tmp_path)
+    c, (h, w) = spec.input.channels, spec.input.size
+    x = np.random.default_rng(0).integers(0, 256, (16, c, h, w), dtype=np.uint8)
+    before = outputs(pre, x)
+    prepare_for_int8(pre)
+    onnx.checker.check_model(pre, full_check=True)
+    np.testing.assert_allclose(outputs(pre, x), before, atol=1e-6)
+    q = onnx.load_from_string(quantize_int8(blob, x))
+    assert outputs(q, x).shape == before.shape
