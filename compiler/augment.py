@@ -74,16 +74,16 @@ class Augmenter(nn.Module):
             generator: source of randomness; must live on ``x.device``. None: torch's default.
 
         Returns:
-            ``(N, C, H, W)`` of ``x``'s float dtype, in [0, 255].
+            ``(N, C, H, W)`` of ``x``'s float dtype, clamped to [0, 255].
         """
         if not x.is_floating_point():
             x = x.to(torch.float32)
         if self.geometric:
-            x = self._resample(x, self._sampling_matrix(x, generator))
+            # In place on the resample's own output: its weights sum to at most 1, so only
+            # rounding can leave [0, 255].
+            x = self._resample(x, self._sampling_matrix(x, generator)).clamp_(0.0, 255.0)
         for op in self.photometric:
             x = self._photometric(op, x, generator).clamp_(0.0, 255.0)
-        # No final clamp: a zero-filled bilinear resample weighs pixels by weights summing to at
-        # most 1, so in-range pixels stay in range, and each photometric op clamps its output.
         return x
 
     # ------------------------------------------------------------ geometric
@@ -125,8 +125,8 @@ class Augmenter(nn.Module):
             elif isinstance(op, Translate):
                 fy, fx = op.fraction
                 u = torch.rand(n, 2, generator=g, device=dev)  # (N, 2): y, x
-                t = (1 - 2 * u) * fire[:, None] * torch.tensor([fy * h, fx * w], device=dev)
-                inv = matrix(one, zero, t[:, 1], zero, one, t[:, 0])
+                t = (1 - 2 * u) * fire[:, None]  # minus the shift, as a fraction
+                inv = matrix(one, zero, t[:, 1] * (fx * w), zero, one, t[:, 0] * (fy * h))
             elif isinstance(op, RandomCrop):
                 # Pad by P, crop back at offset o in [0, 2P]: out[y, x] = in[y + o - P, x + o - P].
                 pad = op.padding

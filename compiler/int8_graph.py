@@ -92,8 +92,9 @@ def channels_last_flatten(model) -> None:
     inits = {i.name: i for i in model.graph.initializer}
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
     consumers = _consumers(model)
+    outputs = {o.name for o in model.graph.output}
     for node in list(model.graph.node):
-        dims = shapes.get(node.input[0]) if node.op_type == "Reshape" else None
+        dims = shapes.get(node.input[0]) if node.op_type == "Reshape" and node.output[0] not in outputs else None
         users = consumers.get(node.output[0], []) if dims else []
         if not dims or len(dims) != 4 or 0 in dims[1:] or dims[2] * dims[3] == 1 or len(users) != 1:
             continue
