@@ -51,10 +51,12 @@ def float_stem(model) -> list[str]:
     shapes = {i.name: i.dims for i in model.graph.initializer}
     consumers = _consumers(model)
 
+    outputs = {o.name for o in model.graph.output}
+
     def only(node):
-        """The single node reading ``node``'s output, or None."""
+        """The single node reading ``node``'s output (not a graph output), or None."""
         users = consumers.get(node.output[0], [])
-        return users[0] if len(users) == 1 else None
+        return users[0] if len(users) == 1 and node.output[0] not in outputs else None
 
     keep = []
     for conv in model.graph.node:
