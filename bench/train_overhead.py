@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convspec.compiler.augment import build_augmenter
+from convspec.compiler.augment import augmented_batches, build_augmenter
 from convspec.compiler.builder import build_model
 from convspec.compiler.data import load_dataset
 from convspec.specs import load_spec
@@ -109,12 +109,8 @@ def main() -> None:
     def pipeline_epoch() -> float:
         t = time.perf_counter()
         perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
-        for i in range(0, len(perm), bs):
-            idx = perm[i:i + bs]
-            x = images[idx].float()  # the uint8 cache, as the training loop reads it
-            if augment is not None:
-                x = augment(x, gen)
-            step(x, labels[idx])
+        for _idx, x, y in augmented_batches(images, labels, perm, bs, torch.device("cpu"), augment, gen):  # as the loop
+            step(x, y)
         return time.perf_counter() - t
 
     def compute_epoch() -> float:

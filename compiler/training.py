@@ -25,7 +25,7 @@ from convspec.runtime.files import atomic_write_text
 from convspec.specs import ConvspecError, Spec, load_spec, load_spec_text
 
 from . import checkpoint, distributed, metrics, report
-from .augment import build_augmenter
+from .augment import augmented_batches, build_augmenter
 from .builder import build_model
 from .data import Dataset, load_dataset
 from .device import Placement, resolve
@@ -204,16 +204,12 @@ def train(
                 loss_sum, correct, count = 0.0, 0.0, 0.0
                 t_epoch = time.perf_counter()
                 bar.start_epoch(epoch)
-                for i in range(steps_per_epoch):
+                batches = augmented_batches(images, labels, perm, batch, place.device, augment, aug_gen)
+                for i, (idx, x, y) in enumerate(batches):  # x: (B, C, H, W) float in [0, 255], augmented
                     step = (epoch - 1) * steps_per_epoch + i
                     lr = lr_at(step, base_lr=base_lr, total_steps=total_steps, steps_per_epoch=steps_per_epoch, scheduler=sched)
                     for group in optimizer.param_groups:
                         group["lr"] = lr * (plateau.scale if plateau else 1.0)
-                    idx = perm[i * batch : (i + 1) * batch]
-                    x = images[idx].to(place.device, non_blocking=True).float()  # (B, C, H, W) in [0, 255]
-                    y = labels[idx].to(place.device, non_blocking=True)
-                    if augment is not None:
-                        x = augment(x, aug_gen)
                     if place.cuda:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(place.device.type, dtype=place.amp_dtype, enabled=place.amp_dtype is not None):

@@ -170,3 +170,35 @@ def test_runs_on_cuda_with_a_cuda_generator():
     g = torch.Generator(device="cuda").manual_seed(0)
     out = aug(x, g)
     assert out.device == x.device and out.shape == x.shape
+
+
+@pytest.mark.parametrize("chunk_bytes, calls", [(1 << 30, 1), (2 * 8 * 3 * 12 * 10 * 4, 3), (1, 5)])
+def test_augmented_batches_cover_the_epoch_in_order_augmenting_chunks(monkeypatch, chunk_bytes, calls):
+    """Batches of 8 from 37 images: perm order, every image once, the augmenter called per chunk."""
+    from convspec.compiler import augment as mod
+
+    monkeypatch.setattr(mod, "AUGMENT_CHUNK_BYTES", chunk_bytes)  # all at once, 2 batches a call (3 calls), one batch a call
+    aug = make_augmenter([{"type": "translate", "fraction": [0.2, 0.2]}])
+    seen = []
+    real = aug.forward
+    monkeypatch.setattr(aug, "forward", lambda x, g=None: (seen.append(len(x)), real(x, g))[1])
+    images = torch.randint(0, 256, (37, 3, 12, 10), dtype=torch.uint8)
+    labels = torch.arange(37)
+    perm = torch.randperm(37, generator=torch.Generator().manual_seed(1))
+    out = list(mod.augmented_batches(images, labels, perm, 8, torch.device("cpu"), aug, torch.Generator().manual_seed(0)))
+    assert [len(i) for i, _, _ in out] == [8, 8, 8, 8, 5]
+    assert torch.equal(torch.cat([i for i, _, _ in out]), perm)
+    assert all(torch.equal(y, labels[i]) for i, _, y in out)
+    assert all(x.dtype == torch.float32 and x.shape == (len(i), 3, 12, 10) for i, x, _ in out)
+    assert len(seen) == calls and sum(seen) == 37
+    # Augmented: pixels moved, but each batch is its own images (no mix-up between batches).
+    shifted = sum(not torch.equal(x, images[i].float()) for i, x, _ in out)
+    assert shifted >= 4
+
+
+def test_augmented_batches_without_augmentation_are_the_cached_pixels():
+    from convspec.compiler.augment import augmented_batches
+
+    images = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8)
+    out = list(augmented_batches(images, torch.zeros(20, dtype=torch.long), torch.arange(20), 6, torch.device("cpu"), None, None))
+    assert torch.equal(torch.cat([x for _, x, _ in out]), images.float())
