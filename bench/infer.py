@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     ap.add_argument("--seconds", type=float, default=0.5, help="seconds per timing")
     ap.add_argument("--repeats", type=int, default=3, help="timings per measurement (the median is kept)")
-    ap.add_argument("--rounds", type=int, default=4, help="interleaved measurements per engine, a fresh process each (the best is kept)")
+    ap.add_argument("--rounds", type=int, default=6, help="interleaved measurements per engine, a fresh process each (the best is kept)")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()
 
