@@ -210,7 +210,7 @@ def augmented_batches(images: torch.Tensor, labels: torch.Tensor, perm: torch.Te
     ``x`` is float ``(B, C, H, W)`` in [0, 255] on ``device``, augmented; ``images`` is the uint8
     cache. Augmentation runs on as many whole batches at once as fit ``AUGMENT_CHUNK_BYTES``.
     """
-    per_batch = max(1, images[0].numel() * 4 * batch)
+    per_batch = max(1, math.prod(images.shape[1:]) * 4 * batch)  # float32 bytes of one batch
     chunk = batch * max(1, AUGMENT_CHUNK_BYTES // per_batch)
     for start in range(0, len(perm), chunk):
         idx = perm[start:start + chunk]

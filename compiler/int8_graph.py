@@ -117,7 +117,10 @@ def channels_last_flatten(model) -> None:
 
 
 def _topological_sort(graph) -> None:
-    """Reorder ``graph.node`` so that every node comes after the nodes it reads from."""
+    """Reorder ``graph.node`` so that every node comes after the nodes it reads from.
+
+    Why by hand: onnx has no sort for a GraphProto, and the rewrites above only move a few nodes.
+    """
     ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
     while pending:
