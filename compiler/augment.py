@@ -208,7 +208,7 @@ def augmented_batches(images: torch.Tensor, labels: torch.Tensor, perm: torch.Te
     """The training batches of one epoch, in ``perm`` order: ``(idx, x, y)`` per step.
 
     ``x`` is float ``(B, C, H, W)`` in [0, 255] on ``device``, augmented; ``images`` is the uint8
-    cache. Augmentation runs on as many whole batches at once as fit ``AUGMENT_CHUNK_BYTES``.
+    cache: anything with ``shape`` that a tensor of indices picks rows of. Augmentation runs on as many whole batches at once as fit ``AUGMENT_CHUNK_BYTES``.
     """
     per_batch = max(1, math.prod(images.shape[1:]) * 4 * batch)  # float32 bytes of one batch
     chunk = batch * max(1, AUGMENT_CHUNK_BYTES // per_batch)

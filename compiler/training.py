@@ -413,6 +413,7 @@ class _Images:
     def __init__(self, array: np.ndarray):
         self.memmap = isinstance(array, np.memmap)
         self.array = array
+        self.shape = array.shape  # (N, C, H, W)
         if self.memmap:
             self.tensor = None
         else:

@@ -130,6 +130,20 @@ def test_folder_with_bad_images_trains_and_names_them(digits_folder, tmp_path):
         assert name in report and any(name in m for m in messages)
 
 
+def test_disk_cache_trains_with_augmentation_twice_alike(digits_folder, tmp_path):
+    """With ``cache: disk`` the second run reads the memmap; augmented batches come from it alike."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(DIGITS.read_text().replace("{type: builtin, name: digits}", "{type: folder, path: digits}"))
+    shutil.copytree(digits_folder, tmp_path / "digits")
+    spec = load_spec(spec_file, overrides=["input.size=[8, 8]", "training.epochs=2", "data.cache=disk"])
+    first = train(spec, out=tmp_path / "a", export=False, **QUIET)
+    messages: list[str] = []
+    second = train(spec, out=tmp_path / "b", export=False, progress=False, log=messages.append)
+    assert any("from the disk cache" in m for m in messages)
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("time_s", "images_per_s")} for h in hs]  # noqa: E731
+    assert strip(first.history()) == strip(second.history())
+
+
 def test_cli_train_with_set_and_no_traceback_on_bad_override(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "convspec.compiler", "train", str(DIGITS), "--out", str(tmp_path), "--no-export",
