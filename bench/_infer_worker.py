@@ -89,7 +89,10 @@ def main() -> None:
         if line.strip() != "go":
             break
         rate = measure(run, x, a.seconds, a.repeats)
-        print(json.dumps({"engine": a.engine, "batch": a.batch, "threads": a.threads, "images_per_s": rate, **extra}), flush=True)
+        print(
+            json.dumps({"engine": a.engine, "batch": a.batch, "threads": a.threads, "images_per_s": rate, **extra}),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

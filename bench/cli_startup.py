@@ -44,8 +44,15 @@ def predict_files(folder: Path) -> tuple[Path, Path]:
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    weights = {"w1": rng.normal(0, 0.1, (32, 1, 3, 3)), "b1": np.zeros(32), "w2": rng.normal(0, 0.1, (64, 32, 3, 3)),
-               "b2": np.zeros(64), "w3": rng.normal(0, 0.1, (10, 64)), "b3": np.zeros(10), "scale": np.array(1 / 255)}
+    weights = {
+        "w1": rng.normal(0, 0.1, (32, 1, 3, 3)),
+        "b1": np.zeros(32),
+        "w2": rng.normal(0, 0.1, (64, 32, 3, 3)),
+        "b2": np.zeros(64),
+        "w3": rng.normal(0, 0.1, (10, 64)),
+        "b3": np.zeros(10),
+        "scale": np.array(1 / 255),
+    }
     nodes = [
         helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["f", "scale"], ["x"]),
@@ -60,16 +67,24 @@ def predict_files(folder: Path) -> tuple[Path, Path]:
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "startup",
+        nodes,
+        "startup",
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 1, 16, 16])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    helper.set_model_props(model, {"convspec.classes": json.dumps([str(i) for i in range(10)]),
-                                   "convspec.task": "multiclass", "convspec.channels": "1",
-                                   "convspec.input_size": "[16, 16]", "convspec.resize": "stretch"})
+    helper.set_model_props(
+        model,
+        {
+            "convspec.classes": json.dumps([str(i) for i in range(10)]),
+            "convspec.task": "multiclass",
+            "convspec.channels": "1",
+            "convspec.input_size": "[16, 16]",
+            "convspec.resize": "stretch",
+        },
+    )
     onnx.save(model, folder / "model.onnx")
     Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / "digit.png")
     return folder / "model.onnx", folder / "digit.png"
@@ -111,17 +126,30 @@ def main(argv: list[str] | None = None) -> int:
         commands.append(("predict 1 image", ["predict", str(model), str(image)], max(args.budget, PREDICT_BUDGET)))
         for label, cmd, budget in commands:
             median = statistics.median(time_runs(prefix + cmd, args.repeat))
-            results.append({"command": label, "median_s": median, "ratio": median / base, "budget_s": budget,
-                            "within_budget": median <= budget})
+            results.append(
+                {
+                    "command": label,
+                    "median_s": median,
+                    "ratio": median / base,
+                    "budget_s": budget,
+                    "within_budget": median <= budget,
+                }
+            )
 
     if args.json:
-        print(json.dumps({"baseline_s": base, "budget_s": args.budget, "repeat": args.repeat, "commands": results}, indent=2))
+        print(
+            json.dumps(
+                {"baseline_s": base, "budget_s": args.budget, "repeat": args.repeat, "commands": results}, indent=2
+            )
+        )
     else:
         print(f"{'command':<22}{'median':>10}{'x python -c pass':>18}  within {args.budget:g} s")
         print(f"{'python -c pass':<22}{base:>9.3f}s{1.0:>17.1f}x")
         for r in results:
-            print(f"{r['command']:<22}{r['median_s']:>9.3f}s{r['ratio']:>17.1f}x  {'yes' if r['within_budget'] else 'NO'}"
-                  + (f" (budget {r['budget_s']:g} s)" if r["budget_s"] != args.budget else ""))
+            print(
+                f"{r['command']:<22}{r['median_s']:>9.3f}s{r['ratio']:>17.1f}x  {'yes' if r['within_budget'] else 'NO'}"
+                + (f" (budget {r['budget_s']:g} s)" if r["budget_s"] != args.budget else "")
+            )
     return 0 if all(r["within_budget"] for r in results) else 1
 
 

@@ -32,15 +32,63 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 WRONG_VALUES = [
-    "[1, 2]", "{a: 1}", "-3", "0", "abc", "null", "~", "1.5", "true", "no", "''", '""', "1e999", "-.inf",
-    ".nan", "[]", "{}", "0x1F", "0o17", "1_000", "2001-12-14", "!!binary AA==", "!!str 3", "!custom x",
-    "&anchor 1", "*nowhere", "|\n  block", ">-\n  folded", "[[[]]]", "{a: {b: {c: 1}}}", "9" * 40,
-    "'unterminated", '"bad \\q escape"', "? complex", "- item", "%TAG", "@reserved", "`backtick",
+    "[1, 2]",
+    "{a: 1}",
+    "-3",
+    "0",
+    "abc",
+    "null",
+    "~",
+    "1.5",
+    "true",
+    "no",
+    "''",
+    '""',
+    "1e999",
+    "-.inf",
+    ".nan",
+    "[]",
+    "{}",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "2001-12-14",
+    "!!binary AA==",
+    "!!str 3",
+    "!custom x",
+    "&anchor 1",
+    "*nowhere",
+    "|\n  block",
+    ">-\n  folded",
+    "[[[]]]",
+    "{a: {b: {c: 1}}}",
+    "9" * 40,
+    "'unterminated",
+    '"bad \\q escape"',
+    "? complex",
+    "- item",
+    "%TAG",
+    "@reserved",
+    "`backtick",
     "9" * 5000,  # past Python's 4,300-digit int limit
-    "[&l0 [x, x, x, x, x, x, x, x, x], " + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)) + "]",
+    "[&l0 [x, x, x, x, x, x, x, x, x], "
+    + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8))
+    + "]",
     "[" * 100 + "]" * 100,
 ]
-JUNK = list(":{}[],#&*!|>'\"%@`-?\t \\") + ["\x00", "\x07", "\x1b", "\u00e9", "\u2028", "\ufeff", "\U0001f600", "\r", "\n", "  ", "\u200b"]
+JUNK = list(":{}[],#&*!|>'\"%@`-?\t \\") + [
+    "\x00",
+    "\x07",
+    "\x1b",
+    "\u00e9",
+    "\u2028",
+    "\ufeff",
+    "\U0001f600",
+    "\r",
+    "\n",
+    "  ",
+    "\u200b",
+]
 
 
 def _split_kv(line: str) -> tuple[str, str, str] | None:
@@ -48,7 +96,7 @@ def _split_kv(line: str) -> tuple[str, str, str] | None:
     i = line.find(": ")
     if i <= 0:
         return None
-    return line[:i], ": ", line[i + 2:]
+    return line[:i], ": ", line[i + 2 :]
 
 
 def mutate(text: str, rng: random.Random) -> tuple[str, list[str]]:
@@ -92,7 +140,7 @@ def mutate(text: str, rng: random.Random) -> tuple[str, list[str]]:
                 how = rng.choice(["typo", "case", "other", "drop"])
                 if how == "typo" and stripped:
                     p = rng.randrange(len(stripped))
-                    stripped = stripped[:p] + rng.choice("abcdefghijklmnopqrstuvwxyz_.0") + stripped[p + 1:]
+                    stripped = stripped[:p] + rng.choice("abcdefghijklmnopqrstuvwxyz_.0") + stripped[p + 1 :]
                 elif how == "case":
                     stripped = stripped.upper()
                 elif how == "other" and keys:
@@ -108,7 +156,7 @@ def mutate(text: str, rng: random.Random) -> tuple[str, list[str]]:
             if rng.random() < 0.5:
                 lines[i] = " " * rng.randint(1, 5) + line
             else:
-                lines[i] = line[rng.randint(1, 4):] if line.startswith(" ") else "\t" + line
+                lines[i] = line[rng.randint(1, 4) :] if line.startswith(" ") else "\t" + line
         elif kind == "truncate":
             cut = rng.randrange(len(text)) if text else 0
             flat = "\n".join(lines)[:cut]
@@ -173,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             err = traceback.format_exc()
             if shown < args.show or args.only is not None:
                 shown += 1
-                print(f"--- case {n} ({name}: {', '.join(done)}): {type(e).__name__}: {e}\n{text}\n{err}", file=sys.stderr)
+                print(
+                    f"--- case {n} ({name}: {', '.join(done)}): {type(e).__name__}: {e}\n{text}\n{err}", file=sys.stderr
+                )
         else:
             if outcome == "no_line" and (shown < args.show or args.only is not None):
                 shown += 1
@@ -182,15 +232,20 @@ def main(argv: list[str] | None = None) -> int:
 
                     load_spec_text(data, name, base_dir=str(EXAMPLES))
                 except SpecError as e:
-                    print(f"--- case {n} ({name}: {', '.join(done)}): issue without a line:\n{e}\n{text}", file=sys.stderr)
+                    print(
+                        f"--- case {n} ({name}: {', '.join(done)}): issue without a line:\n{e}\n{text}", file=sys.stderr
+                    )
         slowest = max(slowest, (time.perf_counter() - tc, n))
         counts[outcome] += 1
         if args.only is not None:
             print(f"case {n} ({name}: {', '.join(done)}): {outcome}\n{text}")
     total = time.perf_counter() - t0
     ran = sum(counts.values())
-    print(f"fuzz_specs: {ran:,} mutated specs from {len(names)} examples (seed {args.seed}) in {total:.1f} s "
-          f"({total / max(ran, 1) * 1e3:.2f} ms each; mutation {t_mutate:.2f} s; slowest case {slowest[1]} at {slowest[0] * 1e3:.0f} ms)")
+    print(
+        f"fuzz_specs: {ran:,} mutated specs from {len(names)} examples (seed {args.seed}) in {total:.1f} s "
+        f"({total / max(ran, 1) * 1e3:.2f} ms each; mutation {t_mutate:.2f} s; slowest case {slowest[1]} at "
+        f"{slowest[0] * 1e3:.0f} ms)"
+    )
     print(f"  loaded: {counts['ok']:,}   SpecError with lines: {counts['spec_error']:,}")
     print(f"  unexpected exceptions: {counts['unexpected']}   SpecErrors without a line number: {counts['no_line']}")
     return 0 if counts["unexpected"] == 0 and counts["no_line"] == 0 else 1

@@ -42,8 +42,14 @@ def external_kill(t, out: Path, after_s: float) -> subprocess.Popen:
     args = ["train", str(t.SPEC), "--out", str(out), "--device", "cpu"]
     for s in t.SETS:
         args += ["--set", s]
-    proc = subprocess.Popen([sys.executable, str(t.HARNESS), "none", "--", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=t.env(), cwd=out.parent)
+    proc = subprocess.Popen(
+        [sys.executable, str(t.HARNESS), "none", "--", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=t.env(),
+        cwd=out.parent,
+    )
     try:
         proc.wait(timeout=after_s)
     except subprocess.TimeoutExpired:

@@ -48,8 +48,17 @@ def rss_mb() -> float:
 
 def train_digits(out: Path) -> Path:
     """A 2-epoch digits model, trained in a child process; returns its model.onnx."""
-    cmd = [sys.executable, "-m", "convspec.compiler", "train", str(REPO / "examples" / "digits.yaml"),
-           "--set", "training.epochs=2", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "convspec.compiler",
+        "train",
+        str(REPO / "examples" / "digits.yaml"),
+        "--set",
+        "training.epochs=2",
+        "--out",
+        str(out),
+    ]
     print(f"training a 2-epoch digits model in {out} ...", flush=True)
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return out / "digits-cnn" / "model.onnx"
@@ -105,8 +114,14 @@ def drive(predictor, items: list, expected: list[str] | None, threads: int, tota
         th.join()
     wall = time.perf_counter() - t0
     lat = np.concatenate([np.asarray(x) for x in latencies]) * 1e3
-    return {"n": len(lat), "wall_s": wall, "per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "errors": errors}
+    return {
+        "n": len(lat),
+        "wall_s": wall,
+        "per_s": len(lat) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "errors": errors,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--total", type=int, default=10_000)
     ap.add_argument("--warmup", type=int, default=400)
     ap.add_argument("--baseline", type=int, default=1_000, help="single-thread predictions for the ratio")
-    ap.add_argument("--intra-op-threads", type=int, default=1, help="ORT threads per run (1: the 4 callers are the parallelism)")
+    ap.add_argument(
+        "--intra-op-threads", type=int, default=1, help="ORT threads per run (1: the 4 callers are the parallelism)"
+    )
     args = ap.parse_args(argv)
 
     from convspec.runtime import Predictor
@@ -129,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor(model, providers="cpu", intra_op_threads=args.intra_op_threads)
         items = make_inputs(tmp)
         expected = [p.label for p in predictor.predict(items)]  # single-threaded reference labels
-        print(f"model {model} ({predictor.task}, {len(predictor.classes)} classes, input {list(predictor.input_shape)}); "
-              f"{len(items)} distinct images, PNG paths and arrays alternating; torch imported: {'torch' in sys.modules}")
+        print(
+            f"model {model} ({predictor.task}, {len(predictor.classes)} classes, input {list(predictor.input_shape)}); "
+            f"{len(items)} distinct images, PNG paths and arrays alternating; torch imported: {'torch' in sys.modules}"
+        )
 
         warm = drive(predictor, items, expected, args.threads, args.warmup)
         rss_warm = rss_mb()
@@ -140,9 +159,14 @@ def main(argv: list[str] | None = None) -> int:
 
     growth = (rss_end - rss_warm) / rss_warm * 100
     errors = warm["errors"] + base["errors"] + run["errors"]
-    print(f"1 thread   : {base['n']:>6,} predictions, {base['per_s']:8.0f}/s, p50 {base['p50_ms']:.2f} ms, p99 {base['p99_ms']:.2f} ms")
-    print(f"{args.threads} threads  : {run['n']:>6,} predictions in {run['wall_s']:.1f} s, {run['per_s']:8.0f}/s "
-          f"({run['per_s'] / base['per_s']:.2f}x one thread), p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms")
+    print(
+        f"1 thread   : {base['n']:>6,} predictions, {base['per_s']:8.0f}/s, p50 {base['p50_ms']:.2f} ms, p99 "
+        f"{base['p99_ms']:.2f} ms"
+    )
+    print(
+        f"{args.threads} threads  : {run['n']:>6,} predictions in {run['wall_s']:.1f} s, {run['per_s']:8.0f}/s "
+        f"({run['per_s'] / base['per_s']:.2f}x one thread), p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms"
+    )
     print(f"errors     : {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
     print(f"RSS        : {rss_warm:.1f} MB after warm-up, {rss_end:.1f} MB at the end: growth {growth:+.2f} %")
     ok = not errors and growth < 10

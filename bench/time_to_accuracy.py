@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-BASELINE = r'''
+BASELINE = r"""
 import sys, time
 t0 = time.perf_counter()
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -34,7 +34,9 @@ X = torch.from_numpy(d.images.copy()).float(); y = torch.from_numpy(d.labels)
 tr, te = torch.from_numpy(d.splits["train"]), torch.from_numpy(d.splits["test"])
 torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
 blk = lambda i, o: [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-net = nn.Sequential(*blk(1, 32), nn.MaxPool2d(2), *blk(32, 32), nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * (spec.input.size[0] // 2) * (spec.input.size[1] // 2), len(d.class_names)))
+flat = 32 * (spec.input.size[0] // 2) * (spec.input.size[1] // 2)
+net = nn.Sequential(*blk(1, 32), nn.MaxPool2d(2), *blk(32, 32), nn.Flatten(), nn.Dropout(0.2),
+                    nn.Linear(flat, len(d.class_names)))
 assert sum(p.numel() for p in net.parameters()) == spec.summary().params, 'the hand-written net is not the spec'
 o = spec.training.optimizer; bs = spec.training.batch_size; E = spec.training.epochs
 opt = torch.optim.AdamW(net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
@@ -43,21 +45,27 @@ for ep in range(E):
     net.train(); perm = tr[torch.randperm(len(tr), generator=g)]
     for i in range(0, len(perm), bs):
         b = perm[i:i + bs]; x = X[b]
-        n = len(b); a = (torch.rand(n, generator=g) * 2 - 1) * 8 * np.pi / 180; t = (torch.rand(n, 2, generator=g) * 2 - 1) * 0.16
-        th = torch.zeros(n, 2, 3); th[:, 0, 0] = a.cos(); th[:, 0, 1] = -a.sin(); th[:, 1, 0] = a.sin(); th[:, 1, 1] = a.cos(); th[:, :, 2] = t
+        n = len(b); a = (torch.rand(n, generator=g) * 2 - 1) * 8 * np.pi / 180
+        t = (torch.rand(n, 2, generator=g) * 2 - 1) * 0.16
+        th = torch.zeros(n, 2, 3); th[:, 0, 0] = a.cos(); th[:, 0, 1] = -a.sin()
+        th[:, 1, 0] = a.sin(); th[:, 1, 1] = a.cos(); th[:, :, 2] = t
         x = F.grid_sample(x, F.affine_grid(th, x.shape, align_corners=False), align_corners=False)
-        loss = F.cross_entropy(net((x / 255 - 0.5) / 0.5), y[b]); opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        loss = F.cross_entropy(net((x / 255 - 0.5) / 0.5), y[b])
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
 net.eval()
 with torch.no_grad():
     acc = (net((X[te] / 255 - 0.5) / 0.5).argmax(1) == y[te]).float().mean().item()
 print(f"{acc} {time.perf_counter() - t0}")
-'''
+"""
 
 
 def run_convspec(spec: str, seed: int, out: str) -> tuple[float, float]:
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "convspec.compiler", "train", spec, "--out", out,
-                           "--set", f"training.seed={seed}"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "convspec.compiler", "train", spec, "--out", out, "--set", f"training.seed={seed}"],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t
     if proc.returncode:
         sys.exit(f"convspec train failed:\n{proc.stderr[-3000:]}")
@@ -82,8 +90,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--goal-acc", type=float, default=0.99)
     ap.add_argument("--goal-s", type=float, default=20.0)
-    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time the hand-written loop (architecture of examples/digits.yaml)")
+    ap.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the hand-written loop (architecture of examples/digits.yaml)",
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as out:
@@ -91,16 +103,24 @@ def main() -> None:
             acc, wall = run_convspec(args.spec, seed, out)
             base = run_baseline(args.spec, seed) if args.baseline else (float("nan"), float("nan"))
             rows.append((seed, acc, wall, *base))
-            print(f"seed {seed}: convspec test accuracy {acc * 100:.2f} % in {wall:.1f} s wall"
-                  + (f"; hand-written loop {base[0] * 100:.2f} % in {base[1]:.1f} s" if args.baseline else ""), flush=True)
+            print(
+                f"seed {seed}: convspec test accuracy {acc * 100:.2f} % in {wall:.1f} s wall"
+                + (f"; hand-written loop {base[0] * 100:.2f} % in {base[1]:.1f} s" if args.baseline else ""),
+                flush=True,
+            )
     acc = statistics.median(r[1] for r in rows)
     wall = statistics.median(r[2] for r in rows)
-    print(f"median: test accuracy {acc * 100:.2f} % (goal >= {args.goal_acc * 100:.1f} %: {'ok' if acc >= args.goal_acc else 'MISSED'}), "
-          f"wall {wall:.1f} s (goal <= {args.goal_s:.0f} s: {'ok' if wall <= args.goal_s else 'MISSED'})")
+    print(
+        f"median: test accuracy {acc * 100:.2f} % (goal >= {args.goal_acc * 100:.1f} %: "
+        f"{'ok' if acc >= args.goal_acc else 'MISSED'}), "
+        f"wall {wall:.1f} s (goal <= {args.goal_s:.0f} s: {'ok' if wall <= args.goal_s else 'MISSED'})"
+    )
     if args.baseline:
         base_wall = statistics.median(r[4] for r in rows)
-        print(f"hand-written loop: median {statistics.median(r[3] for r in rows) * 100:.2f} %, {base_wall:.1f} s; "
-              f"convspec (with report and ONNX export) / hand-written wall: {wall / base_wall:.2f}")
+        print(
+            f"hand-written loop: median {statistics.median(r[3] for r in rows) * 100:.2f} %, {base_wall:.1f} s; "
+            f"convspec (with report and ONNX export) / hand-written wall: {wall / base_wall:.2f}"
+        )
 
 
 if __name__ == "__main__":

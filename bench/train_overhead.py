@@ -41,8 +41,14 @@ def hand_written(num_classes: int, h: int, w: int) -> nn.Module:
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 32),
-                                      nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * (h // 2) * (w // 2), num_classes))
+            self.body = nn.Sequential(
+                *block(1, 32),
+                nn.MaxPool2d(2),
+                *block(32, 32),
+                nn.Flatten(),
+                nn.Dropout(0.2),
+                nn.Linear(32 * (h // 2) * (w // 2), num_classes),
+            )
 
         def forward(self, x):
             return self.body((x.float() / 255 - 0.5) / 0.5)
@@ -106,13 +112,16 @@ def main() -> None:
     compiled = build_model(spec, num_classes=k).train()
     manual = hand_written(k, *spec.input.size).train()
     assert sum(p.numel() for p in compiled.parameters()) == sum(p.numel() for p in manual.parameters())
-    steps = {"compiled": step_fn(compiled, torch.optim.AdamW(compiled.parameters(), 1e-3)),
-             "hand-written": step_fn(manual, torch.optim.AdamW(manual.parameters(), 1e-3))}
-    batches = [(images[train_idx[i:i + bs]].float(), labels[train_idx[i:i + bs]]) for i in range(0, 20 * bs, bs)]
+    steps = {
+        "compiled": step_fn(compiled, torch.optim.AdamW(compiled.parameters(), 1e-3)),
+        "hand-written": step_fn(manual, torch.optim.AdamW(manual.parameters(), 1e-3)),
+    }
+    batches = [(images[train_idx[i : i + bs]].float(), labels[train_idx[i : i + bs]]) for i in range(0, 20 * bs, bs)]
     for s in steps.values():
         time_steps(s, batches[:3])  # warm-up
-    step_times = paired(lambda: time_steps(steps["compiled"], batches),
-                        lambda: time_steps(steps["hand-written"], batches), args.rounds)
+    step_times = paired(
+        lambda: time_steps(steps["compiled"], batches), lambda: time_steps(steps["hand-written"], batches), args.rounds
+    )
 
     # -- 2. epoch time: full pipeline vs compute only ----------------------------------------
     model = build_model(spec, num_classes=k).train()
@@ -120,7 +129,9 @@ def main() -> None:
     step = step_fn(model, opt)
     augment = build_augmenter(spec)
     gen = torch.Generator().manual_seed(0)
-    premade = [(images[train_idx[i:i + bs]].float(), labels[train_idx[i:i + bs]]) for i in range(0, len(train_idx), bs)]
+    premade = [
+        (images[train_idx[i : i + bs]].float(), labels[train_idx[i : i + bs]]) for i in range(0, len(train_idx), bs)
+    ]
 
     def pipeline_epoch() -> float:
         t = time.perf_counter()
@@ -139,15 +150,21 @@ def main() -> None:
     pipeline_epoch()
     epoch_times = paired(pipeline_epoch, compute_epoch, args.rounds)
 
-    print(f"spec {args.spec}: batch {bs}, {len(train_idx)} training images, torch threads {torch.get_num_threads()}, "
-          f"{args.rounds} paired rounds (order alternating)")
+    print(
+        f"spec {args.spec}: batch {bs}, {len(train_idx)} training images, torch threads {torch.get_num_threads()}, "
+        f"{args.rounds} paired rounds (order alternating)"
+    )
     print(f"{'':26}{'median':>10}{'ratio: median':>16}{'quartiles':>16}")
-    for label, (a, b), unit, scale, goal in (("step compiled / hand-written", step_times, "ms", 1e3, 1.05),
-                                             ("epoch pipeline / compute", epoch_times, "s", 1.0, 1.10)):
+    for label, (a, b), unit, scale, goal in (
+        ("step compiled / hand-written", step_times, "ms", 1e3, 1.05),
+        ("epoch pipeline / compute", epoch_times, "s", 1.0, 1.10),
+    ):
         ratios = sorted(x / y for x, y in zip(a, b, strict=True))
         q1, med, q3 = statistics.quantiles(ratios, n=4)
-        print(f"{label:26}{statistics.median(a) * scale:>8.3f} {unit} / {statistics.median(b) * scale:.3f} {unit}"
-              f"{med:>10.3f}{q1:>10.3f}-{q3:.3f}   (goal <= {goal}: {'ok' if med <= goal else 'MISSED'})")
+        print(
+            f"{label:26}{statistics.median(a) * scale:>8.3f} {unit} / {statistics.median(b) * scale:.3f} {unit}"
+            f"{med:>10.3f}{q1:>10.3f}-{q3:.3f}   (goal <= {goal}: {'ok' if med <= goal else 'MISSED'})"
+        )
 
 
 if __name__ == "__main__":

@@ -130,7 +130,9 @@ class Augmenter(nn.Module):
             elif isinstance(op, RandomCrop):
                 # Pad by P, crop back at offset o in [0, 2P]: out[y, x] = in[y + o - P, x + o - P].
                 pad = op.padding
-                o = (torch.randint(0, 2 * pad + 1, (n, 2), generator=g, device=dev).to(torch.float32) - pad) * fire[:, None]
+                o = (torch.randint(0, 2 * pad + 1, (n, 2), generator=g, device=dev).to(torch.float32) - pad) * fire[
+                    :, None
+                ]
                 inv = matrix(one, zero, o[:, 1], zero, one, o[:, 0])
             A = inv if A is None else A @ inv
         return A
@@ -203,23 +205,31 @@ def _grid_constants(h: int, w: int, device: torch.device, dtype: torch.dtype) ->
 AUGMENT_CHUNK_BYTES = 16 << 20
 
 
-def augmented_batches(images: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor, batch: int,
-                      device: torch.device, augment: Augmenter | None, generator: torch.Generator | None):
+def augmented_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    perm: torch.Tensor,
+    batch: int,
+    device: torch.device,
+    augment: Augmenter | None,
+    generator: torch.Generator | None,
+):
     """The training batches of one epoch, in ``perm`` order: ``(idx, x, y)`` per step.
 
     ``x`` is float ``(B, C, H, W)`` in [0, 255] on ``device``, augmented; ``images`` is the uint8
-    cache: anything with ``shape`` that a tensor of indices picks rows of. Augmentation runs on as many whole batches at once as fit ``AUGMENT_CHUNK_BYTES``.
+    cache: anything with ``shape`` that a tensor of indices picks rows of. Augmentation runs on as
+    many whole batches at once as fit ``AUGMENT_CHUNK_BYTES``.
     """
     per_batch = max(1, math.prod(images.shape[1:]) * 4 * batch)  # float32 bytes of one batch
     chunk = batch * max(1, AUGMENT_CHUNK_BYTES // per_batch)
     for start in range(0, len(perm), chunk):
-        idx = perm[start:start + chunk]
+        idx = perm[start : start + chunk]
         x = images[idx].to(device, non_blocking=True).float()
         y = labels[idx].to(device, non_blocking=True)
         if augment is not None:
             x = augment(x, generator)
         for j in range(0, len(idx), batch):
-            yield idx[j:j + batch], x[j:j + batch], y[j:j + batch]
+            yield idx[j : j + batch], x[j : j + batch], y[j : j + batch]
 
 
 def build_augmenter(spec) -> Augmenter | None:

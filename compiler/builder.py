@@ -40,9 +40,18 @@ class ConvspecModel(nn.Module):
     the outputs are already probabilities) and the training loop treats it as logits.
     """
 
-    def __init__(self, preprocess: Preprocess, body: nn.Sequential, head: nn.Module, *,
-                 task: str, num_classes: int | None, class_names: list[str] | None,
-                 input_shape: tuple[int, int, int], has_head: bool):
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        body: nn.Sequential,
+        head: nn.Module,
+        *,
+        task: str,
+        num_classes: int | None,
+        class_names: list[str] | None,
+        input_shape: tuple[int, int, int],
+        has_head: bool,
+    ):
         super().__init__()
         self.preprocess = preprocess
         self.body = body
@@ -86,7 +95,9 @@ class ConvspecModel(nn.Module):
         return bool(self.preprocess.auto_normalize)
 
 
-def _resolve_classes(spec, num_classes: int | None, class_names: list[str] | None) -> tuple[int | None, list[str] | None]:
+def _resolve_classes(
+    spec, num_classes: int | None, class_names: list[str] | None
+) -> tuple[int | None, list[str] | None]:
     where, file = ("classes",), spec.source_file
     if class_names is not None:
         class_names = [str(c) for c in class_names]
@@ -98,7 +109,9 @@ def _resolve_classes(spec, num_classes: int | None, class_names: list[str] | Non
     if num_classes is None:
         num_classes = declared
     elif declared is not None and num_classes != declared and spec.classes != "auto":
-        raise SpecError(Issue(f"the spec declares {declared} classes; the model was asked for {num_classes}", where, file))
+        raise SpecError(
+            Issue(f"the spec declares {declared} classes; the model was asked for {num_classes}", where, file)
+        )
     if spec.task == "binary":
         if num_classes is not None and num_classes != 2:
             raise SpecError(Issue(f"task: binary needs exactly 2 classes; got {num_classes}", ("task",), file))
@@ -133,13 +146,26 @@ def build_model(spec, num_classes: int | None = None, class_names: list[str] | N
     if spec.model.head:
         units = 1 if spec.task == "binary" else num_classes
         if units is None:
-            raise SpecError(Issue("the number of classes is unknown (classes: auto and the data source is not readable here); pass num_classes or list the classes", ("classes",), spec.source_file))
+            raise SpecError(
+                Issue(
+                    "the number of classes is unknown (classes: auto and the data source is not readable here); pass "
+                    "num_classes or list the classes",
+                    ("classes",),
+                    spec.source_file,
+                )
+            )
         parts: OrderedDict[str, nn.Module] = OrderedDict()
         if len(shape) != 1:
             parts["flatten"] = nn.Flatten()
         parts["linear"] = nn.Linear(math.prod(shape), units)
         head = nn.Sequential(parts)
     return ConvspecModel(
-        preprocess, body, head, task=spec.task, num_classes=num_classes, class_names=class_names,
-        input_shape=(spec.input.channels, *spec.input.size), has_head=spec.model.head,
+        preprocess,
+        body,
+        head,
+        task=spec.task,
+        num_classes=num_classes,
+        class_names=class_names,
+        input_shape=(spec.input.channels, *spec.input.size),
+        has_head=spec.model.head,
     )

@@ -47,10 +47,14 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused: the file holds objects other than weights ({_unpickling_reason(e)}); "
-                              "convspec loads checkpoints with weights_only=True and never runs code from a checkpoint") from None
+        raise CheckpointError(
+            f"{path}: refused: the file holds objects other than weights ({_unpickling_reason(e)}); "
+            "convspec loads checkpoints with weights_only=True and never runs code from a checkpoint"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state or "spec" not in state:
         raise CheckpointError(f"{path}: not a convspec checkpoint (expected keys format, model, spec)")
     return state

@@ -61,7 +61,10 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to che
                 err.print(str(issue), markup=False)
             continue
         n = spec.num_classes()
-        out.print(f"{path}: OK ({spec.name}, {spec.task}, {n if n is not None else 'unknown number of'} classes)", markup=False)
+        out.print(
+            f"{path}: OK ({spec.name}, {spec.task}, {n if n is not None else 'unknown number of'} classes)",
+            markup=False,
+        )
     if failed:
         raise typer.Exit(1)
 
@@ -78,7 +81,9 @@ def summary(
     s = spec.summary()
     from convspec.specs.shapes import fmt_shape
 
-    table = Table(title=escape(f"{spec.name}: input {fmt_shape(s.input_shape)} uint8"), title_justify="left")  # names are user data, not markup
+    table = Table(
+        title=escape(f"{spec.name}: input {fmt_shape(s.input_shape)} uint8"), title_justify="left"
+    )  # names are user data, not markup
     table.add_column("layer")
     table.add_column("output", justify="right")
     table.add_column("params", justify="right")
@@ -94,7 +99,9 @@ def summary(
 
 
 @user_errors
-def schema(out_file: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead of stdout.")] = None) -> None:
+def schema(
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead of stdout.")] = None,
+) -> None:
     """Print the JSON Schema of the spec language (for yaml-language-server / VS Code)."""
     from convspec.specs import json_schema_text
 
@@ -110,11 +117,19 @@ def schema(out_file: Annotated[Path | None, typer.Option("--out", help="Write to
 
 @user_errors
 def train(
-    spec_path: Annotated[Path | None, typer.Argument(metavar="SPEC", help="Spec file (optional with --resume).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY=VALUE (YAML value); repeatable.")] = None,
+    spec_path: Annotated[
+        Path | None, typer.Argument(metavar="SPEC", help="Spec file (optional with --resume).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override KEY=VALUE (YAML value); repeatable.")
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("runs"),
-    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run folder RUN from its last.pt.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (overrides training.device).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the run folder RUN from its last.pt.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda or cuda:N (overrides training.device).")
+    ] = None,
     nproc: Annotated[int, typer.Option("--nproc", help="Processes (devices) for DDP; launches torchrun.")] = 1,
     no_export: Annotated[bool, typer.Option("--no-export", help="Skip writing model.onnx.")] = False,
 ) -> None:

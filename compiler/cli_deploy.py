@@ -44,8 +44,9 @@ def _predictor(model: Path):
     if model.is_dir() and (model / "model.onnx").is_file():
         path = model / "model.onnx"
     elif model.is_dir():
-        raise ConvspecError(f"{model}: is a folder without model.onnx; give an .onnx file "
-                            f"(or run: convspec export {model})")
+        raise ConvspecError(
+            f"{model}: is a folder without model.onnx; give an .onnx file (or run: convspec export {model})"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         predictor = Predictor(path)
@@ -65,8 +66,14 @@ def _collect(inputs: list[Path]) -> tuple[list[str], list[tuple[str, str]]]:
         if item.is_dir():
             found = list_images(name, log=lambda m: err.print(m, markup=False))
             if not found:
-                problems.append((name, "no images in this folder (looked for "
-                                       + " ".join(sorted(IMAGE_EXTENSIONS)) + ", in sub-folders too)"))
+                problems.append(
+                    (
+                        name,
+                        "no images in this folder (looked for "
+                        + " ".join(sorted(IMAGE_EXTENSIONS))
+                        + ", in sub-folders too)",
+                    )
+                )
             files.extend(found)
         elif not item.exists() and not item.is_symlink():  # a broken or looping link: the decoder names it
             problems.append((name, "file not found"))
@@ -78,7 +85,9 @@ def _collect(inputs: list[Path]) -> tuple[list[str], list[tuple[str, str]]]:
 @user_errors
 def predict(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="An exported .onnx model (or a run folder).")],
-    inputs: Annotated[list[Path], typer.Argument(metavar="IMAGE_OR_FOLDER...", help="Images, or folders searched recursively.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(metavar="IMAGE_OR_FOLDER...", help="Images, or folders searched recursively.")
+    ],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 1,
     fmt: Annotated[Format, typer.Option("--format", help="table, json or csv.")] = Format.table,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference run.")] = 64,
@@ -87,18 +96,26 @@ def predict(
     predictor = _predictor(model)
     files, problems = _collect(inputs)
     failures: list[tuple[str, str]] = list(problems)
-    preds = predictor.predict(files, top_k=top_k, batch_size=batch_size, on_error="skip", failures=failures) if files else []
+    preds = (
+        predictor.predict(files, top_k=top_k, batch_size=batch_size, on_error="skip", failures=failures)
+        if files
+        else []
+    )
     k = min(top_k, len(predictor.classes))
     if fmt == Format.json:
         sys.stdout.write(json.dumps([p.to_dict() for p in preds], indent=1) + "\n")
     elif fmt == Format.csv:
         w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(["path", "label", "probability"] + [c for i in range(2, k + 1) for c in (f"label_{i}", f"probability_{i}")])
+        w.writerow(
+            ["path", "label", "probability"] + [c for i in range(2, k + 1) for c in (f"label_{i}", f"probability_{i}")]
+        )
         for p in preds:
             w.writerow([p.source] + [v for lab, prob in p.top for v in (lab, f"{prob:.6f}")])
     elif preds:
         # Why escape: file and class names are user data; rich would read "[/]" or "[bold]" in them as markup
-        table = Table(title=escape(f"{len(preds)} image{'s' if len(preds) != 1 else ''}: {model}"), title_justify="left")
+        table = Table(
+            title=escape(f"{len(preds)} image{'s' if len(preds) != 1 else ''}: {model}"), title_justify="left"
+        )
         table.add_column("image", overflow="fold")
         table.add_column("label")
         table.add_column("probability", justify="right")
@@ -113,8 +130,11 @@ def predict(
     for path, reason in failures:
         err.print(f"{path}: {reason}", markup=False)
     if failures:
-        err.print(f"{len(failures)} input{'s' if len(failures) != 1 else ''} could not be predicted"
-                  + (f"; {len(preds)} predicted" if preds else ""), markup=False)
+        err.print(
+            f"{len(failures)} input{'s' if len(failures) != 1 else ''} could not be predicted"
+            + (f"; {len(preds)} predicted" if preds else ""),
+            markup=False,
+        )
         raise typer.Exit(1)
 
 
@@ -128,7 +148,9 @@ def _run_test_split(run: Path, predictor):
     doc = read_split(run / "split.json")
     test = doc["splits"]["test"]
     if not test["files"]:
-        raise ConvspecError(f"{run}: the run has no test split (data.split.test is 0); give a folder or CSV of labelled images")
+        raise ConvspecError(
+            f"{run}: the run has no test split (data.split.test is 0); give a folder or CSV of labelled images"
+        )
     index = match_classes(sorted(set(test["labels"])), predictor.classes, f"{run}/split.json")
     if doc.get("root") is not None:
         root = doc["root"]
@@ -150,7 +172,10 @@ def _run_test_split(run: Path, predictor):
 @user_errors
 def evaluate(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="An exported .onnx model (or a run folder).")],
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="ImageFolder folder, CSV (path,label), or a run folder (its test split).")],
+    data: Annotated[
+        Path,
+        typer.Argument(metavar="DATA", help="ImageFolder folder, CSV (path,label), or a run folder (its test split)."),
+    ],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference run.")] = 64,
     fmt: Annotated[EvalFormat, typer.Option("--format", help="table or json.")] = EvalFormat.table,
 ) -> None:
@@ -169,14 +194,19 @@ def evaluate(
     if fmt == EvalFormat.json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=1) + "\n")
         return
-    out.print(f"{what}: {result.images} images, accuracy {result.accuracy * 100:.2f} %, macro precision "
-              f"{result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}", markup=False)
+    out.print(
+        f"{what}: {result.images} images, accuracy {result.accuracy * 100:.2f} %, macro precision "
+        f"{result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}",
+        markup=False,
+    )
     table = Table(title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, c in result.per_class.items():
         if c["support"] or result.confusion[:, result.classes.index(name)].any():
-            table.add_row(escape(name), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
+            table.add_row(
+                escape(name), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"])
+            )
     out.print(table)
     if len(result.classes) <= 20:
         cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
@@ -187,13 +217,17 @@ def evaluate(
             cm.add_row(escape(name), *[str(v) for v in row])
         out.print(cm)
     if result.failures:
-        err.print(f"{len(result.failures)} unreadable image{'s' if len(result.failures) != 1 else ''} skipped", markup=False)
+        err.print(
+            f"{len(result.failures)} unreadable image{'s' if len(result.failures) != 1 else ''} skipped", markup=False
+        )
 
 
 @user_errors
 def export(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder written by convspec train.")],
-    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static INT8 quantization).")] = False,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write model.int8.onnx (static INT8 quantization).")
+    ] = False,
 ) -> None:
     """Export a run to model.onnx (checked against PyTorch); with --int8 also model.int8.onnx."""
     from convspec.compiler.export import export_onnx

@@ -104,8 +104,7 @@ class Dataset:
         """Images per class in each split: ``{"train": {"cat": 40, "dog": 38}, ...}``."""
         out = {}
         for split in SPLITS:
-            per = np.bincount(self.labels[self.splits.get(split, np.empty(0, np.int64))],
-                              minlength=self.num_classes)
+            per = np.bincount(self.labels[self.splits.get(split, np.empty(0, np.int64))], minlength=self.num_classes)
             out[split] = {name: int(n) for name, n in zip(self.class_names, per, strict=True)}
         return out
 
@@ -175,8 +174,17 @@ def load_dataset(
         _resolve_classes(spec, data_names)  # Why here too: fail before minutes of decoding
         all_files = [p for p, _ in samples]
         images, kept, bad = _decode_files(
-            all_files, channels, size, resize, mode=spec.data.cache, cache_dir=cache_dir,
-            on_error=spec.data.on_bad_image, log=log, progress=progress, workers=workers)
+            all_files,
+            channels,
+            size,
+            resize,
+            mode=spec.data.cache,
+            cache_dir=cache_dir,
+            on_error=spec.data.on_bad_image,
+            log=log,
+            progress=progress,
+            workers=workers,
+        )
         files = [all_files[i] for i in kept]
         labels = np.asarray([samples[i][1] for i in kept], np.int64)
         if preset is not None:
@@ -202,11 +210,14 @@ def load_dataset(
     else:
         sp = spec.data.split
         names = [class_names[i] for i in labels]
-        ds.splits = make_split(ds.file_ids(), names, train=sp.train, val=sp.val, test=sp.test,
-                               stratify=sp.stratify, seed=sp.seed, log=log)
+        ds.splits = make_split(
+            ds.file_ids(), names, train=sp.train, val=sp.val, test=sp.test, stratify=sp.stratify, seed=sp.seed, log=log
+        )
     n = {s: len(ds.splits[s]) for s in SPLITS}
-    log(f"data: {len(ds)} images ({channels}x{size[0]}x{size[1]}), {len(class_names)} classes; "
-        f"train {n['train']}, val {n['val']}, test {n['test']}")
+    log(
+        f"data: {len(ds)} images ({channels}x{size[0]}x{size[1]}), {len(class_names)} classes; "
+        f"train {n['train']}, val {n['val']}, test {n['test']}"
+    )
     return ds
 
 
@@ -222,9 +233,14 @@ def _resolve_classes(spec, data_names: list[str]) -> tuple[list[str], np.ndarray
         if set(names) != set(data_names):
             missing = sort_names(set(data_names) - set(names))
             extra = sort_names(set(names) - set(data_names))
-            detail = "; ".join(p for p in (
-                f"in the data but not listed: {short_list(missing)}" if missing else "",
-                f"listed but not in the data: {short_list(extra)}" if extra else "") if p)
+            detail = "; ".join(
+                p
+                for p in (
+                    f"in the data but not listed: {short_list(missing)}" if missing else "",
+                    f"listed but not in the data: {short_list(extra)}" if extra else "",
+                )
+                if p
+            )
             raise DataError(f"classes must match the data's classes ({detail})")
     if spec.task == "binary" and len(names) != 2:
         raise DataError(f"task: binary needs exactly 2 classes; the data has {len(names)} ({short_list(names)})")
@@ -304,8 +320,19 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
         if hit is not None:
             log(f"data: {len(hit[1])} decoded images from the disk cache {folder / 'images' / key}.npy")
             return finish(hit)
-        result = _disk_write(folder / "images", key, files, channels, size, resize, nbytes,
-                             on_error=on_error, log=log, progress=progress, workers=workers)
+        result = _disk_write(
+            folder / "images",
+            key,
+            files,
+            channels,
+            size,
+            resize,
+            nbytes,
+            on_error=on_error,
+            log=log,
+            progress=progress,
+            workers=workers,
+        )
         if result is not None:
             return finish(result)
         mode = "memory"  # the disk cache was unusable; already warned
@@ -313,8 +340,9 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
     t0 = time.perf_counter()
     log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]}")
     out = np.empty((n, channels, *size), np.uint8)  # (N, C, H, W)
-    bad = decode_into(files, out, channels, size, resize, workers=workers, on_error=on_error,
-                      progress=_counter(progress, n))
+    bad = decode_into(
+        files, out, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
+    )
     kept = _kept(n, bad)
     images = out if not bad else out[kept]
     images.flags.writeable = False
@@ -355,8 +383,10 @@ def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_
         return None
     # Why check: a memmap on a full disk dies with SIGBUS, not an exception.
     if free < 2 * nbytes + (64 << 20):
-        log(f"warning: not enough free space in {folder} for the disk cache "
-            f"({nbytes / 2**30:.2f} GiB needed); keeping images in memory")
+        log(
+            f"warning: not enough free space in {folder} for the disk cache "
+            f"({nbytes / 2**30:.2f} GiB needed); keeping images in memory"
+        )
         return None
     t0 = time.perf_counter()
     log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]} into the disk cache {folder / key}.npy")
@@ -364,16 +394,18 @@ def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_
     os.close(fd)
     try:
         mm = np.lib.format.open_memmap(full, mode="w+", dtype=np.uint8, shape=(n, channels, *size))
-        bad = decode_into(files, mm, channels, size, resize, workers=workers, on_error=on_error,
-                          progress=_counter(progress, n))
+        bad = decode_into(
+            files, mm, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
+        )
         mm.flush()
         kept = _kept(n, bad)
         if bad:  # write only the good rows, in chunks (never the whole set in RAM)
+
             def write(tmp: str, src: np.ndarray = mm) -> None:
                 dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(kept), channels, *size))
                 step = max(1, (64 << 20) // max(1, channels * size[0] * size[1]))
                 for j in range(0, len(kept), step):
-                    dst[j:j + step] = src[kept[j:j + step]]
+                    dst[j : j + step] = src[kept[j : j + step]]
                 dst.flush()
                 del dst
 
@@ -410,7 +442,6 @@ def _counter(progress, total: int):
 
 
 # ----------------------------------------------------------------- helpers
-
 
 
 def _file_id(path: str, root: str) -> str:

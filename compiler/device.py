@@ -42,12 +42,26 @@ def resolve(device: str = "auto", precision: str = "auto") -> Placement:
         dev = torch.device(device)
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise SpecError(Issue(f"device {device!r} asked for, but CUDA is not available here; use auto or cpu", ("training", "device")))
+                raise SpecError(
+                    Issue(
+                        f"device {device!r} asked for, but CUDA is not available here; use auto or cpu",
+                        ("training", "device"),
+                    )
+                )
             if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise SpecError(Issue(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)", ("training", "device")))
+                raise SpecError(
+                    Issue(
+                        f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)",
+                        ("training", "device"),
+                    )
+                )
     if dev.type != "cuda":
         if precision in ("bf16", "fp16"):
-            raise SpecError(Issue(f"precision {precision} needs a CUDA device; on the CPU use fp32 or auto", ("training", "precision")))
+            raise SpecError(
+                Issue(
+                    f"precision {precision} needs a CUDA device; on the CPU use fp32 or auto", ("training", "precision")
+                )
+            )
         return Placement(dev, None, False)
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -46,8 +46,7 @@ class ExportError(ConvspecError):
     """An export that cannot be done, or whose ONNX model does not match PyTorch."""
 
 
-def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None,
-                log: Callable[[str], None] = print) -> Path:
+def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None, log: Callable[[str], None] = print) -> Path:
     """Export a trained run to ``model.onnx``, verified against PyTorch.
 
     Args:
@@ -86,11 +85,17 @@ def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None,
         raise
     atomic_write_bytes(run.onnx, blob)
     info: dict[str, Any] = {
-        "file": run.onnx.name, "checkpoint": ckpt.name, "opset": spec.export.opset,
-        "dynamic_batch": spec.export.dynamic_batch, "size_bytes": len(blob), **parity,
+        "file": run.onnx.name,
+        "checkpoint": ckpt.name,
+        "opset": spec.export.opset,
+        "dynamic_batch": spec.export.dynamic_batch,
+        "size_bytes": len(blob),
+        **parity,
     }
-    log(f"wrote {run.onnx} ({len(blob) / 1e6:.2f} MB): parity with PyTorch on {parity['images']} images: "
-        f"top-1 agreement {parity['top1_agreement'] * 100:.2f} %, max |diff| {parity['max_abs_diff']:.1e}")
+    log(
+        f"wrote {run.onnx} ({len(blob) / 1e6:.2f} MB): parity with PyTorch on {parity['images']} images: "
+        f"top-1 agreement {parity['top1_agreement'] * 100:.2f} %, max |diff| {parity['max_abs_diff']:.1e}"
+    )
 
     if quantize:
         info["int8"] = quantize_run(run, spec, blob, data, log=log)
@@ -119,20 +124,35 @@ def quantize_run(run: Run, spec: Spec, fp32: bytes, data, *, log: Callable[[str]
     images, labels = data.images[idx], data.labels[idx]
     acc32 = _ort_accuracy(fp32, images, labels, spec.task)
     acc8 = _ort_accuracy(blob, images, labels, spec.task)
-    timed = images if len(images) >= TIMING_IMAGES else data.images[_take(np.arange(len(data.images)), TIMING_IMAGES, 0)]
+    timed = (
+        images if len(images) >= TIMING_IMAGES else data.images[_take(np.arange(len(data.images)), TIMING_IMAGES, 0)]
+    )
     t32, t8 = time_model(fp32, timed[:TIMING_IMAGES]), time_model(blob, timed[:TIMING_IMAGES])
     speedup = t32 / t8 if t8 > 0 else float("nan")
-    out = {"file": run.onnx_int8.name, "split": split, "images": len(idx), "accuracy": acc8,
-           "fp32_accuracy": acc32, "speedup": speedup, "size_bytes": len(blob),
-           "calibration_images": len(calib)}
-    log(f"wrote {run.onnx_int8} ({len(blob) / 1e6:.2f} MB): {split} accuracy {acc8 * 100:.2f} % "
-        f"(fp32 {acc32 * 100:.2f} %), {speedup:.2f}x the speed of fp32")
+    out = {
+        "file": run.onnx_int8.name,
+        "split": split,
+        "images": len(idx),
+        "accuracy": acc8,
+        "fp32_accuracy": acc32,
+        "speedup": speedup,
+        "size_bytes": len(blob),
+        "calibration_images": len(calib),
+    }
+    log(
+        f"wrote {run.onnx_int8} ({len(blob) / 1e6:.2f} MB): {split} accuracy {acc8 * 100:.2f} % "
+        f"(fp32 {acc32 * 100:.2f} %), {speedup:.2f}x the speed of fp32"
+    )
     if acc32 - acc8 > INT8_MAX_LOSS:
-        log(f"warning: INT8 loses {(acc32 - acc8) * 100:.2f} points of {split} accuracy (more than "
-            f"{INT8_MAX_LOSS * 100:.1f}); more calibration images (export.calibration_images) may help")
+        log(
+            f"warning: INT8 loses {(acc32 - acc8) * 100:.2f} points of {split} accuracy (more than "
+            f"{INT8_MAX_LOSS * 100:.1f}); more calibration images (export.calibration_images) may help"
+        )
     if speedup < 1.0:
-        log(f"warning: INT8 is slower than fp32 here ({speedup:.2f}x); this CPU may lack fast int8 "
-            "instructions (VNNI), or the model is too small to gain")
+        log(
+            f"warning: INT8 is slower than fp32 here ({speedup:.2f}x); this CPU may lack fast int8 "
+            "instructions (VNNI), or the model is too small to gain"
+        )
     return out
 
 
@@ -195,15 +215,25 @@ def _export_proto(model: torch.nn.Module, spec: Spec):
     with quiet_exporter() as captured:
         try:
             program = torch.onnx.export(
-                model, (example,), None, dynamo=True, external_data=False, verbose=False,
-                opset_version=spec.export.opset, input_names=["images"], output_names=["probabilities"],
+                model,
+                (example,),
+                None,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                opset_version=spec.export.opset,
+                input_names=["images"],
+                output_names=["probabilities"],
                 dynamic_shapes=shapes,
             )
             proto = program.model_proto
         except Exception as e:
             tail = "\n".join(captured.getvalue().strip().splitlines()[-15:])
-            raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}"
-                              + (f"\nexporter output:\n{tail}" if tail else "")) from e
+            raise ExportError(
+                f"ONNX export failed: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}"
+                + (f"\nexporter output:\n{tail}" if tail else "")
+            ) from e
     if dynamic:
         dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
         dim.dim_param = "batch"
@@ -229,9 +259,16 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     metrics = _read_results(run).get("test", {}).get("metrics", {})
-    info = ModelInfo(classes=tuple(class_names), task=spec.task, channels=spec.input.channels,
-                     size=tuple(spec.input.size), resize=spec.input.resize, spec=spec.to_yaml(),
-                     version=version, test_metrics={k: v for k, v in metrics.items() if v == v})  # drop NaN
+    info = ModelInfo(
+        classes=tuple(class_names),
+        task=spec.task,
+        channels=spec.input.channels,
+        size=tuple(spec.input.size),
+        resize=spec.input.resize,
+        spec=spec.to_yaml(),
+        version=version,
+        test_metrics={k: v for k, v in metrics.items() if v == v},
+    )  # drop NaN
     props = info.to_props()
     keep = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
@@ -239,7 +276,8 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = f"convspec {spec.name}: uint8 images (N, {spec.input.channels}, {spec.input.size[0]}, {spec.input.size[1]}) -> probabilities"
+    (h, w), c = spec.input.size, spec.input.channels
+    proto.doc_string = f"convspec {spec.name}: uint8 images (N, {c}, {h}, {w}) -> probabilities"
 
 
 def _check(proto) -> None:
@@ -282,8 +320,10 @@ def _parity_indices(splits: dict[str, np.ndarray]) -> np.ndarray:
 @torch.inference_mode()
 def torch_probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """PyTorch eval-mode probabilities of uint8 ``(N, C, H, W)`` images, on the CPU, in batches."""
-    outs = [model(torch.from_numpy(np.ascontiguousarray(images[i:i + BATCH]))).float().numpy()
-            for i in range(0, len(images), BATCH)]
+    outs = [
+        model(torch.from_numpy(np.ascontiguousarray(images[i : i + BATCH]))).float().numpy()
+        for i in range(0, len(images), BATCH)
+    ]
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
 
 
@@ -292,7 +332,7 @@ def ort_probabilities(blob: bytes, images: np.ndarray) -> np.ndarray:
     from convspec.runtime import Predictor
 
     predictor = Predictor(blob, providers="cpu")
-    outs = [predictor.predict_arrays(images[i:i + BATCH]) for i in range(0, len(images), BATCH)]
+    outs = [predictor.predict_arrays(images[i : i + BATCH]) for i in range(0, len(images), BATCH)]
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
 
 
@@ -327,9 +367,14 @@ def _parity(model: torch.nn.Module, blob: bytes, images: np.ndarray, task: str) 
         raise ExportError(
             f"the ONNX model does not match PyTorch on {len(images)} images: top-1 agreement "
             f"{agreement * 100:.2f} % ({int((~agree).sum())} differ), max |diff| {diff:.2e} "
-            f"(allowed {MAX_ABS_DIFF:g}); model.onnx was not written")
-    return {"images": len(images), "top1_agreement": agreement, "max_abs_diff": diff,
-            "exact_top1_agreement": float((a == b).mean())}
+            f"(allowed {MAX_ABS_DIFF:g}); model.onnx was not written"
+        )
+    return {
+        "images": len(images),
+        "top1_agreement": agreement,
+        "max_abs_diff": diff,
+        "exact_top1_agreement": float((a == b).mean()),
+    }
 
 
 def _ort_accuracy(blob: bytes, images: np.ndarray, labels: np.ndarray, task: str) -> float:
@@ -346,8 +391,9 @@ def _take(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
 
 
-def export_to_file(model: torch.nn.Module, spec: Spec, path: str | os.PathLike,
-                   class_names: list[str] | None = None) -> Path:
+def export_to_file(
+    model: torch.nn.Module, spec: Spec, path: str | os.PathLike, class_names: list[str] | None = None
+) -> Path:
     """Export a built model (any weights) with metadata, unchecked against data: for benchmarks and tests."""
     proto = _export_proto(model.eval(), spec)
     names = class_names or list(model.class_names or [str(i) for i in range(model.num_classes or 2)])

@@ -103,16 +103,23 @@ def channels_last_flatten(model) -> None:
         gemm, (c, h, w) = users[0], dims[1:]
         target = inits.get(node.input[1])
         attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
-        if (gemm.op_type != "Gemm" or attrs.get("transB") != 1 or attrs.get("transA", 0) != 0 or target is None
-                or numpy_helper.to_array(target).tolist() != [-1, c * h * w]
-                or gemm.input[1] not in inits or len(consumers[gemm.input[1]]) != 1):
+        if (
+            gemm.op_type != "Gemm"
+            or attrs.get("transB") != 1
+            or attrs.get("transA", 0) != 0
+            or target is None
+            or numpy_helper.to_array(target).tolist() != [-1, c * h * w]
+            or gemm.input[1] not in inits
+            or len(consumers[gemm.input[1]]) != 1
+        ):
             continue
         weight = numpy_helper.to_array(inits[gemm.input[1]])
         permuted = weight.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(weight.shape)
         inits[gemm.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(permuted), gemm.input[1]))
         nhwc = node.input[0] + "_nhwc"
-        model.graph.node.append(helper.make_node("Transpose", [node.input[0]], [nhwc], perm=[0, 2, 3, 1],
-                                                 name=node.name + "_nhwc"))
+        model.graph.node.append(
+            helper.make_node("Transpose", [node.input[0]], [nhwc], perm=[0, 2, 3, 1], name=node.name + "_nhwc")
+        )
         node.input[0] = nhwc
 
 

@@ -128,11 +128,21 @@ def build_conv(layer: Conv, in_shape: Shape) -> tuple[nn.Module, Shape]:
             pad, conv_pad = nn.ZeroPad2d((left, right, top, bottom)), 0
     else:
         conv_pad = 0 if layer.padding == "valid" else int(layer.padding)
-    conv = nn.Conv2d(c, layer.filters, (kh, kw), stride=(sh, sw), padding=conv_pad,
-                     dilation=(dh, dw), groups=layer.groups, bias=layer.use_bias)
+    conv = nn.Conv2d(
+        c,
+        layer.filters,
+        (kh, kw),
+        stride=(sh, sw),
+        padding=conv_pad,
+        dilation=(dh, dw),
+        groups=layer.groups,
+        bias=layer.use_bias,
+    )
     bn = nn.BatchNorm2d(layer.filters) if layer.batch_norm else nn.Identity()
     mods = OrderedDict([("pad", pad), ("conv", conv), ("bn", bn), ("act", activation(layer.activation))])
-    return nn.Sequential(OrderedDict((k, m) for k, m in mods.items() if k == "conv" or not isinstance(m, nn.Identity))), out
+    return nn.Sequential(
+        OrderedDict((k, m) for k, m in mods.items() if k == "conv" or not isinstance(m, nn.Identity))
+    ), out
 
 
 def _pool(layer: MaxPool | AvgPool, in_shape: Shape, cls) -> tuple[nn.Module, Shape]:

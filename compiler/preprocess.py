@@ -58,7 +58,9 @@ class NormalizeStep(nn.Module):
         m = torch.as_tensor(mean, dtype=torch.float32).flatten()
         s = torch.as_tensor(std, dtype=torch.float32).flatten()
         if m.numel() != c or s.numel() != c:
-            raise ValueError(f"normalize needs {c} mean and std values (one per channel); got {m.numel()} and {s.numel()}")
+            raise ValueError(
+                f"normalize needs {c} mean and std values (one per channel); got {m.numel()} and {s.numel()}"
+            )
         if not bool((s > 0).all()):
             raise ValueError(f"normalize std must be > 0 (got {s.tolist()})")
         self.mean.copy_(m.view(1, c, 1, 1))
@@ -76,7 +78,7 @@ class CropStep(nn.Module):
         self.top, self.left, self.height, self.width = top, left, height, width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, self.top:self.top + self.height, self.left:self.left + self.width]
+        return x[:, :, self.top : self.top + self.height, self.left : self.left + self.width]
 
     def extra_repr(self) -> str:
         return f"top={self.top}, left={self.left}, height={self.height}, width={self.width}"
@@ -130,7 +132,9 @@ class MedianBlur(nn.Module):
         k, r = self.kernel, self.kernel // 2
         h, w = x.shape[-2], x.shape[-1]
         p = F.pad(x, (r, r, r, r), mode="reflect")  # (N, C, H+2r, W+2r)
-        windows = torch.stack([p[:, :, i:i + h, j:j + w] for i in range(k) for j in range(k)], dim=-1)  # (N, C, H, W, k*k)
+        windows = torch.stack(
+            [p[:, :, i : i + h, j : j + w] for i in range(k) for j in range(k)], dim=-1
+        )  # (N, C, H, W, k*k)
         top = torch.topk(windows, k * k // 2 + 1, dim=-1).values  # (N, C, H, W, k*k//2+1), descending
         return top[..., -1]  # (N, C, H, W)
 
@@ -224,7 +228,14 @@ def build_preprocess(spec) -> Preprocess:
             shape = (c, bh, bw)
         elif isinstance(step, Denoise):
             if step.kernel // 2 >= min(h, w):
-                raise SpecError(Issue(f"denoise kernel {step.kernel} is too large for the {h}x{w} image at this step (needs kernel // 2 < {min(h, w)})", ("preprocess", i, "kernel"), spec.source_file))
+                raise SpecError(
+                    Issue(
+                        f"denoise kernel {step.kernel} is too large for the {h}x{w} image at this step (needs kernel "
+                        f"// 2 < {min(h, w)})",
+                        ("preprocess", i, "kernel"),
+                        spec.source_file,
+                    )
+                )
             if step.method == "gaussian":
                 steps.append(GaussianBlur(c, step.kernel, step.effective_sigma))
             else:

@@ -38,7 +38,7 @@ class _Reader:
     def get_next(self):
         if self.pos >= len(self.images):
             return None
-        chunk = self.images[self.pos:self.pos + self.batch]
+        chunk = self.images[self.pos : self.pos + self.batch]
         self.pos += self.batch
         return {self.name: np.ascontiguousarray(chunk)}
 
@@ -88,8 +88,15 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, dynamic_batch: bool = Tr
             keep_float = prepare_for_int8(pre_model)
             onnx.save(pre_model, pre)
             quantize_static(
-                pre, out, reader, nodes_to_exclude=keep_float, quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=OPS,
+                pre,
+                out,
+                reader,
+                nodes_to_exclude=keep_float,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=OPS,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
         q = onnx.load(out)
@@ -120,8 +127,9 @@ def _quiet():
         root.setLevel(level)
 
 
-def time_model(blob: bytes, images: np.ndarray, *, batch: int = 64, repeats: int = 3,
-               threads: int | None = None) -> float:
+def time_model(
+    blob: bytes, images: np.ndarray, *, batch: int = 64, repeats: int = 3, threads: int | None = None
+) -> float:
     """Seconds to run ``images`` through a model in batches (best of ``repeats``, after a warm-up).
 
     Both models of a comparison should be timed with the same ``threads`` in the same process.
@@ -134,6 +142,6 @@ def time_model(blob: bytes, images: np.ndarray, *, batch: int = 64, repeats: int
     for _ in range(repeats):
         t = time.perf_counter()
         for i in range(0, len(images), batch):
-            p.predict_arrays(images[i:i + batch])
+            p.predict_arrays(images[i : i + batch])
         best = min(best, time.perf_counter() - t)
     return best

@@ -69,7 +69,12 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
     """report.md: data counts, test metrics, per-class scores, timings, bad files, export."""
     r = results
     lines = [f"# {r['name']}", "", f"Task: {r['task']}, {len(r['classes'])} classes: {', '.join(r['classes'])}.", ""]
-    lines += ["## Data", "", "| split | " + " | ".join(r["classes"]) + " | total |", "|---" * (len(r["classes"]) + 2) + "|"]
+    lines += [
+        "## Data",
+        "",
+        "| split | " + " | ".join(r["classes"]) + " | total |",
+        "|---" * (len(r["classes"]) + 2) + "|",
+    ]
     for split, counts in r["counts"].items():  # {split: {class name: count}}
         row = [counts.get(name, 0) for name in r["classes"]]
         lines.append(f"| {split} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
@@ -77,11 +82,18 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
     lines += ["", f"Bad files skipped: {len(bad)}."]
     for p, why in bad:
         lines.append(f"- `{p}`: {why}")
-    lines += ["", "## Training", "", f"Epochs run: {r['epochs_run']} of {r['epochs']}"
-              + (" (early stopping)" if r.get("stopped_early") else "") + f"; best epoch {r.get('best_epoch')}.",
-              f"Device: {r['device']}, precision {r['precision']}.",
-              f"Wall time: data {r['timings']['data_s']:.1f} s, training {r['timings']['train_s']:.1f} s"
-              f" ({r['timings'].get('images_per_s', 0):,.0f} images/s).", ""]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"Epochs run: {r['epochs_run']} of {r['epochs']}"
+        + (" (early stopping)" if r.get("stopped_early") else "")
+        + f"; best epoch {r.get('best_epoch')}.",
+        f"Device: {r['device']}, precision {r['precision']}.",
+        f"Wall time: data {r['timings']['data_s']:.1f} s, training {r['timings']['train_s']:.1f} s"
+        f" ({r['timings'].get('images_per_s', 0):,.0f} images/s).",
+        "",
+    ]
     test = r.get("test")
     if test:
         lines += ["## Test split", "", "| metric | value |", "|---|---|"]
@@ -95,11 +107,17 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
     lines += ["![curves](curves.png)", ""]
     exp = r.get("export")
     if exp:
-        lines += ["## Export", "", f"`{exp['file']}`: parity with PyTorch on {exp['images']} images: "
-                  f"top-1 agreement {exp['top1_agreement'] * 100:.2f} %, max |diff| {exp['max_abs_diff']:.2e}."]
+        lines += [
+            "## Export",
+            "",
+            f"`{exp['file']}`: parity with PyTorch on {exp['images']} images: "
+            f"top-1 agreement {exp['top1_agreement'] * 100:.2f} %, max |diff| {exp['max_abs_diff']:.2e}.",
+        ]
         if exp.get("int8"):
             q = exp["int8"]
-            lines.append(f"INT8 `{q['file']}`: test accuracy {_fmt(q.get('accuracy'))} (fp32 {_fmt(q.get('fp32_accuracy'))}), "
-                         f"speed {q.get('speedup', float('nan')):.2f}x fp32.")
+            lines.append(
+                f"INT8 `{q['file']}`: test accuracy {_fmt(q.get('accuracy'))} (fp32 {_fmt(q.get('fp32_accuracy'))}), "
+                f"speed {q.get('speedup', float('nan')):.2f}x fp32."
+            )
         lines.append("")
     atomic_write_text(path, "\n".join(lines))

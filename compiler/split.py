@@ -56,8 +56,10 @@ def make_split(
     positions = np.arange(n)
     rest, test_pos = _cut(positions, y, n_test, stratify, seed, "test", log)
     train_pos, val_pos = _cut(rest, y[rest], n_val, stratify, seed, "val", log)
-    return {name: np.sort(order[pos]).astype(np.int64)
-            for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos))}
+    return {
+        name: np.sort(order[pos]).astype(np.int64)
+        for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos))
+    }
 
 
 def _count(fraction: float, n: int) -> int:
@@ -93,8 +95,10 @@ def save_split(dataset: Dataset, path: str | os.PathLike) -> Path:
     doc = {"version": 1, "root": dataset.root, "class_names": list(dataset.class_names), "splits": {}}
     for split in SPLITS:
         idx = dataset.splits.get(split, np.empty(0, np.int64))
-        doc["splits"][split] = {"files": [ids[i] for i in idx],
-                                "labels": [dataset.class_names[dataset.labels[i]] for i in idx]}
+        doc["splits"][split] = {
+            "files": [ids[i] for i in idx],
+            "labels": [dataset.class_names[dataset.labels[i]] for i in idx],
+        }
     return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -116,16 +120,20 @@ def read_split(path: str | os.PathLike) -> dict:
             part = doc["splits"][split]
             assert len(part["files"]) == len(part["labels"])
     except (AssertionError, KeyError, TypeError):
-        raise DataError(f"{path}: not a convspec split file (expected version 1 with class_names "
-                        "and splits train/val/test, each with files and labels)") from None
+        raise DataError(
+            f"{path}: not a convspec split file (expected version 1 with class_names "
+            "and splits train/val/test, each with files and labels)"
+        ) from None
     return doc
 
 
 def apply_split_file(path, ds: Dataset, log: Log) -> dict[str, np.ndarray]:
     doc = read_split(path)
     if doc["class_names"] != ds.class_names:
-        raise DataError(f"{path}: its classes ({short_list(doc['class_names'])}) differ from the data's "
-                        f"({short_list(ds.class_names)})")
+        raise DataError(
+            f"{path}: its classes ({short_list(doc['class_names'])}) differ from the data's "
+            f"({short_list(ds.class_names)})"
+        )
     where = {fid: i for i, fid in enumerate(ds.file_ids())}
     bad = {p for p, _ in ds.bad_files}
     splits, missing, relabelled, used = {}, [], 0, 0
@@ -144,8 +152,9 @@ def apply_split_file(path, ds: Dataset, log: Log) -> dict[str, np.ndarray]:
     if missing:
         unreadable = sum(1 for m in missing if os.path.join(ds.root or "", m) in bad or m in bad)
         note = f" ({unreadable} of them failed to decode)" if unreadable else ""
-        raise DataError(f"{path}: {len(missing)} files of the saved split are not in the data{note}: "
-                        f"{short_list(missing)}")
+        raise DataError(
+            f"{path}: {len(missing)} files of the saved split are not in the data{note}: {short_list(missing)}"
+        )
     if relabelled:
         log(f"warning: {relabelled} images have a different label than in {path}; using the data's labels")
     if used < len(ds):

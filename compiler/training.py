@@ -84,7 +84,10 @@ def train(
     if resume is not None:
         run = Run(Path(resume))
         if run.path.is_dir() and not run.last.exists():
-            raise checkpoint.CheckpointError(f"{run}: no last.pt: the run stopped before its first checkpoint; start it again with convspec train SPEC")
+            raise checkpoint.CheckpointError(
+                f"{run}: no last.pt: the run stopped before its first checkpoint; start it again with convspec train "
+                "SPEC"
+            )
         state = checkpoint.load(run.last)
         for leftover in run.path.glob(".*.tmp"):  # temp files of writes a kill interrupted
             leftover.unlink(missing_ok=True)
@@ -98,7 +101,9 @@ def train(
         spec.training.device = device
     place = resolve(spec.training.device, spec.training.precision)
     if dd.enabled:
-        place = Placement(torch.device(f"cuda:{dd.local_rank}") if place.cuda else place.device, place.amp_dtype, place.grad_scaler)
+        place = Placement(
+            torch.device(f"cuda:{dd.local_rank}") if place.cuda else place.device, place.amp_dtype, place.grad_scaler
+        )
         if place.cuda:
             torch.cuda.set_device(place.device)
     distributed.init(dd, place.device)
@@ -173,15 +178,27 @@ def train(
     def save_checkpoint(path: Path, epoch: int) -> None:
         if not dd.is_main:
             return
-        checkpoint.save(path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "spec": spec.to_yaml(), "epoch": epoch, "class_names": data.class_names,
-            "history": history, "best": best, "stale": stale,
-            "plateau": plateau.state() if plateau else None,
-            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state(),
+        checkpoint.save(
+            path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "spec": spec.to_yaml(),
+                "epoch": epoch,
+                "class_names": data.class_names,
+                "history": history,
+                "best": best,
+                "stale": stale,
+                "plateau": plateau.state() if plateau else None,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "shuffle": shuffle_gen.get_state(),
                     "augment": aug_gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state(place.device) if place.cuda else None},
-        })
+                    "cuda": torch.cuda.get_rng_state(place.device) if place.cuda else None,
+                },
+            },
+        )
 
     if state is None:
         save_checkpoint(run.last, 0)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
@@ -207,7 +224,9 @@ def train(
                 batches = augmented_batches(images, labels, perm, batch, place.device, augment, aug_gen)
                 for i, (idx, x, y) in enumerate(batches):  # x: (B, C, H, W) float in [0, 255], augmented
                     step = (epoch - 1) * steps_per_epoch + i
-                    lr = lr_at(step, base_lr=base_lr, total_steps=total_steps, steps_per_epoch=steps_per_epoch, scheduler=sched)
+                    lr = lr_at(
+                        step, base_lr=base_lr, total_steps=total_steps, steps_per_epoch=steps_per_epoch, scheduler=sched
+                    )
                     for group in optimizer.param_groups:
                         group["lr"] = lr * (plateau.scale if plateau else 1.0)
                     if place.cuda:
@@ -234,9 +253,14 @@ def train(
                 # different val metrics, and plateau / best / early stopping disagree between ranks.
                 distributed.sync_buffers(dd, model)
                 seen += count
-                record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                          "train_loss": loss_sum / count, "train_accuracy": correct / count,
-                          "time_s": time.perf_counter() - t_epoch, "images_per_s": count / (time.perf_counter() - t_epoch)}
+                record = {
+                    "epoch": epoch,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "train_loss": loss_sum / count,
+                    "train_accuracy": correct / count,
+                    "time_s": time.perf_counter() - t_epoch,
+                    "images_per_s": count / (time.perf_counter() - t_epoch),
+                }
                 if len(data.splits["val"]):
                     val = evaluate(model, images, labels, data.splits["val"], spec, place, criterion)
                     record.update({"val_loss": val["loss"], **{f"val_{k}": v for k, v in val["metrics"].items()}})
@@ -244,7 +268,11 @@ def train(
                         plateau.update(val["loss"])
                 history.append(record)
                 value = record.get(monitor, record["train_loss"] if minimize else record["train_accuracy"])
-                improved = value < best["value"] - (es.min_delta if es else 0) if minimize else value > best["value"] + (es.min_delta if es else 0)
+                improved = (
+                    value < best["value"] - (es.min_delta if es else 0)
+                    if minimize
+                    else value > best["value"] + (es.min_delta if es else 0)
+                )
                 if improved:
                     best, stale = {"value": value, "epoch": epoch}, 0
                     save_checkpoint(run.best, epoch)
@@ -258,40 +286,68 @@ def train(
                     on_epoch(record)
                 if es and distributed.broadcast(dd, stale >= es.patience):
                     stopped_early = True
-                    log(f"early stopping: {monitor} has not improved for {es.patience} epochs (best {best['value']:.4f} at epoch {best['epoch']})")
+                    log(
+                        f"early stopping: {monitor} has not improved for {es.patience} epochs (best "
+                        f"{best['value']:.4f} at epoch {best['epoch']})"
+                    )
                     break
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else start_epoch
-        raise TrainingInterrupted(f"interrupted; {run.last} holds epoch {done}. Continue with: convspec train --resume {run}") from None
+        raise TrainingInterrupted(
+            f"interrupted; {run.last} holds epoch {done}. Continue with: convspec train --resume {run}"
+        ) from None
     train_s = time.perf_counter() - t_train
 
     # -- test with the best weights, report, export ----------------------------------------
     if run.best.exists():
         model.load_state_dict(checkpoint.load(run.best)["model"])
     results = {
-        "name": spec.name, "task": spec.task, "classes": data.class_names,
-        "counts": data.counts(), "bad_files": data.bad_files,
-        "epochs": epochs, "epochs_run": history[-1]["epoch"] if history else 0,
-        "stopped_early": stopped_early, "best_epoch": best["epoch"], "monitor": monitor,
-        "device": str(place.device), "precision": place.precision, "world_size": dd.world,
+        "name": spec.name,
+        "task": spec.task,
+        "classes": data.class_names,
+        "counts": data.counts(),
+        "bad_files": data.bad_files,
+        "epochs": epochs,
+        "epochs_run": history[-1]["epoch"] if history else 0,
+        "stopped_early": stopped_early,
+        "best_epoch": best["epoch"],
+        "monitor": monitor,
+        "device": str(place.device),
+        "precision": place.precision,
+        "world_size": dd.world,
         "timings": {"data_s": t_data, "train_s": train_s, "images_per_s": seen / max(train_s, 1e-9)},
     }
     if test and dd.is_main and len(data.splits["test"]):  # only rank 0 writes results
-        tested = evaluate(model, images, labels, data.splits["test"], spec, place, criterion, detail=True, class_names=data.class_names)
+        tested = evaluate(
+            model,
+            images,
+            labels,
+            data.splits["test"],
+            spec,
+            place,
+            criterion,
+            detail=True,
+            class_names=data.class_names,
+        )
         results["test"] = {"loss": tested["loss"], "metrics": tested["metrics"], "per_class": tested["per_class"]}
     if dd.is_main:
         run.write_json(run.results, results)
         if history:
             report.plot_curves(history, run.curves)
         if "test" in results:
-            report.plot_confusion(results["test"]["per_class"]["confusion"], data.class_names, run.confusion, f"{spec.name}: test split")
+            report.plot_confusion(
+                results["test"]["per_class"]["confusion"], data.class_names, run.confusion, f"{spec.name}: test split"
+            )
         report.write_report(run.report, results)
         if export:
             from .export import export_onnx
 
             export_onnx(run, log=log)
         acc = results.get("test", {}).get("metrics", {}).get("accuracy")
-        log(f"done in {time.perf_counter() - t_start:.1f} s: {run}" + (f" (test accuracy {acc * 100:.2f} %)" if acc is not None else ""))
+        log(
+            f"done in {time.perf_counter() - t_start:.1f} s: {run}"
+            + (f" (test accuracy {acc * 100:.2f} %)" if acc is not None else "")
+        )
     distributed.shutdown(dd)
     return run
 
@@ -300,7 +356,9 @@ def train(
 
 
 @torch.inference_mode()
-def evaluate(model, images, labels, idx, spec: Spec, place: Placement, criterion, *, detail=False, class_names=None) -> dict:
+def evaluate(
+    model, images, labels, idx, spec: Spec, place: Placement, criterion, *, detail=False, class_names=None
+) -> dict:
     """Loss and metrics of ``model`` on the images at ``idx``, in eval mode."""
     was_training = model.training
     model.eval()
@@ -358,7 +416,9 @@ def _optimizer(spec: Spec, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = spec.training.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     if o.type == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay
+        )
     if o.type == "adam":
         return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -388,9 +448,16 @@ def _check_resume_spec(saved: Spec, given, overrides, run: Run) -> Spec:
     """The run's own spec, unless the given one differs beyond epochs/device: then refuse with a diff."""
     new = given if isinstance(given, Spec) else load_spec(given, overrides=overrides)
     a, b = saved.to_yaml().splitlines(), new.to_yaml().splitlines()
-    diff = [d for d in difflib.unified_diff(a, b, "run", "given", lineterm="", n=0) if d[:1] in "+-" and d[:3] not in ("+++", "---")]
+    diff = [
+        d
+        for d in difflib.unified_diff(a, b, "run", "given", lineterm="", n=0)
+        if d[:1] in "+-" and d[:3] not in ("+++", "---")
+    ]
     if any(not d[1:].strip().startswith(_RESUMABLE) for d in diff):
-        raise checkpoint.CheckpointError(f"{run}: cannot resume: the spec differs from the run's (only epochs and device may change):\n" + "\n".join(diff))
+        raise checkpoint.CheckpointError(
+            f"{run}: cannot resume: the spec differs from the run's (only epochs and device may change):\n"
+            + "\n".join(diff)
+        )
     return new
 
 
@@ -451,8 +518,11 @@ class _Progress:
 
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}"),
-                BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[stats]}"), transient=False,
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[stats]}"),
+                transient=False,
             )
             self.progress.__enter__()
         return self
@@ -472,5 +542,15 @@ class _Progress:
 
     def end_epoch(self, record: dict) -> None:
         if self.progress is not None:
-            val = f" val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.4f}" if "val_loss" in record else ""
-            self.progress.update(self.task, stats=f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{val} {record['images_per_s']:,.0f} img/s")
+            val = (
+                f" val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.4f}"
+                if "val_loss" in record
+                else ""
+            )
+            self.progress.update(
+                self.task,
+                stats=(
+                    f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{val} "
+                    f"{record['images_per_s']:,.0f} img/s"
+                ),
+            )

@@ -21,8 +21,15 @@ def trial_row(ft) -> dict[str, Any]:
         note = f"best epoch {ft.user_attrs['best_epoch']}"
     dur = ft.duration.total_seconds() if ft.duration else None
     values = ft.user_attrs.get("values") if isinstance(ft.user_attrs.get("values"), dict) else dict(ft.params)
-    return {"number": ft.number, "state": state, "value": ft.value, "values": values, "seconds": dur,
-            "note": note, "run": ft.user_attrs.get("run")}
+    return {
+        "number": ft.number,
+        "state": state,
+        "value": ft.value,
+        "values": values,
+        "seconds": dur,
+        "note": note,
+        "run": ft.user_attrs.get("run"),
+    }
 
 
 def trial_line(ft, metric: str) -> str:
@@ -50,9 +57,12 @@ def trials_table(rows: list[dict], metric: str, best_number: int = -1):
     for r in rows:
         mark = "*" if r["number"] == best_number else ""
         table.add_row(
-            f"{r['number']}{mark}", r["state"].lower(), "" if r["value"] is None else f"{r['value']:.4f}",
+            f"{r['number']}{mark}",
+            r["state"].lower(),
+            "" if r["value"] is None else f"{r['value']:.4f}",
             *(_fmt(r["values"].get(p, "")) for p in paths),
-            "" if r["seconds"] is None else f"{r['seconds']:.1f}", r["note"][:160],
+            "" if r["seconds"] is None else f"{r['seconds']:.1f}",
+            r["note"][:160],
             style="bold" if mark else None,
         )
     return table
@@ -73,15 +83,31 @@ def write_csv(trials, path: Path) -> Path:
     attrs = list(dict.fromkeys(a for ft in trials for a in ft.user_attrs))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["number", "value", "datetime_start", "datetime_complete", "duration",
-                *(f"params_{p}" for p in params), *(f"user_attrs_{a}" for a in attrs), "state"])
+    w.writerow(
+        [
+            "number",
+            "value",
+            "datetime_start",
+            "datetime_complete",
+            "duration",
+            *(f"params_{p}" for p in params),
+            *(f"user_attrs_{a}" for a in attrs),
+            "state",
+        ]
+    )
     for ft in trials:
-        w.writerow([
-            ft.number, "" if ft.value is None else repr(float(ft.value)),
-            ft.datetime_start or "", ft.datetime_complete or "", ft.duration or "",
-            *(_csv_cell(ft.params.get(p, "")) for p in params),
-            *(_csv_cell(ft.user_attrs.get(a, "")) for a in attrs), ft.state.name,
-        ])
+        w.writerow(
+            [
+                ft.number,
+                "" if ft.value is None else repr(float(ft.value)),
+                ft.datetime_start or "",
+                ft.datetime_complete or "",
+                ft.duration or "",
+                *(_csv_cell(ft.params.get(p, "")) for p in params),
+                *(_csv_cell(ft.user_attrs.get(a, "")) for a in attrs),
+                ft.state.name,
+            ]
+        )
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -94,9 +120,10 @@ def write_plots(optuna, study, folder: Path, rows: list[dict]) -> dict[str, str 
 
     done: dict[str, str | None] = {}
     complete = [r for r in rows if r["state"] == "COMPLETE"]
-    plots = {"history.png": (ovm.plot_optimization_history, "no complete trial" if not complete else None),
-             "importance.png": (ovm.plot_param_importances,
-                                "needs >= 2 complete trials" if len(complete) < 2 else None)}
+    plots = {
+        "history.png": (ovm.plot_optimization_history, "no complete trial" if not complete else None),
+        "importance.png": (ovm.plot_param_importances, "needs >= 2 complete trials" if len(complete) < 2 else None),
+    }
     for name, (plot, why) in plots.items():
         if why is None:
             try:
@@ -141,8 +168,10 @@ def _fmt(v: Any) -> str:
 def fmt_values(values: dict[str, Any]) -> str:
     """``lr=0.003, batch_size=64, model.layers.2.times=2``: last key where it is unambiguous."""
     last = [p.rsplit(".", 1)[-1] for p in values]
-    return ", ".join(f"{k if last.count(k) == 1 and not k.isdigit() and k not in _VAGUE else p}={_fmt(v)}"
-                     for (p, v), k in zip(values.items(), last, strict=True))
+    return ", ".join(
+        f"{k if last.count(k) == 1 and not k.isdigit() and k not in _VAGUE else p}={_fmt(v)}"
+        for (p, v), k in zip(values.items(), last, strict=True)
+    )
 
 
 _VAGUE = {"times", "filters", "units", "rate", "kernel", "size", "type"}  # say which layer

@@ -173,10 +173,12 @@ def tune(
     base._source, base._base_dir = spec.source_file, spec.base_dir
     objective = _Objective(base, folder / "trials", optuna)
     where = f"study {study_name!r} in {shown}"
-    log(f"tuning {spec.name}: {n_trials} trial(s) of {where}, {t.sampler} sampler, "
+    log(
+        f"tuning {spec.name}: {n_trials} trial(s) of {where}, {t.sampler} sampler, "
         f"{t.pruner} pruner, {t.metric} ({t.resolved_direction})"
         + (f", grid of {math.prod(len(v) for v in grid.values())} points" if grid else "")
-        + (" (joining existing trials)" if joined else ""))
+        + (" (joining existing trials)" if joined else "")
+    )
     if not joined and grid is None:
         start = _values_in_space(spec)
         if start is not None:
@@ -186,11 +188,17 @@ def tune(
     t0 = time.perf_counter()
     try:
         study.optimize(
-            objective, n_trials=n_trials, timeout=timeout, catch=(SpecError,),
-            callbacks=[lambda s, ft: log(trial_line(ft, t.metric))], gc_after_trial=True,
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            catch=(SpecError,),
+            callbacks=[lambda s, ft: log(trial_line(ft, t.metric))],
+            gc_after_trial=True,
         )
     except (KeyboardInterrupt, _training_interrupted()):
-        raise TuneError(f"interrupted; {where} keeps its finished trials: run the same command again to continue") from None
+        raise TuneError(
+            f"interrupted; {where} keeps its finished trials: run the same command again to continue"
+        ) from None
     finally:
         optuna.logging.set_verbosity(previous)
     log(f"search done in {time.perf_counter() - t0:.1f} s")
@@ -210,25 +218,38 @@ def tune(
             log(f"{name} skipped: {why}")
     if not complete:
         errors = [r["note"] for r in rows if r["state"] == "FAIL" and r["note"]]
-        raise TuneError(f"no trial of {where} completed ({counts_text(rows)})" + (f"; first error: {errors[0]}" if errors else ""))
+        raise TuneError(
+            f"no trial of {where} completed ({counts_text(rows)})" + (f"; first error: {errors[0]}" if errors else "")
+        )
 
     best = study.best_trial
     best_values = _trial_values(best, spec)
     best_spec = apply_values(spec, best_values, name=f"trial {best.number}")
     best_spec.tune = None
     best_spec._source = spec.source_file
-    header = (f"# best of {where}: trial {best.number} of {len(rows)}, {t.metric} {best.value:.6g}\n"
-              f"# from {spec.source_file}; values: {json.dumps(best_values)}\n")
+    header = (
+        f"# best of {where}: trial {best.number} of {len(rows)}, {t.metric} {best.value:.6g}\n"
+        f"# from {spec.source_file}; values: {json.dumps(best_values)}\n"
+    )
     best_yaml = folder / "best.yaml"
     atomic_write_text(best_yaml, header + best_spec.to_yaml())
     files["best.yaml"] = best_yaml
     log(f"best: trial {best.number}, {t.metric} {best.value:.4f}, {fmt_values(best_values)} -> {best_yaml}")
 
     result = TuneResult(
-        folder=folder, study_name=study_name, storage=shown, metric=t.metric,
-        direction=t.resolved_direction, best_number=best.number, best_value=float(best.value),
-        best_values=best_values, best_spec=best_spec, best_yaml=best_yaml, trials=rows,
-        files=files, notes=notes,
+        folder=folder,
+        study_name=study_name,
+        storage=shown,
+        metric=t.metric,
+        direction=t.resolved_direction,
+        best_number=best.number,
+        best_value=float(best.value),
+        best_values=best_values,
+        best_spec=best_spec,
+        best_yaml=best_yaml,
+        trials=rows,
+        files=files,
+        notes=notes,
     )
     if retrain:
         from .training import train
@@ -238,15 +259,25 @@ def tune(
         result.run = run
         result.test = run.read_results().get("test", {}).get("metrics")
     summary = {
-        "study": study_name, "storage": shown, "metric": t.metric, "direction": t.resolved_direction,
-        "sampler": t.sampler, "pruner": t.pruner, "counts": state_counts(rows),
+        "study": study_name,
+        "storage": shown,
+        "metric": t.metric,
+        "direction": t.resolved_direction,
+        "sampler": t.sampler,
+        "pruner": t.pruner,
+        "counts": state_counts(rows),
         "best": {"trial": best.number, "value": best.value, "values": best_values},
-        "best_yaml": str(best_yaml), "run": str(result.run) if result.run else None,
-        "test": result.test, "notes": notes,
+        "best_yaml": str(best_yaml),
+        "run": str(result.run) if result.run else None,
+        "test": result.test,
+        "notes": notes,
     }
     files["tune.json"] = atomic_write_text(folder / "tune.json", json.dumps(summary, indent=2, default=str) + "\n")
     if result.test:
-        log("test (best spec, retrained): " + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items() if isinstance(v, (int, float))))
+        log(
+            "test (best spec, retrained): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items() if isinstance(v, (int, float)))
+        )
     return result
 
 
@@ -256,21 +287,29 @@ def tune(
 def _check_tunable(spec: Spec) -> None:
     """Everything that can be known before a trial: a tune section, a space, a metric."""
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-        raise TuneError("tune runs its trials in one process; to search in parallel, start several "
-                        "`convspec tune` processes that share one study with --storage")
+        raise TuneError(
+            "tune runs its trials in one process; to search in parallel, start several "
+            "`convspec tune` processes that share one study with --storage"
+        )
     t = spec.tune
     if t is None:
-        raise TuneError(f"{spec.source_file}: has no tune section (add tune: {{space: {{training.optimizer.lr: "
-                        "{type: float, low: 0.0001, high: 0.01, log: true}}})")
+        raise TuneError(
+            f"{spec.source_file}: has no tune section (add tune: {{space: {{training.optimizer.lr: "
+            "{type: float, low: 0.0001, high: 0.01, log: true}}})"
+        )
     if not t.space:
         raise TuneError(f"{spec.source_file}: tune.space is empty: nothing to search")
     computed = {"val_loss", "val_accuracy", *(f"val_{m}" for m in spec.training.metrics)}
     if t.metric not in computed:
-        raise TuneError(f"{spec.source_file}: tune.metric is {t.metric}, but training computes only "
-                        f"{', '.join(sorted(computed))}; add {t.metric[4:]} to training.metrics")
+        raise TuneError(
+            f"{spec.source_file}: tune.metric is {t.metric}, but training computes only "
+            f"{', '.join(sorted(computed))}; add {t.metric[4:]} to training.metrics"
+        )
     for path, d in t.space.items():
         if isinstance(d, (FloatDist, IntDist)) and d.log and d.step not in (None, 1):
-            raise TuneError(f"{spec.source_file}: tune.space.{path}: log scale and step cannot be combined (got step {d.step})")
+            raise TuneError(
+                f"{spec.source_file}: tune.space.{path}: log scale and step cannot be combined (got step {d.step})"
+            )
 
 
 def _grid_space(spec: Spec) -> dict[str, list]:
@@ -279,8 +318,10 @@ def _grid_space(spec: Spec) -> dict[str, list]:
     for path, d in spec.tune.space.items():
         if isinstance(d, FloatDist):
             if d.step is None:
-                raise TuneError(f"{spec.source_file}: tune.space.{path}: the grid sampler needs finite values, but this "
-                                f"float is continuous; give it a step, make it a choice, or use sampler: tpe or random")
+                raise TuneError(
+                    f"{spec.source_file}: tune.space.{path}: the grid sampler needs finite values, but this "
+                    f"float is continuous; give it a step, make it a choice, or use sampler: tpe or random"
+                )
             n = int(math.floor((d.high - d.low) / d.step + 1e-9)) + 1
             grid[path] = [round(d.low + i * d.step, 12) for i in range(n)]
         elif isinstance(d, IntDist):
@@ -313,7 +354,9 @@ def _storage(url: str | None, folder: Path):
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as e:
-        raise TuneError(f"--storage {url}: not a database URL ({e}); use sqlite:///study.db or postgresql://user:password@host/db") from None
+        raise TuneError(
+            f"--storage {url}: not a database URL ({e}); use sqlite:///study.db or postgresql://user:password@host/db"
+        ) from None
     shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -323,7 +366,9 @@ def _storage(url: str | None, folder: Path):
             try:
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise TuneError(f"--storage {shown}: cannot create the folder for the SQLite file: {e.strerror or e}") from None
+                raise TuneError(
+                    f"--storage {shown}: cannot create the folder for the SQLite file: {e.strerror or e}"
+                ) from None
         # Why: processes sharing one SQLite file wait for its lock instead of failing at once.
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif backend in ("postgresql", "mysql"):
@@ -335,8 +380,13 @@ def _storage(url: str | None, folder: Path):
             # start a trial, instead of staying RUNNING in a shared study forever.
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180), shown
         except ImportError as e:
-            hint = {"postgresql": "pip install psycopg2-binary", "mysql": "pip install pymysql"}.get(backend, "install the driver")
-            raise TuneError(f"--storage {shown}: the {backend} database driver is not installed ({e.name or 'import failed'}); {hint}") from None
+            hint = {"postgresql": "pip install psycopg2-binary", "mysql": "pip install pymysql"}.get(
+                backend, "install the driver"
+            )
+            raise TuneError(
+                f"--storage {shown}: the {backend} database driver is not installed ({e.name or 'import failed'}); "
+                f"{hint}"
+            ) from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
             last = e
             text = str(getattr(e, "orig", None) or e)
@@ -375,8 +425,10 @@ def _study(optuna, store, shown: str, study_name: str, spec: Spec, grid: dict | 
     joined = _create_or_join(optuna, store, study_name, direction)
     study = optuna.load_study(study_name=study_name, storage=store)
     if study.direction.name.lower() != direction:
-        raise TuneError(f"study {study_name!r} in {shown} was created to {study.direction.name.lower()}, "
-                        f"but this spec's tune says {direction} {t.metric}; pick another --study name")
+        raise TuneError(
+            f"study {study_name!r} in {shown} was created to {study.direction.name.lower()}, "
+            f"but this spec's tune says {direction} {t.metric}; pick another --study name"
+        )
     # Why: a fresh study is reproducible from training.seed; a process joining or resuming
     # one draws a fresh seed, or it would repeat the trials already run with that seed.
     seed = None if joined else spec.training.seed
@@ -414,7 +466,9 @@ class _Objective:
         except SpecError as e:
             # Why re-raise: optimize(catch=(SpecError,)) records the trial as FAIL and goes on.
             # Why no FILE:LINE: the trial's YAML is generated; the key path says where.
-            trial.set_user_attr("error", "; ".join(f"{format_path(i.path)}: {i.message}" if i.path else i.message for i in e.issues))
+            trial.set_user_attr(
+                "error", "; ".join(f"{format_path(i.path)}: {i.message}" if i.path else i.message for i in e.issues)
+            )
             raise
         spec.tune = None
         spec.name = f"{self.base.name}-trial-{trial.number}"
@@ -436,7 +490,9 @@ class _Objective:
                 raise self.optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         # Why test=False: the test split must never guide (or even be seen by) the search.
-        run = train(spec, out=self.trials_dir, export=False, test=False, progress=False, log=lambda _m: None, on_epoch=on_epoch)
+        run = train(
+            spec, out=self.trials_dir, export=False, test=False, progress=False, log=lambda _m: None, on_epoch=on_epoch
+        )
         trial.set_user_attr("run", str(run))
         if best["value"] is None:
             raise self.optuna.TrialPruned("no epoch ran")

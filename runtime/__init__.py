@@ -14,8 +14,24 @@ from .metadata import MetadataWarning, ModelInfo, read_metadata
 from .predictor import ModelError, Prediction, Predictor, cuda_usable
 
 __all__ = [
-    "DataError", "EvalResult", "IMAGE_EXTENSIONS", "ImageError", "MetadataWarning", "ModelError",
-    "ModelInfo", "Prediction", "Predictor", "cuda_usable", "evaluate", "evaluate_arrays",
-    "evaluate_files", "list_csv", "list_folder", "list_images", "load_image", "load_images",
-    "prepare_array", "read_metadata",
+    "DataError",
+    "EvalResult",
+    "IMAGE_EXTENSIONS",
+    "ImageError",
+    "MetadataWarning",
+    "ModelError",
+    "ModelInfo",
+    "Prediction",
+    "Predictor",
+    "cuda_usable",
+    "evaluate",
+    "evaluate_arrays",
+    "evaluate_files",
+    "list_csv",
+    "list_folder",
+    "list_images",
+    "load_image",
+    "load_images",
+    "prepare_array",
+    "read_metadata",
 ]

@@ -113,8 +113,9 @@ def _contains(link: str, top: str) -> bool:
     return top == target or top.startswith(target.rstrip(os.sep) + os.sep)
 
 
-def list_folder(root: str, *, key: str = "data.source.path", min_classes: int = 2,
-                log: Callable[[str], None] | None = None) -> tuple[Samples, list[str]]:
+def list_folder(
+    root: str, *, key: str = "data.source.path", min_classes: int = 2, log: Callable[[str], None] | None = None
+) -> tuple[Samples, list[str]]:
     """List an ImageFolder tree: ``root/<class>/**/<image>``.
 
     Args:
@@ -136,8 +137,10 @@ def list_folder(root: str, *, key: str = "data.source.path", min_classes: int = 
     if not classes:
         loose = [e.name for e in os.scandir(root) if e.is_file() and is_image_file(e.name)]
         hint = f" (it holds {len(loose)} images directly; move them into one sub-folder per class)" if loose else ""
-        raise DataError(f"{key}: no class folders in {root}{hint}; expected one sub-folder per "
-                        f"class, e.g. {os.path.join(root, 'cat', '1.png')}")
+        raise DataError(
+            f"{key}: no class folders in {root}{hint}; expected one sub-folder per "
+            f"class, e.g. {os.path.join(root, 'cat', '1.png')}"
+        )
     samples: Samples = []
     empty = []
     for label, name in enumerate(classes):
@@ -147,16 +150,18 @@ def list_folder(root: str, *, key: str = "data.source.path", min_classes: int = 
         samples.extend((f, label) for f in files)
     if empty:
         which = "folder" if len(empty) == 1 else "folders"
-        raise DataError(f"{key}: class {which} without images in {root}: {short_list(empty)} "
-                        "(image files: .png .jpg .jpeg .bmp .gif .tif .tiff .webp)")
+        raise DataError(
+            f"{key}: class {which} without images in {root}: {short_list(empty)} "
+            "(image files: .png .jpg .jpeg .bmp .gif .tif .tiff .webp)"
+        )
     if len(classes) < min_classes:
-        raise DataError(f"{key}: only one class folder ({classes[0]}) in {root}; "
-                        "a classifier needs at least 2 classes")
+        raise DataError(f"{key}: only one class folder ({classes[0]}) in {root}; a classifier needs at least 2 classes")
     return samples, classes
 
 
-def list_split_folders(root: str, *, key: str = "data.source.path",
-                       log: Callable[[str], None] | None = None) -> tuple[dict[str, Samples], list[str]]:
+def list_split_folders(
+    root: str, *, key: str = "data.source.path", log: Callable[[str], None] | None = None
+) -> tuple[dict[str, Samples], list[str]]:
     """List ``root/train``, ``root/val`` and optionally ``root/test``, each an ImageFolder tree.
 
     Returns:
@@ -171,8 +176,10 @@ def list_split_folders(root: str, *, key: str = "data.source.path",
     missing = [s for s in ("train", "val") if not os.path.isdir(os.path.join(root, s))]
     if missing:
         present = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-        raise DataError(f"{key}: split from: folders needs {' and '.join(m + '/' for m in missing)} "
-                        f"in {root} (found: {short_list(present) or 'no folders'})")
+        raise DataError(
+            f"{key}: split from: folders needs {' and '.join(m + '/' for m in missing)} "
+            f"in {root} (found: {short_list(present) or 'no folders'})"
+        )
     out: dict[str, Samples] = {}
     names: dict[str, list[str]] = {}
     for split in SPLIT_FOLDERS:
@@ -185,15 +192,21 @@ def list_split_folders(root: str, *, key: str = "data.source.path",
     for split, found in names.items():
         if found != ref:
             extra, lacking = sorted(set(found) - set(ref)), sorted(set(ref) - set(found))
-            detail = "; ".join(p for p in (
-                f"not in train/: {short_list(extra)}" if extra else "",
-                f"missing from {split}/: {short_list(lacking)}" if lacking else "") if p)
+            detail = "; ".join(
+                p
+                for p in (
+                    f"not in train/: {short_list(extra)}" if extra else "",
+                    f"missing from {split}/: {short_list(lacking)}" if lacking else "",
+                )
+                if p
+            )
             raise DataError(f"{key}: {split}/ and train/ must have the same class folders ({detail})")
     return out, ref
 
 
-def list_csv(csv_path: str, root: str | None = None, *, key: str = "data.source.path",
-             min_classes: int = 2) -> tuple[Samples, list[str]]:
+def list_csv(
+    csv_path: str, root: str | None = None, *, key: str = "data.source.path", min_classes: int = 2
+) -> tuple[Samples, list[str]]:
     """List images from a CSV with a header row and columns ``path,label``.
 
     Args:
@@ -232,12 +245,19 @@ def list_csv(csv_path: str, root: str | None = None, *, key: str = "data.source.
     expected = ["path", "label"]
     if sorted(header) != sorted(expected):
         if len(header) == 2 and not set(header) & set(expected) and is_image_file(rows[0][1][0].strip()):
-            raise DataError(f"{name}:1: no header row; the first line must be path,label "
-                            f"(found: {','.join(rows[0][1])})")
+            raise DataError(
+                f"{name}:1: no header row; the first line must be path,label (found: {','.join(rows[0][1])})"
+            )
         unknown = [c for c in header if c not in expected]
         lacking = [c for c in expected if c not in header]
-        detail = "; ".join(p for p in (f"unknown: {', '.join(unknown)}" if unknown else "",
-                                       f"missing: {', '.join(lacking)}" if lacking else "") if p)
+        detail = "; ".join(
+            p
+            for p in (
+                f"unknown: {', '.join(unknown)}" if unknown else "",
+                f"missing: {', '.join(lacking)}" if lacking else "",
+            )
+            if p
+        )
         raise DataError(f"{name}:1: columns must be path,label ({detail}; found: {', '.join(header) or 'none'})")
     ip, il = header.index("path"), header.index("label")
     problems: list[str] = []
@@ -262,19 +282,19 @@ def list_csv(csv_path: str, root: str | None = None, *, key: str = "data.source.
         samples_named.append((full, label))
     if problems:
         more = f"\n  ... and {len(problems) - _SHOW} more" if len(problems) > _SHOW else ""
-        raise DataError(f"{key}: {len(problems)} bad rows in {csv_path}:\n  "
-                        + "\n  ".join(problems[:_SHOW]) + more)
+        raise DataError(f"{key}: {len(problems)} bad rows in {csv_path}:\n  " + "\n  ".join(problems[:_SHOW]) + more)
     if not samples_named:
         raise DataError(f"{key}: {csv_path} has a header but no rows")
     missing = [p for p, _ in samples_named if not os.path.isfile(p)]
     if missing:
         shown = [os.path.relpath(p, root) for p in missing]
-        raise DataError(f"{key}: {len(missing)} files listed in {name} do not exist "
-                        f"(paths are relative to {root}): {short_list(shown)}")
+        raise DataError(
+            f"{key}: {len(missing)} files listed in {name} do not exist "
+            f"(paths are relative to {root}): {short_list(shown)}"
+        )
     class_names = sort_names({label for _, label in samples_named})
     if len(class_names) < min_classes:
-        raise DataError(f"{key}: {name} has only one label ({class_names[0]}); "
-                        "a classifier needs at least 2 classes")
+        raise DataError(f"{key}: {name} has only one label ({class_names[0]}); a classifier needs at least 2 classes")
     index = {c: i for i, c in enumerate(class_names)}
     return [(p, index[label]) for p, label in samples_named], class_names
 

@@ -52,14 +52,26 @@ class EvalResult:
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"images": self.images, "accuracy": self.accuracy, "precision": self.precision,
-                "recall": self.recall, "f1": self.f1, "classes": self.classes,
-                "per_class": self.per_class, "confusion": self.confusion.tolist(),
-                "failures": [list(f) for f in self.failures]}
+        return {
+            "images": self.images,
+            "accuracy": self.accuracy,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "classes": self.classes,
+            "per_class": self.per_class,
+            "confusion": self.confusion.tolist(),
+            "failures": [list(f) for f in self.failures],
+        }
 
 
-def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str],
-           probabilities: np.ndarray | None = None, failures: list | None = None) -> EvalResult:
+def scores(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: Sequence[str],
+    probabilities: np.ndarray | None = None,
+    failures: list | None = None,
+) -> EvalResult:
     """:class:`EvalResult` from true and predicted class indices (into ``classes``)."""
     k = len(classes)
     y_true = np.asarray(y_true, np.int64)
@@ -73,23 +85,43 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str],
         recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     present = support > 0
-    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                        "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(classes)}
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
 
     def macro(v: np.ndarray) -> float:
         return float(v[present].mean()) if present.any() else 0.0
 
     n = len(y_true)
     return EvalResult(
-        classes=list(classes), confusion=cm, accuracy=float(tp.sum() / n) if n else 0.0,
-        per_class=per_class, precision=macro(precision), recall=macro(recall), f1=macro(f1),
-        images=n, failures=list(failures or []), y_true=y_true, y_pred=y_pred,
+        classes=list(classes),
+        confusion=cm,
+        accuracy=float(tp.sum() / n) if n else 0.0,
+        per_class=per_class,
+        precision=macro(precision),
+        recall=macro(recall),
+        f1=macro(f1),
+        images=n,
+        failures=list(failures or []),
+        y_true=y_true,
+        y_pred=y_pred,
         probabilities=probabilities if probabilities is not None else np.zeros((0, k)),
     )
 
 
-def evaluate(model: Predictor | str | os.PathLike, data: str | os.PathLike | Sequence[tuple[str, str]],
-             batch_size: int = 64, *, progress: Callable[[int], None] | None = None) -> EvalResult:
+def evaluate(
+    model: Predictor | str | os.PathLike,
+    data: str | os.PathLike | Sequence[tuple[str, str]],
+    batch_size: int = 64,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
     """Score a model on labelled images.
 
     Args:
@@ -114,34 +146,46 @@ def evaluate(model: Predictor | str | os.PathLike, data: str | os.PathLike | Seq
     return evaluate_files(predictor, paths, labels, batch_size=batch_size, progress=progress)
 
 
-def evaluate_files(predictor: Predictor, paths: Sequence[str], labels: np.ndarray, *,
-                   batch_size: int = 64, progress: Callable[[int], None] | None = None) -> EvalResult:
+def evaluate_files(
+    predictor: Predictor,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    *,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
     """Score ``predictor`` on image files whose true class indices (into its classes) are ``labels``."""
     info = predictor.info
     failures: list[tuple[str, str]] = []
     probs, kept_labels = [], []
     for start in range(0, len(paths), CHUNK):
-        images, kept, bad = load_images(paths[start:start + CHUNK], info.channels, info.size, info.resize,
-                                        on_error="skip")
+        images, kept, bad = load_images(
+            paths[start : start + CHUNK], info.channels, info.size, info.resize, on_error="skip"
+        )
         failures.extend(bad)
         for i in range(0, len(images), batch_size):
-            probs.append(predictor.class_probabilities(predictor.predict_arrays(images[i:i + batch_size])))
-        kept_labels.append(labels[start:start + CHUNK][kept])
+            probs.append(predictor.class_probabilities(predictor.predict_arrays(images[i : i + batch_size])))
+        kept_labels.append(labels[start : start + CHUNK][kept])
         if progress is not None:
             progress(min(CHUNK, len(paths) - start))
     if not sum(len(p) for p in probs):
-        raise DataError(f"no readable images among {len(paths)} files" + (
-            f" (first failure: {failures[0][0]}: {failures[0][1]})" if failures else ""))
+        raise DataError(
+            f"no readable images among {len(paths)} files"
+            + (f" (first failure: {failures[0][0]}: {failures[0][1]})" if failures else "")
+        )
     p = np.concatenate(probs)
     y = np.concatenate(kept_labels)
     return scores(y, predictor.decide(p), predictor.classes, p, failures)
 
 
-def evaluate_arrays(predictor: Predictor, images: np.ndarray, labels: np.ndarray, *,
-                    batch_size: int = 64) -> EvalResult:
+def evaluate_arrays(
+    predictor: Predictor, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64
+) -> EvalResult:
     """Score ``predictor`` on ready uint8 ``(N, C, H, W)`` images with class indices ``labels``."""
-    probs = [predictor.class_probabilities(predictor.predict_arrays(images[i:i + batch_size]))
-             for i in range(0, len(images), batch_size)]
+    probs = [
+        predictor.class_probabilities(predictor.predict_arrays(images[i : i + batch_size]))
+        for i in range(0, len(images), batch_size)
+    ]
     p = np.concatenate(probs) if probs else np.zeros((0, len(predictor.classes)))
     return scores(np.asarray(labels), predictor.decide(p), predictor.classes, p)
 
@@ -157,7 +201,9 @@ def _samples(data: Any) -> tuple[list[str], list[str]]:
         elif not os.path.exists(root):
             raise DataError(f"{root}: not found (expected an ImageFolder folder or a CSV file path,label)")
         else:
-            raise DataError(f"{root}: expected an ImageFolder folder (one sub-folder per class) or a CSV file path,label")
+            raise DataError(
+                f"{root}: expected an ImageFolder folder (one sub-folder per class) or a CSV file path,label"
+            )
         return [p for p, _ in samples], [classes[i] for _, i in samples]
     pairs = list(data)
     if not pairs:

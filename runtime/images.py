@@ -47,8 +47,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from convspec.specs.errors import ConvspecError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "ImageError", "decode_into", "is_image_file", "load_image",
-    "load_images", "prepare_array",
+    "IMAGE_EXTENSIONS",
+    "ImageError",
+    "decode_into",
+    "is_image_file",
+    "load_image",
+    "load_images",
+    "prepare_array",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -162,8 +167,11 @@ def prepare_array(
         elif a.shape[0] in (1, 3, 4):
             a = np.moveaxis(a, 0, -1)  # (C, H, W) -> (H, W, C)
         else:
-            raise ImageError("<array>", f"cannot tell the channel axis of shape {a.shape}; "
-                             "expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4")
+            raise ImageError(
+                "<array>",
+                f"cannot tell the channel axis of shape {a.shape}; "
+                "expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4",
+            )
         if a.shape[-1] == 1:
             a = a[..., 0]
     elif a.ndim != 2:
@@ -204,8 +212,7 @@ def load_images(
     """
     _check_args(channels, size, resize)
     out = np.empty((len(paths), channels, int(size[0]), int(size[1])), np.uint8)  # (N, C, H, W)
-    bad = decode_into(paths, out, channels, size, resize, workers=workers, on_error=on_error,
-                      progress=progress)
+    bad = decode_into(paths, out, channels, size, resize, workers=workers, on_error=on_error, progress=progress)
     if not bad:
         return out, list(range(len(paths))), []
     skipped = {i for i, _, _ in bad}
@@ -408,14 +415,12 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     if mode == "1":
         return im.convert("L")
     grey_alpha = mode in ("LA", "La") or (mode == "L" and "transparency" in im.info)
-    colour_alpha = mode in ("RGBA", "RGBa", "PA") or (
-        mode in ("P", "RGB") and "transparency" in im.info)
+    colour_alpha = mode in ("RGBA", "RGBa", "PA") or (mode in ("P", "RGB") and "transparency" in im.info)
     if grey_alpha or colour_alpha:
         a = np.asarray(im.convert("LA" if grey_alpha else "RGBA")).astype(np.uint16)
         alpha = a[..., -1:]
         onto_black = ((a[..., :-1] * alpha + 127) // 255).astype(np.uint8)  # round(c * a / 255)
-        return Image.fromarray(onto_black[..., 0] if grey_alpha else onto_black,
-                               mode="L" if grey_alpha else "RGB")
+        return Image.fromarray(onto_black[..., 0] if grey_alpha else onto_black, mode="L" if grey_alpha else "RGB")
     return im.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
@@ -434,16 +439,16 @@ def _array_to_8bit_or_16bit(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
         if lo < 0 or hi > 255:
-            raise ImageError("<array>", f"integer pixels must be 0-255 (got {lo}..{hi}); "
-                             "pass uint16 for 16-bit images")
+            raise ImageError("<array>", f"integer pixels must be 0-255 (got {lo}..{hi}); pass uint16 for 16-bit images")
         return a.astype(np.uint8)
     if np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
             raise ImageError("<array>", "float pixels contain NaN or infinity")
         lo, hi = float(a.min()), float(a.max())
         if lo < 0.0 or hi > 1.0:
-            raise ImageError("<array>", f"float pixels must be in [0, 1] (got {lo:g}..{hi:g}); "
-                             "pass uint8 for 0-255 pixels")
+            raise ImageError(
+                "<array>", f"float pixels must be in [0, 1] (got {lo:g}..{hi:g}); pass uint8 for 0-255 pixels"
+            )
         return np.rint(a * 255.0).astype(np.uint8)
     raise ImageError("<array>", f"unsupported dtype {a.dtype}")
 
@@ -473,4 +478,3 @@ def _resize(im: Image.Image, h: int, w: int, how: str) -> Image.Image:
     canvas = Image.new(im.mode, (w, h), 0)
     canvas.paste(inner, ((w - nw) // 2, (h - nh) // 2))
     return canvas
-

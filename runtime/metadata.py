@@ -31,8 +31,19 @@ from typing import Any
 FORMAT = "1"
 PREFIX = "convspec."
 LAYOUT = "NCHW uint8"
-KEYS = ("format", "classes", "task", "channels", "input_size", "resize", "layout", "output",
-        "spec", "version", "test_metrics")
+KEYS = (
+    "format",
+    "classes",
+    "task",
+    "channels",
+    "input_size",
+    "resize",
+    "layout",
+    "output",
+    "spec",
+    "version",
+    "test_metrics",
+)
 
 
 class MetadataWarning(UserWarning):
@@ -73,10 +84,16 @@ class ModelInfo:
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries that encode this (what the exporter writes)."""
         props = {
-            "format": FORMAT, "classes": json.dumps(list(self.classes)), "task": self.task,
-            "channels": str(self.channels), "input_size": json.dumps(list(self.size)),
-            "resize": self.resize, "layout": LAYOUT, "output": "probabilities",
-            "spec": self.spec, "version": self.version,
+            "format": FORMAT,
+            "classes": json.dumps(list(self.classes)),
+            "task": self.task,
+            "channels": str(self.channels),
+            "input_size": json.dumps(list(self.size)),
+            "resize": self.resize,
+            "layout": LAYOUT,
+            "output": "probabilities",
+            "spec": self.spec,
+            "version": self.version,
         }
         if self.test_metrics:
             props["test_metrics"] = json.dumps(self.test_metrics)
@@ -102,7 +119,7 @@ def from_props(
         ValueError: metadata present but malformed, or a graph that tells neither
             channels nor size (the caller turns it into a ModelError).
     """
-    ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+    ours = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
     if "classes" in ours and "channels" in ours and "input_size" in ours:
         try:
             classes = tuple(str(c) for c in json.loads(ours["classes"]))
@@ -112,28 +129,44 @@ def from_props(
         except (ValueError, TypeError) as e:
             raise ValueError(f"{source}: malformed convspec metadata ({e})") from None
         if len(size) != 2 or channels not in (1, 3) or len(classes) < 2:
-            raise ValueError(f"{source}: malformed convspec metadata (channels {channels}, "
-                             f"input_size {list(size)}, {len(classes)} classes)")
+            raise ValueError(
+                f"{source}: malformed convspec metadata (channels {channels}, "
+                f"input_size {list(size)}, {len(classes)} classes)"
+            )
         task = ours.get("task") or ("binary" if output_width == 1 else "multiclass")
-        return ModelInfo(classes=classes, task=task, channels=channels, size=size,  # type: ignore[arg-type]
-                         resize=ours.get("resize", "stretch"), spec=ours.get("spec", ""),
-                         version=ours.get("version", ""), test_metrics=metrics)
+        return ModelInfo(
+            classes=classes,
+            task=task,
+            channels=channels,
+            size=size,  # type: ignore[arg-type]
+            resize=ours.get("resize", "stretch"),
+            spec=ours.get("spec", ""),
+            version=ours.get("version", ""),
+            test_metrics=metrics,
+        )
 
     # No convspec metadata: read what the graph says.
-    c, h, w = (input_shape[1:] if len(input_shape) == 4 else (None, None, None))
+    c, h, w = input_shape[1:] if len(input_shape) == 4 else (None, None, None)
     if not all(isinstance(d, int) and d > 0 for d in (c, h, w)):
-        raise ValueError(f"{source}: no convspec metadata and the input shape {list(input_shape)} "
-                         "does not fix channels, height and width")
+        raise ValueError(
+            f"{source}: no convspec metadata and the input shape {list(input_shape)} "
+            "does not fix channels, height and width"
+        )
     if c not in (1, 3):
         raise ValueError(f"{source}: no convspec metadata and the input has {c} channels (convspec handles 1 or 3)")
     width = output_width if isinstance(output_width, int) and output_width > 0 else None
     if width is None:
-        raise ValueError(f"{source}: no convspec metadata and the output width is not fixed; "
-                         "cannot tell the number of classes")
+        raise ValueError(
+            f"{source}: no convspec metadata and the output width is not fixed; cannot tell the number of classes"
+        )
     task = "binary" if width == 1 else "multiclass"
     classes = tuple(str(i) for i in range(2 if width == 1 else width))
-    warnings.warn(f"{source} has no convspec metadata: labels are numbered 0..{len(classes) - 1}, "
-                  f"images are stretched to {h}x{w} with {c} channel(s)", MetadataWarning, stacklevel=3)
+    warnings.warn(
+        f"{source} has no convspec metadata: labels are numbered 0..{len(classes) - 1}, "
+        f"images are stretched to {h}x{w} with {c} channel(s)",
+        MetadataWarning,
+        stacklevel=3,
+    )
     return ModelInfo(classes=classes, task=task, channels=c, size=(h, w), has_metadata=False)
 
 

@@ -62,8 +62,12 @@ class Prediction:
     probabilities: dict[str, float] = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "label": self.label, "probability": self.probability,
-                "top": [{"label": lab, "probability": p} for lab, p in self.top]}
+        return {
+            "source": self.source,
+            "label": self.label,
+            "probability": self.probability,
+            "top": [{"label": lab, "probability": p} for lab, p in self.top],
+        }
 
 
 # ------------------------------------------------------------------ sessions
@@ -128,8 +132,10 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
             return [CPU]
         if key == "cuda":
             if not cuda_usable():
-                raise ModelError("providers='cuda': CUDA is not usable here (no NVIDIA driver, or onnxruntime-gpu's "
-                                 "CUDA/cuBLAS libraries are not found); use providers='auto' or 'cpu'")
+                raise ModelError(
+                    "providers='cuda': CUDA is not usable here (no NVIDIA driver, or onnxruntime-gpu's "
+                    "CUDA/cuBLAS libraries are not found); use providers='auto' or 'cpu'"
+                )
             return [CUDA, CPU]
         raise ModelError(f"providers must be auto, cpu, cuda or a list of ORT provider names (got {providers!r})")
     return list(providers)
@@ -147,8 +153,9 @@ def session_options(intra_op_threads: int | None = None):
     return so
 
 
-def open_session(model: str | os.PathLike | bytes, providers: str | Sequence[str] = "auto",
-                 intra_op_threads: int | None = None):
+def open_session(
+    model: str | os.PathLike | bytes, providers: str | Sequence[str] = "auto", intra_op_threads: int | None = None
+):
     """An ORT ``InferenceSession`` for a model file (or serialized bytes), with clear errors.
 
     Raises:
@@ -164,8 +171,9 @@ def open_session(model: str | os.PathLike | bytes, providers: str | Sequence[str
         _check_file(name)
         source = name
     try:
-        return ort.InferenceSession(source, sess_options=session_options(intra_op_threads),
-                                    providers=resolve_providers(providers))
+        return ort.InferenceSession(
+            source, sess_options=session_options(intra_op_threads), providers=resolve_providers(providers)
+        )
     except ModelError:
         raise
     except Exception as e:  # ORT raises its own Fail / InvalidProtobuf / InvalidGraph / RuntimeError
@@ -192,8 +200,10 @@ def _load_failure(name: str, source: Any, e: Exception) -> str:
         with contextlib.suppress(OSError), open(source, "rb") as f:
             head = f.read(8)
     if head.startswith(b"PK"):
-        return (f"{name}: not an ONNX model (it is a zip archive, e.g. a PyTorch checkpoint); "
-                "export a run with: convspec export RUN")
+        return (
+            f"{name}: not an ONNX model (it is a zip archive, e.g. a PyTorch checkpoint); "
+            "export a run with: convspec export RUN"
+        )
     looks_onnx = len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] <= 32  # field 1 (ir_version), varint
     if "protobuf" in text.lower() or "INVALID_PROTOBUF" in text:
         if looks_onnx:
@@ -209,12 +219,16 @@ def _check_io(session, name: str) -> tuple[str, str, tuple]:
     inputs = session.get_inputs()
     if len(inputs) != 1:
         names = ", ".join(f"{i.name} {i.type} {list(i.shape)}" for i in inputs)
-        raise ModelError(f"{name}: the model takes {len(inputs)} inputs ({names}); "
-                         "convspec models take one uint8 image batch (N, C, H, W)")
+        raise ModelError(
+            f"{name}: the model takes {len(inputs)} inputs ({names}); "
+            "convspec models take one uint8 image batch (N, C, H, W)"
+        )
     inp = inputs[0]
     if inp.type != "tensor(uint8)" or len(inp.shape) != 4:
-        raise ModelError(f"{name}: the model's input {inp.name!r} is {inp.type} {list(inp.shape)}; "
-                         "convspec models take uint8 pixels (N, C, H, W) (export with: convspec export RUN)")
+        raise ModelError(
+            f"{name}: the model's input {inp.name!r} is {inp.type} {list(inp.shape)}; "
+            "convspec models take uint8 pixels (N, C, H, W) (export with: convspec export RUN)"
+        )
     outputs = session.get_outputs()
     if not outputs or len(outputs[0].shape) != 2:
         got = f"{outputs[0].type} {list(outputs[0].shape)}" if outputs else "no output"
@@ -246,8 +260,12 @@ class Predictor:
         >>> p.predict(["a.png", "b.png"], top_k=3)[0].label
     """
 
-    def __init__(self, path: str | os.PathLike | bytes, providers: str | Sequence[str] = "auto",
-                 intra_op_threads: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike | bytes,
+        providers: str | Sequence[str] = "auto",
+        intra_op_threads: int | None = None,
+    ):
         self.path = "<model bytes>" if isinstance(path, bytes) else os.fspath(path)
         self.session = open_session(path, providers, intra_op_threads)
         if isinstance(providers, str) and providers.lower() == "cuda" and CUDA not in self.session.get_providers():
@@ -260,8 +278,10 @@ class Predictor:
         c, h, w = shape[1:]
         graph = tuple(d if isinstance(d, int) else None for d in (c, h, w))
         if any(g is not None and g != m for g, m in zip(graph, self.info.input_shape, strict=True)):
-            raise ModelError(f"{self.path}: the metadata says input {list(self.info.input_shape)} "
-                             f"but the graph takes {list(shape[1:])}")
+            raise ModelError(
+                f"{self.path}: the metadata says input {list(self.info.input_shape)} "
+                f"but the graph takes {list(shape[1:])}"
+            )
         n = shape[0]
         self._fixed_batch = n if isinstance(n, int) and n > 0 else None
         self._classes = list(self.info.classes)
@@ -288,8 +308,10 @@ class Predictor:
         return self.info.input_shape
 
     def __repr__(self) -> str:
-        return (f"Predictor({self.path!r}, {self.info.task}, {len(self._classes)} classes, "
-                f"input {list(self.input_shape)}, providers={self.providers})")
+        return (
+            f"Predictor({self.path!r}, {self.info.task}, {len(self._classes)} classes, "
+            f"input {list(self.input_shape)}, providers={self.providers})"
+        )
 
     # -- running it
 
@@ -309,7 +331,7 @@ class Predictor:
         k = self._fixed_batch  # a model exported with dynamic_batch: false
         parts = []
         for i in range(0, len(batch), k):
-            chunk = batch[i:i + k]
+            chunk = batch[i : i + k]
             n = len(chunk)
             if n < k:
                 chunk = np.concatenate([chunk, np.zeros((k - n, *chunk.shape[1:]), np.uint8)])
@@ -329,9 +351,15 @@ class Predictor:
             return (class_probs[:, 1] >= 0.5).astype(np.int64)
         return class_probs.argmax(axis=1)
 
-    def predict(self, items: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
-                top_k: int = 1, batch_size: int = 64, *, on_error: str = "raise",
-                failures: list[tuple[str, str]] | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        items: Iterable[str | os.PathLike | np.ndarray] | str | os.PathLike | np.ndarray,
+        top_k: int = 1,
+        batch_size: int = 64,
+        *,
+        on_error: str = "raise",
+        failures: list[tuple[str, str]] | None = None,
+    ) -> list[Prediction]:
         """Classify images: file paths, or arrays (``(H, W)``, ``(H, W, C)``, ``(C, H, W)``).
 
         Every image is loaded with the model's channels, size and resize mode, as in training.
@@ -358,11 +386,14 @@ class Predictor:
         out: list[Prediction] = []
         # Why no pool for one image: starting threads costs more than decoding a small image, and
         # a server calling predict([image]) from many threads must not start threads per call.
-        pool = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2),
-                                  thread_name_prefix="convspec-load") if len(items) > 1 else None
+        pool = (
+            ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2), thread_name_prefix="convspec-load")
+            if len(items) > 1
+            else None
+        )
         with pool or contextlib.nullcontext():
             for start in range(0, len(items), batch_size):
-                chunk = items[start:start + batch_size]
+                chunk = items[start : start + batch_size]
                 if pool is None:
                     loaded = [self._load(i, it) for i, it in enumerate(chunk, start)]
                 else:
@@ -402,19 +433,28 @@ class Predictor:
         else:
             order = np.argsort(-p, kind="stable")[:k]
         top = [(self._classes[j], float(p[j])) for j in order]
-        return Prediction(source=source, label=top[0][0], probability=top[0][1], top=top,
-                          probabilities={name: float(v) for name, v in zip(self._classes, p, strict=True)})
+        return Prediction(
+            source=source,
+            label=top[0][0],
+            probability=top[0][1],
+            top=top,
+            probabilities={name: float(v) for name, v in zip(self._classes, p, strict=True)},
+        )
 
     def _check_batch(self, batch: Any) -> np.ndarray:
         if not isinstance(batch, np.ndarray):
             raise ModelError(f"expected a numpy uint8 array (N, C, H, W), got {type(batch).__name__}")
         want = self.input_shape
         if batch.dtype != np.uint8:
-            raise ModelError(f"expected uint8 pixels (N, {', '.join(map(str, want))}), got dtype {batch.dtype}; "
-                             "use Predictor.predict (or prepare_array) to convert images")
+            raise ModelError(
+                f"expected uint8 pixels (N, {', '.join(map(str, want))}), got dtype {batch.dtype}; "
+                "use Predictor.predict (or prepare_array) to convert images"
+            )
         if batch.ndim != 4 or tuple(batch.shape[1:]) != want:
-            raise ModelError(f"expected an array of shape (N, {', '.join(map(str, want))}) (N, C, H, W), "
-                             f"got {tuple(batch.shape)}; use Predictor.predict to load and resize images")
+            raise ModelError(
+                f"expected an array of shape (N, {', '.join(map(str, want))}) (N, C, H, W), "
+                f"got {tuple(batch.shape)}; use Predictor.predict to load and resize images"
+            )
         return np.ascontiguousarray(batch)
 
 

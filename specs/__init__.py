@@ -11,6 +11,19 @@ from .shapes import Summary, summarize
 from .spec import Spec
 
 __all__ = [
-    "ConvspecError", "Issue", "LAYER_TYPES", "Layer", "Spec", "SpecError", "Summary", "apply_values", "get_value",
-    "json_schema", "json_schema_text", "load_spec", "load_spec_text", "spec_from_dict", "summarize",
+    "ConvspecError",
+    "Issue",
+    "LAYER_TYPES",
+    "Layer",
+    "Spec",
+    "SpecError",
+    "Summary",
+    "apply_values",
+    "get_value",
+    "json_schema",
+    "json_schema_text",
+    "load_spec",
+    "load_spec_text",
+    "spec_from_dict",
+    "summarize",
 ]

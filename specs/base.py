@@ -22,7 +22,9 @@ def _as_pair(value):
 
 
 # Why json_schema_input_type: the JSON Schema must accept what the validator accepts (``size: 32``).
-Pair = Annotated[tuple[PosInt, PosInt], BeforeValidator(_as_pair, json_schema_input_type=PosInt | tuple[PosInt, PosInt])]
+Pair = Annotated[
+    tuple[PosInt, PosInt], BeforeValidator(_as_pair, json_schema_input_type=PosInt | tuple[PosInt, PosInt])
+]
 IntOrPair = Annotated[PosInt | tuple[PosInt, PosInt], Field(union_mode="left_to_right")]
 
 

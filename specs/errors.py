@@ -62,7 +62,5 @@ class SpecError(ConvspecError, ValueError):
             issues = [Issue(issues)]
         elif isinstance(issues, Issue):
             issues = [issues]
-        self.issues: list[Issue] = sorted(
-            issues, key=lambda i: (i.file, i.line or 0, i.col or 0)
-        )
+        self.issues: list[Issue] = sorted(issues, key=lambda i: (i.file, i.line or 0, i.col or 0))
         super().__init__("\n".join(str(i) for i in self.issues))

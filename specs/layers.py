@@ -93,7 +93,18 @@ class Residual(Strict):
 
 
 Layer = Annotated[
-    Conv | MaxPool | AvgPool | GlobalAvgPool | GlobalMaxPool | Flatten | Dense | Dropout | BatchNorm | ActivationLayer | Repeat | Residual,
+    Conv
+    | MaxPool
+    | AvgPool
+    | GlobalAvgPool
+    | GlobalMaxPool
+    | Flatten
+    | Dense
+    | Dropout
+    | BatchNorm
+    | ActivationLayer
+    | Repeat
+    | Residual,
     Field(discriminator="type"),
 ]
 

@@ -44,7 +44,9 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Sp
         with open(name, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_BYTES:  # Why here: read no more than needed, and report the real size
-                raise SpecError(Issue(f"file is {size:,} bytes; a spec is at most {MAX_BYTES:,}", file=name, line=1, col=1))
+                raise SpecError(
+                    Issue(f"file is {size:,} bytes; a spec is at most {MAX_BYTES:,}", file=name, line=1, col=1)
+                )
             raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(Issue("no such file", file=name)) from None
@@ -126,8 +128,8 @@ def _merge_union(msgs: list[str]) -> list[str]:
     musts = [m for m in msgs if m.startswith("must be ") and m.endswith(")") and "(got " in m]
     if len(musts) < 2:
         return msgs
-    got = musts[0][musts[0].rindex("(got "):]
-    wants = [m[len("must be "): m.rindex(" (got ")] for m in musts]
+    got = musts[0][musts[0].rindex("(got ") :]
+    wants = [m[len("must be ") : m.rindex(" (got ")] for m in musts]
     merged = "must be " + " or ".join(dict.fromkeys(wants)) + f" {got}"
     return [merged] + [m for m in msgs if m not in musts]
 
@@ -190,7 +192,13 @@ def _tune_issues(spec: Spec) -> list[Issue]:
             issues.append(Issue("tune cannot tune its own settings", where))
             continue
         if not has_path(full, path):
-            issues.append(Issue(f"{dotted!r} is not a key of this spec (tune paths are dotted keys, list items by index, like model.layers.0.filters)", where))
+            issues.append(
+                Issue(
+                    f"{dotted!r} is not a key of this spec (tune paths are dotted keys, list items by index, like "
+                    "model.layers.0.filters)",
+                    where,
+                )
+            )
             continue
         if dist.type in ("float", "int"):
             if dist.low > dist.high:
@@ -206,7 +214,11 @@ def _tune_issues(spec: Spec) -> list[Issue]:
             try:
                 Spec.model_validate(with_values(base, {dotted: value}))
             except (ValidationError, PathError) as e:
-                first = e.errors(include_url=False)[0] if isinstance(e, ValidationError) else {"type": "value_error", "loc": (), "ctx": {"error": e}}
+                first = (
+                    e.errors(include_url=False)[0]
+                    if isinstance(e, ValidationError)
+                    else {"type": "value_error", "loc": (), "ctx": {"error": e}}
+                )
                 loc = format_path(doc_path(base, tuple(first["loc"]))) or dotted
                 issues.append(Issue(f"value {value!r} does not validate at {loc}: {describe(first, None)}", where))
                 break

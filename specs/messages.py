@@ -67,11 +67,20 @@ def describe(err: dict, valid_keys: list[str] | None) -> str:
         word, key = bounds[kind]
         return f"must be {word} {ctx.get(key)} (got {got(value)})"
     simple = {
-        "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
-        "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
-        "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
-        "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-        "model_attributes_type": "a mapping", "finite_number": "a finite number",
+        "int_type": "an integer",
+        "int_parsing": "an integer",
+        "int_from_float": "a whole number",
+        "float_type": "a number",
+        "float_parsing": "a number",
+        "bool_type": "true or false",
+        "bool_parsing": "true or false",
+        "string_type": "a string",
+        "list_type": "a list",
+        "tuple_type": "a list",
+        "dict_type": "a mapping",
+        "model_type": "a mapping",
+        "model_attributes_type": "a mapping",
+        "finite_number": "a finite number",
     }
     if kind in simple:
         return f"must be {simple[kind]} (got {got(value)})"
@@ -119,7 +128,11 @@ def model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
             else:
                 origin, args = typing.get_origin(m), typing.get_args(m)
                 if origin in (list, tuple) and isinstance(seg, int) and args:
-                    nxt = args[0] if origin is list or len(args) == 1 or args[-1] is Ellipsis else args[min(seg, len(args) - 1)]
+                    nxt = (
+                        args[0]
+                        if origin is list or len(args) == 1 or args[-1] is Ellipsis
+                        else args[min(seg, len(args) - 1)]
+                    )
                 elif origin is dict and args:
                     nxt = args[1]
             if nxt is not None:
@@ -161,4 +174,7 @@ def doc_path(data: Any, loc: tuple) -> Path:
 
 
 def _is_branch_label(seg: Any) -> bool:
-    return isinstance(seg, str) and ("[" in seg or seg.startswith(("function-", "literal", "tuple", "list", "dict", "int", "float", "str", "bool", "union")))
+    return isinstance(seg, str) and (
+        "[" in seg
+        or seg.startswith(("function-", "literal", "tuple", "list", "dict", "int", "float", "str", "bool", "union"))
+    )

@@ -45,7 +45,9 @@ def set_path(data: Any, path: tuple, value: Any, *, create: bool = True) -> None
             else:
                 node = node[seg]
         else:
-            raise PathError(f"{where}: {'.'.join(map(str, path[:i])) or 'the spec'} is a single value, not a mapping or list")
+            raise PathError(
+                f"{where}: {'.'.join(map(str, path[:i])) or 'the spec'} is a single value, not a mapping or list"
+            )
 
 
 def has_path(data: Any, path: tuple) -> bool:

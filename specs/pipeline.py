@@ -49,7 +49,9 @@ class Denoise(Strict):
     type: Literal["denoise"]
     method: Literal["gaussian", "median"] = "gaussian"
     kernel: Annotated[int, Field(ge=3, le=31)] = 3
-    sigma: Annotated[float, Field(gt=0)] | None = Field(None, description="gaussian only; default 0.3*((kernel-1)*0.5-1)+0.8 as OpenCV")
+    sigma: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="gaussian only; default 0.3*((kernel-1)*0.5-1)+0.8 as OpenCV"
+    )
 
     @field_validator("kernel")
     @classmethod
@@ -73,9 +75,7 @@ class Grayscale(Strict):
     type: Literal["grayscale"]
 
 
-PreprocessStep = Annotated[
-    Normalize | Rescale | CenterCrop | Crop | Denoise | Grayscale, Field(discriminator="type")
-]
+PreprocessStep = Annotated[Normalize | Rescale | CenterCrop | Crop | Denoise | Grayscale, Field(discriminator="type")]
 
 # ------------------------------------------------------------------- augment
 

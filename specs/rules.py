@@ -19,12 +19,22 @@ def _split(spec) -> list[Issue]:
     split = spec.data.split
     if split.from_ == "folders":
         if spec.data.source.type != "folder":
-            return [Issue(f"split from: folders needs a folder source (got {spec.data.source.type})", ("data", "split", "from"))]
+            return [
+                Issue(
+                    f"split from: folders needs a folder source (got {spec.data.source.type})",
+                    ("data", "split", "from"),
+                )
+            ]
         return []
     issues = []
     total = split.train + split.val + split.test
     if abs(total - 1.0) > 1e-6:
-        issues.append(Issue(f"train + val + test must sum to 1 (got {split.train} + {split.val} + {split.test} = {total:g})", ("data", "split")))
+        issues.append(
+            Issue(
+                f"train + val + test must sum to 1 (got {split.train} + {split.val} + {split.test} = {total:g})",
+                ("data", "split"),
+            )
+        )
     if split.train <= 0:
         issues.append(Issue("train must be greater than 0", ("data", "split", "train")))
     return issues
@@ -52,11 +62,22 @@ def _classes(spec) -> list[Issue]:
             if isinstance(spec.classes, list) and set(spec.classes) != set(found):
                 missing = sorted(set(found) - set(spec.classes))
                 extra = sorted(set(spec.classes) - set(found))
-                detail = "; ".join(p for p in (f"in the data but not listed: {', '.join(missing)}" if missing else "",
-                                               f"listed but not in the data: {', '.join(extra)}" if extra else "") if p)
+                detail = "; ".join(
+                    p
+                    for p in (
+                        f"in the data but not listed: {', '.join(missing)}" if missing else "",
+                        f"listed but not in the data: {', '.join(extra)}" if extra else "",
+                    )
+                    if p
+                )
                 issues.append(Issue(f"must match the data's classes ({detail})", ("classes",)))
             elif isinstance(spec.classes, int) and spec.classes != len(found):
-                issues.append(Issue(f"{spec.classes} classes given, but the data has {len(found)} ({', '.join(found[:10])})", ("classes",)))
+                issues.append(
+                    Issue(
+                        f"{spec.classes} classes given, but the data has {len(found)} ({', '.join(found[:10])})",
+                        ("classes",),
+                    )
+                )
     return issues
 
 
@@ -72,7 +93,11 @@ def _monitors(spec) -> list[Issue]:
     issues = []
     no_val = spec.data.split.from_ == "fractions" and spec.data.split.val == 0
     if no_val and spec.training.early_stopping is not None:
-        issues.append(Issue("early_stopping monitors the validation split, but data.split.val is 0", ("training", "early_stopping")))
+        issues.append(
+            Issue(
+                "early_stopping monitors the validation split, but data.split.val is 0", ("training", "early_stopping")
+            )
+        )
     if no_val and spec.tune is not None:
         issues.append(Issue("tuning is judged on the validation split, but data.split.val is 0", ("tune",)))
     return issues

@@ -106,14 +106,19 @@ def same_padding(size: int, k: int, s: int, d: int) -> tuple[int, int]:
 
 def _check_positive(h: int, w: int, detail: str) -> None:
     if h < 1 or w < 1:
-        raise ShapeError(f"output would be {h}x{w} pixels ({detail}); the image is too small here: use less downsampling, 'same' padding or a larger input.size")
+        raise ShapeError(
+            f"output would be {h}x{w} pixels ({detail}); the image is too small here: use less downsampling, 'same' "
+            "padding or a larger input.size"
+        )
 
 
 def conv_rule(layer: Conv, shape: Shape):
     c, h, w = _need_image(shape, "conv")
     (kh, kw), (sh, sw), (dh, dw) = pair(layer.kernel), pair(layer.stride), pair(layer.dilation)
     if c % layer.groups or layer.filters % layer.groups:
-        raise ShapeError(f"groups ({layer.groups}) must divide both the input channels ({c}) and filters ({layer.filters})")
+        raise ShapeError(
+            f"groups ({layer.groups}) must divide both the input channels ({c}) and filters ({layer.filters})"
+        )
     oh, ow = conv_out(h, kh, sh, dh, layer.padding), conv_out(w, kw, sw, dw, layer.padding)
     _check_positive(oh, ow, f"input {h}x{w}, kernel {kh}x{kw}, stride {sh}x{sw}, padding {layer.padding}")
     per_out = (c // layer.groups) * kh * kw
@@ -144,7 +149,10 @@ def flatten_rule(layer: Flatten, shape: Shape):
 
 def dense_rule(layer: Dense, shape: Shape):
     if len(shape) != 1:
-        raise ShapeError(f"dense needs a flat input; got {fmt_shape(shape)}: add {{type: flatten}} or {{type: global_avg_pool}} before it")
+        raise ShapeError(
+            f"dense needs a flat input; got {fmt_shape(shape)}: add {{type: flatten}} or {{type: global_avg_pool}} "
+            "before it"
+        )
     (f,) = shape
     params = f * layer.units + (layer.units if layer.bias else 0) + (2 * layer.units if layer.batch_norm else 0)
     return (layer.units,), params, f * layer.units
@@ -159,9 +167,16 @@ def batch_norm_rule(layer: BatchNorm, shape: Shape):
 
 
 SHAPE_RULES: dict[type, Callable] = {
-    Conv: conv_rule, MaxPool: pool_rule, AvgPool: pool_rule, GlobalAvgPool: global_pool_rule,
-    GlobalMaxPool: global_pool_rule, Flatten: flatten_rule, Dense: dense_rule,
-    Dropout: identity_rule, ActivationLayer: identity_rule, BatchNorm: batch_norm_rule,
+    Conv: conv_rule,
+    MaxPool: pool_rule,
+    AvgPool: pool_rule,
+    GlobalAvgPool: global_pool_rule,
+    GlobalMaxPool: global_pool_rule,
+    Flatten: flatten_rule,
+    Dense: dense_rule,
+    Dropout: identity_rule,
+    ActivationLayer: identity_rule,
+    BatchNorm: batch_norm_rule,
 }
 
 
@@ -206,10 +221,16 @@ def residual_shortcut(layer: Residual, in_shape: Shape, out_shape: Shape) -> Sho
     if in_shape == out_shape:
         return None
     if len(in_shape) != 3 or len(out_shape) != 3:
-        raise ShapeError(f"residual body changes the shape from {fmt_shape(in_shape)} to {fmt_shape(out_shape)}; only image shapes can be matched by a 1x1 conv shortcut")
+        raise ShapeError(
+            f"residual body changes the shape from {fmt_shape(in_shape)} to {fmt_shape(out_shape)}; only image shapes "
+            "can be matched by a 1x1 conv shortcut"
+        )
     sh, sw = shortcut_stride(in_shape[1], out_shape[1]), shortcut_stride(in_shape[2], out_shape[2])
     if sh is None or sw is None:
-        raise ShapeError(f"residual shapes cannot be matched: input {fmt_shape(in_shape)}, body output {fmt_shape(out_shape)}; no 1x1 conv stride maps {in_shape[1]}x{in_shape[2]} to {out_shape[1]}x{out_shape[2]}")
+        raise ShapeError(
+            f"residual shapes cannot be matched: input {fmt_shape(in_shape)}, body output {fmt_shape(out_shape)}; no "
+            f"1x1 conv stride maps {in_shape[1]}x{in_shape[2]} to {out_shape[1]}x{out_shape[2]}"
+        )
     return Shortcut(in_shape[0], out_shape[0], (sh, sw), uses_batch_norm(layer.layers), (out_shape[1], out_shape[2]))
 
 
@@ -242,7 +263,16 @@ def _infer_layers(layers, shape: Shape, path: Path, depth: int, rows: list[Row])
             except ShapeError as e:
                 raise _located(e, lpath) from None
             if sc is not None:
-                rows.append(Row(f"shortcut 1x1/{sc.stride[0]}" + (" +bn" if sc.batch_norm else ""), lpath, depth + 1, out, sc.params, sc.macs))
+                rows.append(
+                    Row(
+                        f"shortcut 1x1/{sc.stride[0]}" + (" +bn" if sc.batch_norm else ""),
+                        lpath,
+                        depth + 1,
+                        out,
+                        sc.params,
+                        sc.macs,
+                    )
+                )
             block.shape, block.params, block.macs = out, *_sum_children(rows[start:], depth + 1)
             shape = out
         else:
@@ -311,18 +341,34 @@ def preprocess_issues(spec) -> list[Issue]:
         elif isinstance(step, CenterCrop):
             ch, cw = step.size
             if ch > h or cw > w:
-                issues.append(Issue(f"center_crop size {ch}x{cw} is larger than the image ({h}x{w}) at this step", path + ("size",)))
+                issues.append(
+                    Issue(
+                        f"center_crop size {ch}x{cw} is larger than the image ({h}x{w}) at this step", path + ("size",)
+                    )
+                )
             shape = (c, ch, cw)
         elif isinstance(step, Crop):
             top, left, bh, bw = step.box
             if top + bh > h or left + bw > w:
-                issues.append(Issue(f"crop box [top {top}, left {left}, height {bh}, width {bw}] does not fit inside the {h}x{w} image (needs top+height <= {h} and left+width <= {w})", path + ("box",)))
+                issues.append(
+                    Issue(
+                        f"crop box [top {top}, left {left}, height {bh}, width {bw}] does not fit inside the {h}x{w} "
+                        f"image (needs top+height <= {h} and left+width <= {w})",
+                        path + ("box",),
+                    )
+                )
             shape = (c, bh, bw)
         elif isinstance(step, Normalize):
             for key in ("mean", "std"):
                 vals = getattr(step, key)
                 if isinstance(vals, list) and len(vals) != c:
-                    issues.append(Issue(f"needs one value per channel: {c} (input.channels is {spec.input.channels}); got {len(vals)}", path + (key,)))
+                    issues.append(
+                        Issue(
+                            f"needs one value per channel: {c} (input.channels is {spec.input.channels}); got "
+                            f"{len(vals)}",
+                            path + (key,),
+                        )
+                    )
     return issues
 
 
@@ -349,7 +395,10 @@ def summarize(spec) -> Summary:
             rows.append(Row("flatten (head)", ("model",), 0, shape))
         act = "sigmoid" if spec.task == "binary" else "softmax"
         if units is None:
-            summary.classes_note = "classes: auto, and the data source is not readable here: the head's size is unknown and left out of the totals"
+            summary.classes_note = (
+                "classes: auto, and the data source is not readable here: the head's size is unknown and left out "
+                "of the totals"
+            )
             rows.append(Row(f"dense (head) {act}", ("model",), 0, None))
             shape = None
         else:

@@ -141,7 +141,12 @@ class Loss(Strict):
 
 Metric = Literal["accuracy", "precision", "recall", "f1", "auc"]
 Monitor = Literal[
-    "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_auc",
+    "val_loss",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "val_auc",
 ]
 
 

@@ -30,7 +30,9 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
     """
     if isinstance(text, bytes):
         if len(text) > MAX_BYTES:
-            raise SpecError(Issue(f"file is {len(text):,} bytes; a spec is at most {MAX_BYTES:,}", file=file, line=1, col=1))
+            raise SpecError(
+                Issue(f"file is {len(text):,} bytes; a spec is at most {MAX_BYTES:,}", file=file, line=1, col=1)
+            )
         if b"\x00" in text:
             raise SpecError(Issue("this is a binary file, not a YAML spec", file=file, line=1, col=1))
         try:
@@ -38,11 +40,27 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
         except UnicodeDecodeError as e:
             line = text[: e.start].count(b"\n") + 1
             col = e.start - (text.rfind(b"\n", 0, e.start) + 1) + 1
-            raise SpecError(Issue(f"not UTF-8 text (byte 0x{text[e.start]:02x}); save the spec as UTF-8", file=file, line=line, col=col)) from None
+            raise SpecError(
+                Issue(
+                    f"not UTF-8 text (byte 0x{text[e.start]:02x}); save the spec as UTF-8",
+                    file=file,
+                    line=line,
+                    col=col,
+                )
+            ) from None
     if len(text) > MAX_BYTES:
-        raise SpecError(Issue(f"file is {len(text):,} characters; a spec is at most {MAX_BYTES:,}", file=file, line=1, col=1))
+        raise SpecError(
+            Issue(f"file is {len(text):,} characters; a spec is at most {MAX_BYTES:,}", file=file, line=1, col=1)
+        )
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
-        raise SpecError(Issue("the file is empty; expected a mapping with keys version, task, data, input and model", file=file, line=1, col=1))
+        raise SpecError(
+            Issue(
+                "the file is empty; expected a mapping with keys version, task, data, input and model",
+                file=file,
+                line=1,
+                col=1,
+            )
+        )
     check_flow_depth(text, file)
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
@@ -62,11 +80,25 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
         raise SpecError(Issue(f"YAML value error: {str(e)[:160]}", file=file, line=line, col=col)) from None
     except TypeError as e:  # ruamel cannot build a mapping whose key holds a list: "{a: [1]}: x"
         line, col = _complex_key_position(text)
-        raise SpecError(Issue(f"YAML error: a key is a mapping or list that holds a list ({str(e)[:80]}); "
-                              "keys are names, like 'layers:'", file=file, line=line, col=col)) from None
+        raise SpecError(
+            Issue(
+                f"YAML error: a key is a mapping or list that holds a list ({str(e)[:80]}); "
+                "keys are names, like 'layers:'",
+                file=file,
+                line=line,
+                col=col,
+            )
+        ) from None
     if not isinstance(doc, CommentedMap):
         kind = "a list" if isinstance(doc, list) else f"a single value ({_short(doc)})"
-        raise SpecError(Issue(f"the document is {kind}; expected a mapping with keys version, task, data, input and model", file=file, line=1, col=1))
+        raise SpecError(
+            Issue(
+                f"the document is {kind}; expected a mapping with keys version, task, data, input and model",
+                file=file,
+                line=1,
+                col=1,
+            )
+        )
     check_size(doc, file)
     return doc
 
@@ -118,8 +150,10 @@ def check_size(doc: CommentedMap, file: str) -> None:
             return f"nesting is deeper than {MAX_DEPTH} levels"
         count[0] += len(children)
         if count[0] > MAX_VALUES:
-            return (f"aliases expand to more than {MAX_VALUES:,} values (a 'billion laughs' document?); "
-                    "a spec holds a few hundred")
+            return (
+                f"aliases expand to more than {MAX_VALUES:,} values (a 'billion laughs' document?); "
+                "a spec holds a few hundred"
+            )
         for child in children:
             problem = walk(child, level + 1)
             if problem:
@@ -168,8 +202,6 @@ def _marked_issue(e: MarkedYAMLError, file: str) -> Issue:
     line = mark.line + 1 if mark else 1
     col = mark.column + 1 if mark else 1
     return Issue(msg, file=file, line=line, col=col)
-
-
 
 
 def to_plain(node: Any) -> Any:

@@ -100,13 +100,15 @@ class Band:
         w = np.zeros((H * W, 3), np.float32)
         for j in range(3):
             band = np.zeros((H, W), np.float32)
-            band[2 * j:2 * j + 2] = 0.05
+            band[2 * j : 2 * j + 2] = 0.05
             w[:, j] = band.ravel()
         graph = helper.make_graph(
-            [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Flatten", ["f"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+            [
+                helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+                helper.make_node("Flatten", ["f"], ["flat"], axis=1),
+                helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+                helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+            ],
             "band",
             [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 1, H, W])],
             [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
@@ -114,14 +116,21 @@ class Band:
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
         model.ir_version = 9
-        helper.set_model_props(model, {"convspec.classes": json.dumps(list(self.CLASSES)), "convspec.task": "multiclass",
-                                       "convspec.channels": "1", "convspec.input_size": json.dumps([H, W])})
+        helper.set_model_props(
+            model,
+            {
+                "convspec.classes": json.dumps(list(self.CLASSES)),
+                "convspec.task": "multiclass",
+                "convspec.channels": "1",
+                "convspec.input_size": json.dumps([H, W]),
+            },
+        )
         onnx.save(model, path)
         return path
 
     def save(self, path: Path, j: int) -> Path:
         a = np.full((self.H, self.W), 10, np.uint8)
-        a[2 * j:2 * j + 2] = 250
+        a[2 * j : 2 * j + 2] = 250
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(a).save(path)
         return path

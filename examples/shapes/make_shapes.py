@@ -40,11 +40,16 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif kind == "square":
         angle = rng.uniform(0, math.pi / 2)
-        corners = [(cx + r * math.cos(angle + k * math.pi / 2), cy + r * math.sin(angle + k * math.pi / 2)) for k in range(4)]
+        corners = [
+            (cx + r * math.cos(angle + k * math.pi / 2), cy + r * math.sin(angle + k * math.pi / 2)) for k in range(4)
+        ]
         draw.polygon(corners, fill=fill)
     elif kind == "triangle":
         angle = rng.uniform(0, 2 * math.pi)
-        corners = [(cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
+        corners = [
+            (cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
         draw.polygon(corners, fill=fill)
     else:
         raise ValueError(f"unknown shape {kind!r}; expected one of {', '.join(CLASSES)}")
@@ -66,7 +71,9 @@ def make_shapes(out: Path, per_class: int = 300, size: int = 64, seed: int = 0) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "out", nargs="?", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})"
+    )
     parser.add_argument("--per-class", type=int, default=300, help="images per class (default: 300)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

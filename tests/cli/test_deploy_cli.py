@@ -28,8 +28,6 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-
-
 @pytest.fixture
 def model(tmp_path, band):
     return band.model(tmp_path / "band.onnx")
@@ -96,10 +94,13 @@ def test_predict_missing_image_and_empty_folder(model, folder, tmp_path):
     no_traceback(result)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("truncate", "truncated or corrupt"),
-    (b"definitely not a model\n" * 3, "not an ONNX model"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("truncate", "truncated or corrupt"),
+        (b"definitely not a model\n" * 3, "not an ONNX model"),
+    ],
+)
 def test_predict_bad_model(model, folder, content, message):
     data = model.read_bytes()
     model.write_bytes(data[: len(data) // 2] if content == "truncate" else content)
@@ -135,10 +136,16 @@ def test_evaluate_run_folder_of_image_files(model, folder, tmp_path, band):
     """DATA = a run folder: its split.json's test files (relative to the data root) are scored."""
     run = tmp_path / "run"
     run.mkdir()
-    split = {"version": 1, "root": str(folder), "class_names": list(band.CLASSES), "splits": {
-        "train": {"files": ["a/0.png"], "labels": ["a"]},
-        "val": {"files": [], "labels": []},
-        "test": {"files": ["a/1.png", "b/0.png", "c/deep/0.png"], "labels": ["a", "b", "a"]}}}
+    split = {
+        "version": 1,
+        "root": str(folder),
+        "class_names": list(band.CLASSES),
+        "splits": {
+            "train": {"files": ["a/0.png"], "labels": ["a"]},
+            "val": {"files": [], "labels": []},
+            "test": {"files": ["a/1.png", "b/0.png", "c/deep/0.png"], "labels": ["a", "b", "a"]},
+        },
+    }
     (run / "split.json").write_text(json.dumps(split))
     result = invoke("evaluate", model, run, "--format", "json")
     assert result.exit_code == 0, result.output
@@ -168,13 +175,13 @@ main()
 
 def test_predict_and_evaluate_do_not_import_torch(model, folder):
     for args in (["predict", model, folder, "--format", "json"], ["evaluate", model, folder]):
-        proc = subprocess.run([sys.executable, "-c", TORCH_FREE, *map(str, args)],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", TORCH_FREE, *map(str, args)], capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr
 
 
 # ------------------------------------------------------------------ a trained run (slow)
-
 
 
 @pytest.mark.slow

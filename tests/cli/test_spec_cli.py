@@ -48,7 +48,10 @@ def test_validate_reports_every_error_as_file_line_col():
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("name", ["yaml-syntax", "yaml-empty", "yaml-not-utf8", "unknown-layer-type", "residual-unmatchable", "tune-value-invalid"])
+@pytest.mark.parametrize(
+    "name",
+    ["yaml-syntax", "yaml-empty", "yaml-not-utf8", "unknown-layer-type", "residual-unmatchable", "tune-value-invalid"],
+)
 def test_validate_never_shows_a_traceback(name):
     result = invoke("validate", BAD / f"{name}.yaml")
     assert result.exit_code == 1
@@ -81,7 +84,9 @@ def test_summary_table_has_totals():
 
 
 def test_summary_with_set_and_with_errors():
-    result = runner.invoke(app, ["summary", str(EXAMPLES / "lenet5.yaml"), "--set", "model.layers.5.units=60"], terminal_width=160)
+    result = runner.invoke(
+        app, ["summary", str(EXAMPLES / "lenet5.yaml"), "--set", "model.layers.5.units=60"], terminal_width=160
+    )
     assert result.exit_code == 0, result.output
     assert f"{61_706 - 60 * (400 + 1 + 84):,}" in result.stdout
     result = invoke("summary", EXAMPLES / "lenet5.yaml", "--set", "model.layers.0.kernel=40")
@@ -114,15 +119,29 @@ def test_schema_to_stdout_and_to_a_file(tmp_path: Path):
 
 
 def convspec_command() -> list[str]:
-    script = shutil.which("convspec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    script = shutil.which(
+        "convspec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     return [script] if script else [sys.executable, "-m", "convspec.compiler"]
 
 
 def test_entry_point_validates_and_fails_cleanly(tmp_path: Path):
-    ok = subprocess.run([*convspec_command(), "validate", str(EXAMPLES / "digits.yaml")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    ok = subprocess.run(
+        [*convspec_command(), "validate", str(EXAMPLES / "digits.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "digits.yaml: OK" in ok.stdout
-    bad = subprocess.run([*convspec_command(), "validate", str(BAD / "negative-filters.yaml")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    bad = subprocess.run(
+        [*convspec_command(), "validate", str(BAD / "negative-filters.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert bad.returncode == 1
     assert bad.stderr.startswith(f"{BAD / 'negative-filters.yaml'}:12:29: model.layers[0].filters: ")
     assert "Traceback" not in bad.stdout + bad.stderr
@@ -131,7 +150,10 @@ def test_entry_point_validates_and_fails_cleanly(tmp_path: Path):
 def test_validate_does_not_import_torch(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "convspec.compiler", "validate", str(EXAMPLES / "digits.yaml")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}

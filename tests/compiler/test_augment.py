@@ -24,12 +24,16 @@ ALL = [
 
 
 def make_augmenter(augment, channels=3):
-    spec = spec_from_dict({
-        "version": 1, "task": "binary",
-        "data": {"source": {"type": "folder", "path": "/nonexistent-convspec-test-data"}},
-        "input": {"channels": channels, "size": [12, 10]},
-        "augment": list(augment), "model": {"layers": [{"type": "flatten"}]},
-    })
+    spec = spec_from_dict(
+        {
+            "version": 1,
+            "task": "binary",
+            "data": {"source": {"type": "folder", "path": "/nonexistent-convspec-test-data"}},
+            "input": {"channels": channels, "size": [12, 10]},
+            "augment": list(augment),
+            "model": {"layers": [{"type": "flatten"}]},
+        }
+    )
     return build_augmenter(spec)
 
 
@@ -70,7 +74,9 @@ def test_all_together_with_uint8_input_and_channels_last():
     assert float(out.min()) >= 0 and float(out.max()) <= 255
 
 
-@pytest.mark.parametrize("op", [a for a in ALL if a["type"] != "flip"], ids=[a["type"] for a in ALL if a["type"] != "flip"])
+@pytest.mark.parametrize(
+    "op", [a for a in ALL if a["type"] != "flip"], ids=[a["type"] for a in ALL if a["type"] != "flip"]
+)
 def test_parameters_are_drawn_per_sample(op):
     """Two identical images in one batch come out different."""
     aug = make_augmenter([op])
@@ -99,8 +105,14 @@ def test_unfired_samples_are_nearly_unchanged_by_the_resample():
     assert 0 < sum(same) < 16
 
 
-@pytest.mark.parametrize(("kw", "dims"), [({"horizontal": True}, (-1,)), ({"horizontal": False, "vertical": True}, (-2,)),
-                                          ({"horizontal": True, "vertical": True}, (-2, -1))])
+@pytest.mark.parametrize(
+    ("kw", "dims"),
+    [
+        ({"horizontal": True}, (-1,)),
+        ({"horizontal": False, "vertical": True}, (-2,)),
+        ({"horizontal": True, "vertical": True}, (-2, -1)),
+    ],
+)
 def test_flip_p1_equals_torch_flip(kw, dims):
     aug = make_augmenter([{"type": "flip", "p": 1.0, **kw}])
     x = images()
@@ -113,7 +125,7 @@ def test_random_crop_is_an_integer_shift_with_zero_fill():
     out = aug(x, gen(5))
     for i in range(8):
         padded = torch.nn.functional.pad(x[i], (3, 3, 3, 3))
-        crops = [padded[:, a:a + 12, b:b + 10] for a in range(7) for b in range(7)]
+        crops = [padded[:, a : a + 12, b : b + 10] for a in range(7) for b in range(7)]
         assert min(float((out[i] - c).abs().max()) for c in crops) < 1e-2
 
 
@@ -177,7 +189,9 @@ def test_augmented_batches_cover_the_epoch_in_order_augmenting_chunks(monkeypatc
     """Batches of 8 from 37 images: perm order, every image once, the augmenter called per chunk."""
     from convspec.compiler import augment as mod
 
-    monkeypatch.setattr(mod, "AUGMENT_CHUNK_BYTES", chunk_bytes)  # all at once, 2 batches a call (3 calls), one batch a call
+    monkeypatch.setattr(
+        mod, "AUGMENT_CHUNK_BYTES", chunk_bytes
+    )  # all at once, 2 batches a call (3 calls), one batch a call
     aug = make_augmenter([{"type": "translate", "fraction": [0.2, 0.2]}])
     seen = []
     real = aug.forward
@@ -185,7 +199,9 @@ def test_augmented_batches_cover_the_epoch_in_order_augmenting_chunks(monkeypatc
     images = torch.randint(0, 256, (37, 3, 12, 10), dtype=torch.uint8)
     labels = torch.arange(37)
     perm = torch.randperm(37, generator=torch.Generator().manual_seed(1))
-    out = list(mod.augmented_batches(images, labels, perm, 8, torch.device("cpu"), aug, torch.Generator().manual_seed(0)))
+    out = list(
+        mod.augmented_batches(images, labels, perm, 8, torch.device("cpu"), aug, torch.Generator().manual_seed(0))
+    )
     assert [len(i) for i, _, _ in out] == [8, 8, 8, 8, 5]
     assert torch.equal(torch.cat([i for i, _, _ in out]), perm)
     assert all(torch.equal(y, labels[i]) for i, _, y in out)
@@ -200,5 +216,9 @@ def test_augmented_batches_without_augmentation_are_the_cached_pixels():
     from convspec.compiler.augment import augmented_batches
 
     images = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8)
-    out = list(augmented_batches(images, torch.zeros(20, dtype=torch.long), torch.arange(20), 6, torch.device("cpu"), None, None))
+    out = list(
+        augmented_batches(
+            images, torch.zeros(20, dtype=torch.long), torch.arange(20), 6, torch.device("cpu"), None, None
+        )
+    )
     assert torch.equal(torch.cat([x for _, x, _ in out]), images.float())

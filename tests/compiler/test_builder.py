@@ -18,16 +18,20 @@ torch.set_num_threads(1)
 NO_DATA = "/nonexistent-convspec-test-data"  # unreadable source: classes come from `classes`
 
 
-def make_spec(layers, *, channels=3, size=(12, 12), task="multiclass", classes=3,
-              preprocess=(), augment=(), head=True):
+def make_spec(layers, *, channels=3, size=(12, 12), task="multiclass", classes=3, preprocess=(), augment=(), head=True):
     """A minimal valid spec around ``layers`` (raises SpecError like a file would)."""
-    return spec_from_dict({
-        "version": 1, "task": task, "classes": classes,
-        "data": {"source": {"type": "folder", "path": NO_DATA}},
-        "input": {"channels": channels, "size": list(size)},
-        "preprocess": list(preprocess), "augment": list(augment),
-        "model": {"layers": layers, "head": head},
-    })
+    return spec_from_dict(
+        {
+            "version": 1,
+            "task": task,
+            "classes": classes,
+            "data": {"source": {"type": "folder", "path": NO_DATA}},
+            "input": {"channels": channels, "size": list(size)},
+            "preprocess": list(preprocess),
+            "augment": list(augment),
+            "model": {"layers": layers, "head": head},
+        }
+    )
 
 
 def trainable(module: nn.Module) -> int:
@@ -91,27 +95,77 @@ LAYER_CASES: dict[str, list[tuple[str, list, dict]]] = {
         ("bn-with-bias", [{**CONV, "batch_norm": True, "bias": True}], {}),
         ("no-bias", [{**CONV, "bias": False, "activation": "softmax"}], {"channels": 1}),
     ],
-    "max_pool": [("size3-stride2-pad1", [{"type": "max_pool", "size": 3, "stride": 2, "padding": 1}], {"size": (13, 12)})],
-    "avg_pool": [("default", [{"type": "avg_pool"}], {"size": (13, 12)}),
-                 ("pad", [{"type": "avg_pool", "size": [3, 2], "stride": 1, "padding": 1}], {})],
+    "max_pool": [
+        ("size3-stride2-pad1", [{"type": "max_pool", "size": 3, "stride": 2, "padding": 1}], {"size": (13, 12)})
+    ],
+    "avg_pool": [
+        ("default", [{"type": "avg_pool"}], {"size": (13, 12)}),
+        ("pad", [{"type": "avg_pool", "size": [3, 2], "stride": 1, "padding": 1}], {}),
+    ],
     "global_avg_pool": [("", [CONV, {"type": "global_avg_pool"}], {})],
     "global_max_pool": [("", [{"type": "global_max_pool"}], {})],
     "flatten": [("", [{"type": "flatten"}], {"size": (5, 7)})],
-    "dense": [("", [{"type": "flatten"}, {"type": "dense", "units": 7, "activation": "tanh"}], {"size": (4, 4)}),
-              ("bn-no-bias", [{"type": "global_avg_pool"}, {"type": "dense", "units": 5, "bias": False, "batch_norm": True, "activation": "silu"}], {})],
+    "dense": [
+        ("", [{"type": "flatten"}, {"type": "dense", "units": 7, "activation": "tanh"}], {"size": (4, 4)}),
+        (
+            "bn-no-bias",
+            [
+                {"type": "global_avg_pool"},
+                {"type": "dense", "units": 5, "bias": False, "batch_norm": True, "activation": "silu"},
+            ],
+            {},
+        ),
+    ],
     "dropout": [("", [{"type": "dropout", "rate": 0.3}], {})],
-    "batch_norm": [("image", [{"type": "batch_norm"}], {}),
-                   ("flat", [{"type": "flatten"}, {"type": "batch_norm"}], {"size": (3, 3)})],
+    "batch_norm": [
+        ("image", [{"type": "batch_norm"}], {}),
+        ("flat", [{"type": "flatten"}, {"type": "batch_norm"}], {"size": (3, 3)}),
+    ],
     "activation": [(fn, [{"type": "activation", "fn": fn}], {}) for fn in ("relu", "elu", "leaky_relu", "sigmoid")],
-    "repeat": [("", [{"type": "repeat", "times": 3, "layers": [{**CONV, "batch_norm": True}, {"type": "max_pool", "size": 1}]}], {})],
+    "repeat": [
+        (
+            "",
+            [{"type": "repeat", "times": 3, "layers": [{**CONV, "batch_norm": True}, {"type": "max_pool", "size": 1}]}],
+            {},
+        )
+    ],
     "residual": [
         ("identity", [{"type": "residual", "layers": [{**CONV, "filters": 3}, {**CONV, "filters": 3}]}], {}),
-        ("projection-bn", [{"type": "residual", "layers": [{**CONV, "stride": 2, "batch_norm": True, "activation": "relu"}, {**CONV, "batch_norm": True}]}], {"size": (11, 12)}),
-        ("projection-no-bn", [{"type": "residual", "activation": "none", "layers": [{**CONV, "filters": 8, "kernel": 1}]}], {}),
-        ("nested", [{"type": "residual", "layers": [{"type": "repeat", "times": 2, "layers": [{**CONV, "filters": 3, "batch_norm": True}]}]}], {}),
+        (
+            "projection-bn",
+            [
+                {
+                    "type": "residual",
+                    "layers": [
+                        {**CONV, "stride": 2, "batch_norm": True, "activation": "relu"},
+                        {**CONV, "batch_norm": True},
+                    ],
+                }
+            ],
+            {"size": (11, 12)},
+        ),
+        (
+            "projection-no-bn",
+            [{"type": "residual", "activation": "none", "layers": [{**CONV, "filters": 8, "kernel": 1}]}],
+            {},
+        ),
+        (
+            "nested",
+            [
+                {
+                    "type": "residual",
+                    "layers": [{"type": "repeat", "times": 2, "layers": [{**CONV, "filters": 3, "batch_norm": True}]}],
+                }
+            ],
+            {},
+        ),
     ],
 }
-CASES = [pytest.param(layers, kw, id=f"{t}-{name}" if name else t) for t in LAYER_TYPES for name, layers, kw in LAYER_CASES.get(t, [("missing", None, {})])]
+CASES = [
+    pytest.param(layers, kw, id=f"{t}-{name}" if name else t)
+    for t in LAYER_TYPES
+    for name, layers, kw in LAYER_CASES.get(t, [("missing", None, {})])
+]
 
 
 @pytest.mark.parametrize(("layers", "kw"), CASES)
@@ -161,29 +215,57 @@ def test_repeat_copies_have_their_own_weights():
 ACTS = st.sampled_from(["relu", "none", "tanh", "gelu"])
 conv_layer = st.fixed_dictionaries(
     {"type": st.just("conv"), "filters": st.integers(1, 6), "kernel": st.integers(1, 4)},
-    optional={"stride": st.integers(1, 2), "padding": st.sampled_from(["same", "valid", 0, 1]),
-              "batch_norm": st.booleans(), "activation": ACTS, "dilation": st.integers(1, 2)},
+    optional={
+        "stride": st.integers(1, 2),
+        "padding": st.sampled_from(["same", "valid", 0, 1]),
+        "batch_norm": st.booleans(),
+        "activation": ACTS,
+        "dilation": st.integers(1, 2),
+    },
 )
 pool_layer = st.fixed_dictionaries(
     {"type": st.sampled_from(["max_pool", "avg_pool"]), "size": st.integers(1, 3)},
     optional={"stride": st.integers(1, 2), "padding": st.integers(0, 1)},
 )
 simple_layer = st.one_of(
-    conv_layer, pool_layer, st.just({"type": "batch_norm"}), st.just({"type": "dropout", "rate": 0.1}),
+    conv_layer,
+    pool_layer,
+    st.just({"type": "batch_norm"}),
+    st.just({"type": "dropout", "rate": 0.1}),
     st.builds(lambda fn: {"type": "activation", "fn": fn}, ACTS),
 )
 block_layer = st.one_of(
-    st.builds(lambda ls, t: {"type": "repeat", "times": t, "layers": ls}, st.lists(conv_layer, min_size=1, max_size=2), st.integers(1, 2)),
-    st.builds(lambda ls, a: {"type": "residual", "layers": ls, "activation": a}, st.lists(conv_layer, min_size=1, max_size=2), ACTS),
+    st.builds(
+        lambda ls, t: {"type": "repeat", "times": t, "layers": ls},
+        st.lists(conv_layer, min_size=1, max_size=2),
+        st.integers(1, 2),
+    ),
+    st.builds(
+        lambda ls, a: {"type": "residual", "layers": ls, "activation": a},
+        st.lists(conv_layer, min_size=1, max_size=2),
+        ACTS,
+    ),
 )
-tail = st.sampled_from([[], [{"type": "global_avg_pool"}], [{"type": "global_max_pool"}], [{"type": "flatten"}],
-                        [{"type": "flatten"}, {"type": "dense", "units": 5, "activation": "relu", "batch_norm": True}]])
+tail = st.sampled_from(
+    [
+        [],
+        [{"type": "global_avg_pool"}],
+        [{"type": "global_max_pool"}],
+        [{"type": "flatten"}],
+        [{"type": "flatten"}, {"type": "dense", "units": 5, "activation": "relu", "batch_norm": True}],
+    ]
+)
 stack = st.tuples(st.lists(st.one_of(simple_layer, simple_layer, block_layer), min_size=1, max_size=4), tail)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stack=stack, channels=st.sampled_from([1, 3]), h=st.integers(3, 14), w=st.integers(3, 14),
-       task=st.sampled_from(["binary", "multiclass"]))
+@given(
+    stack=stack,
+    channels=st.sampled_from([1, 3]),
+    h=st.integers(3, 14),
+    w=st.integers(3, 14),
+    task=st.sampled_from(["binary", "multiclass"]),
+)
 def test_random_stacks_agree_with_summary(stack, channels, h, w, task):
     body, end = stack
     try:
@@ -198,16 +280,22 @@ def test_random_stacks_agree_with_summary(stack, channels, h, w, task):
 
 FAULTS = [
     pytest.param([{"type": "dense", "units": 3}], "flatten", id="dense-on-image"),
-    pytest.param([{"type": "conv", "filters": 2, "kernel": 13, "padding": "valid"}], "too small", id="kernel-larger-than-image"),
+    pytest.param(
+        [{"type": "conv", "filters": 2, "kernel": 13, "padding": "valid"}], "too small", id="kernel-larger-than-image"
+    ),
     pytest.param([{"type": "flatten"}, {"type": "max_pool"}], "image input", id="pool-on-flat"),
     pytest.param([{"type": "residual", "layers": [{"type": "global_avg_pool"}]}], "1x1 conv", id="residual-to-flat"),
-    pytest.param([{"type": "repeat", "times": 5, "layers": [{"type": "max_pool"}]}], "too small", id="repeat-downsamples-away"),
+    pytest.param(
+        [{"type": "repeat", "times": 5, "layers": [{"type": "max_pool"}]}], "too small", id="repeat-downsamples-away"
+    ),
     pytest.param([{"type": "max_pool", "size": 2, "padding": 2}], "half the pool size", id="pool-padding"),
 ]
 
 
 @pytest.mark.parametrize(("layers", "needle"), FAULTS)
-@given(prefix=st.lists(st.sampled_from([{"type": "batch_norm"}, {"type": "activation", "fn": "relu"}, CONV]), max_size=2))
+@given(
+    prefix=st.lists(st.sampled_from([{"type": "batch_norm"}, {"type": "activation", "fn": "relu"}, CONV]), max_size=2)
+)
 @settings(max_examples=5, deadline=None)
 def test_invalid_stacks_raise_spec_error_at_load(layers, needle, prefix):
     with pytest.raises(SpecError, match=needle) as info:
@@ -217,19 +305,36 @@ def test_invalid_stacks_raise_spec_error_at_load(layers, needle, prefix):
 
 # ------------------------------------------------------------------ ResNet-18
 
+
 def _basic(filters: int, stride: int = 1) -> dict:
     pad = 1  # torchvision's symmetric padding (Keras 'same' would pad (0, 1) at stride 2)
-    return {"type": "residual", "layers": [
-        {"type": "conv", "filters": filters, "kernel": 3, "stride": stride, "padding": pad, "batch_norm": True, "activation": "relu"},
-        {"type": "conv", "filters": filters, "kernel": 3, "padding": pad, "batch_norm": True},
-    ]}
+    return {
+        "type": "residual",
+        "layers": [
+            {
+                "type": "conv",
+                "filters": filters,
+                "kernel": 3,
+                "stride": stride,
+                "padding": pad,
+                "batch_norm": True,
+                "activation": "relu",
+            },
+            {"type": "conv", "filters": filters, "kernel": 3, "padding": pad, "batch_norm": True},
+        ],
+    }
 
 
 RESNET18 = [
     {"type": "conv", "filters": 64, "kernel": 7, "stride": 2, "padding": 3, "batch_norm": True, "activation": "relu"},
     {"type": "max_pool", "size": 3, "stride": 2, "padding": 1},
     {"type": "repeat", "times": 2, "layers": [_basic(64)]},
-    _basic(128, 2), _basic(128), _basic(256, 2), _basic(256), _basic(512, 2), _basic(512),
+    _basic(128, 2),
+    _basic(128),
+    _basic(256, 2),
+    _basic(256),
+    _basic(512, 2),
+    _basic(512),
     {"type": "global_avg_pool"},
 ]
 
@@ -246,7 +351,12 @@ def test_resnet18_has_torchvision_parameter_count():
 
 # ------------------------------------------------------------ model behaviour
 
-SMALL = [{**CONV, "batch_norm": True, "activation": "relu"}, {"type": "max_pool"}, {"type": "flatten"}, {"type": "dropout", "rate": 0.5}]
+SMALL = [
+    {**CONV, "batch_norm": True, "activation": "relu"},
+    {"type": "max_pool"},
+    {"type": "flatten"},
+    {"type": "dropout", "rate": 0.5},
+]
 
 
 def test_eval_outputs_multiclass_probabilities_train_outputs_logits():
@@ -313,8 +423,15 @@ def test_class_count_resolution():
 
 
 def test_builtin_digits_class_names():
-    spec = spec_from_dict({"version": 1, "task": "multiclass", "data": {"source": {"type": "builtin", "name": "digits"}},
-                           "input": {"channels": 1, "size": [8, 8]}, "model": {"layers": [{"type": "flatten"}]}})
+    spec = spec_from_dict(
+        {
+            "version": 1,
+            "task": "multiclass",
+            "data": {"source": {"type": "builtin", "name": "digits"}},
+            "input": {"channels": 1, "size": [8, 8]},
+            "model": {"layers": [{"type": "flatten"}]},
+        }
+    )
     model = build_model(spec)
     assert model.class_names == [str(i) for i in range(10)] and model.input_shape == (1, 8, 8)
 
@@ -330,7 +447,9 @@ def test_set_normalization_lives_in_buffers():
     state = model.state_dict()
     assert torch.allclose(state["preprocess.steps.0.mean"].flatten(), torch.tensor([0.1, 0.2, 0.3]))
     assert torch.allclose(state["preprocess.steps.0.std"].flatten(), torch.tensor([0.5, 0.25, 2.0]))
-    expected = (x.float() / 255 - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1)
+    expected = (x.float() / 255 - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.25, 2.0]).view(
+        1, 3, 1, 1
+    )
     assert torch.allclose(model.preprocess(x), expected, atol=1e-6)
     fresh = build_model(spec)
     fresh.load_state_dict(state)

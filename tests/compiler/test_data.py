@@ -22,16 +22,33 @@ from convspec.runtime.images import ImageError
 from convspec.specs import spec_from_dict
 
 
-def make_spec(source, *, base_dir="/", channels=1, size=(16, 16), resize="stretch", task="multiclass",
-              classes="auto", split=None, cache="none", on_bad_image="skip"):
+def make_spec(
+    source,
+    *,
+    base_dir="/",
+    channels=1,
+    size=(16, 16),
+    resize="stretch",
+    task="multiclass",
+    classes="auto",
+    split=None,
+    cache="none",
+    on_bad_image="skip",
+):
     data = {"source": source, "cache": cache, "on_bad_image": on_bad_image}
     if split is not None:
         data["split"] = split
-    return spec_from_dict({
-        "version": 1, "task": task, "classes": classes, "data": data,
-        "input": {"channels": channels, "size": list(size), "resize": resize},
-        "model": {"layers": [{"type": "flatten"}]},
-    }, base_dir=str(base_dir))
+    return spec_from_dict(
+        {
+            "version": 1,
+            "task": task,
+            "classes": classes,
+            "data": data,
+            "input": {"channels": channels, "size": list(size), "resize": resize},
+            "model": {"layers": [{"type": "flatten"}]},
+        },
+        base_dir=str(base_dir),
+    )
 
 
 class Log(list):
@@ -118,7 +135,13 @@ def test_classes_that_do_not_match_the_data(tmp_path):
     for name in ("cat", "emu", "fox"):
         (root / name).mkdir(parents=True)
         Image.new("L", (4, 4)).save(root / name / "1.png")
-    with pytest.raises(DataError, match=r"classes must match the data's classes \(in the data but not listed: emu, fox; listed but not in the data: dog\)"):
+    with pytest.raises(
+        DataError,
+        match=(
+            r"classes must match the data's classes \(in the data but not listed: emu, fox; listed but not in the "
+            r"data: dog\)"
+        ),
+    ):
         load_dataset(spec, log=Log())
     with pytest.raises(DataError, match=r"task: binary needs exactly 2 classes; the data has 3 \(cat, emu, fox\)"):
         load_dataset(binary, log=Log())
@@ -179,8 +202,13 @@ def test_a_class_with_only_bad_images_is_an_error(tmp_path, shapes_folder):
 def test_csv_source(tmp_path, shapes_folder):
     rows = ["path,label"] + [f"{s}/{k:02d}.png,{s}" for s in ("circle", "square") for k in range(12)]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    spec = make_spec({"type": "csv", "path": "labels.csv", "root": str(shapes_folder)}, base_dir=tmp_path,
-                     channels=3, size=(20, 20), resize="letterbox")
+    spec = make_spec(
+        {"type": "csv", "path": "labels.csv", "root": str(shapes_folder)},
+        base_dir=tmp_path,
+        channels=3,
+        size=(20, 20),
+        resize="letterbox",
+    )
     ds = load_dataset(spec, log=Log())
     assert ds.class_names == ["circle", "square"] and len(ds) == 24
     assert ds.root == str(shapes_folder) and ds.file_ids()[0] == "circle/00.png"
@@ -225,8 +253,9 @@ def test_split_depends_on_ids_not_on_order():
     labels = ["a" if i % 3 else "b" for i in range(60)]
     base = make_split(ids, labels, train=0.6, val=0.2, test=0.2, seed=0, log=Log())
     perm = np.random.default_rng(1).permutation(60)
-    shuffled = make_split([ids[i] for i in perm], [labels[i] for i in perm], train=0.6, val=0.2, test=0.2,
-                          seed=0, log=Log())
+    shuffled = make_split(
+        [ids[i] for i in perm], [labels[i] for i in perm], train=0.6, val=0.2, test=0.2, seed=0, log=Log()
+    )
     for s in base:
         assert sorted(ids[i] for i in base[s]) == sorted(ids[perm[i]] for i in shuffled[s])
 
@@ -249,8 +278,11 @@ def test_split_saved_and_reused_exactly(tmp_path, digits_folder):
     doc = read_split(path)
     assert doc["class_names"] == ds.class_names and doc["root"] == str(digits_folder)
     assert doc["splits"]["test"]["files"][0].count("/") == 1  # "<class>/<index>.png", portable
-    other_seed = make_spec({"type": "folder", "path": str(digits_folder)}, size=(8, 8),
-                           split={"train": 0.5, "val": 0.25, "test": 0.25, "seed": 9})
+    other_seed = make_spec(
+        {"type": "folder", "path": str(digits_folder)},
+        size=(8, 8),
+        split={"train": 0.5, "val": 0.25, "test": 0.25, "seed": 9},
+    )
     again = load_dataset(other_seed, split_file=path, log=Log())
     for s in ("train", "val", "test"):
         assert np.array_equal(again.splits[s], ds.splits[s])
@@ -307,8 +339,17 @@ def test_disk_cache_second_load_is_a_memmap(tmp_path, dirty_shapes):
     load_dataset(spec, cache_dir=tmp_path / "cache", log=log)
     assert not any("from the disk cache" in m for m in log)
     with pytest.raises(ImageError):  # a cached bad file still raises under on_bad_image: error
-        load_dataset(make_spec({"type": "folder", "path": str(dirty_shapes)}, channels=3, size=(20, 20),
-                               cache="disk", on_bad_image="error"), cache_dir=tmp_path / "cache", log=Log())
+        load_dataset(
+            make_spec(
+                {"type": "folder", "path": str(dirty_shapes)},
+                channels=3,
+                size=(20, 20),
+                cache="disk",
+                on_bad_image="error",
+            ),
+            cache_dir=tmp_path / "cache",
+            log=Log(),
+        )
 
 
 def test_memory_cache_decodes_once_per_process(shapes_folder):

@@ -22,21 +22,42 @@ def test_nproc_launches_torchrun_without_nproc(monkeypatch):
     monkeypatch.setattr(launch.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
     argv = ["train", "spec.yaml", "--nproc", "2", "--set", "training.epochs=3", "--nproc=2"]
     assert launch.launch_torchrun(2, argv) == 0
-    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                      "-m", "convspec.compiler", "train", "spec.yaml", "--set", "training.epochs=3"]]
+    assert calls == [
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "convspec.compiler",
+            "train",
+            "spec.yaml",
+            "--set",
+            "training.epochs=3",
+        ]
+    ]
 
 
 def convspec(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CONVSPEC_CACHE": str(cwd / "cache")}
     env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "convspec.compiler", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "convspec.compiler", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_train_nproc_2_then_resume(tmp_path):
     out = tmp_path / "runs"
-    proc = convspec("train", str(DIGITS), "--out", str(out), "--nproc", "2", "--set", f"training.epochs={EPOCHS}", cwd=tmp_path)
+    proc = convspec(
+        "train", str(DIGITS), "--out", str(out), "--nproc", "2", "--set", f"training.epochs={EPOCHS}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     runs = [p for p in out.iterdir() if p.is_dir()]
@@ -54,7 +75,17 @@ def test_train_nproc_2_then_resume(tmp_path):
     assert logs.count("done in ") == 1, "only rank 0 speaks"
 
     # Resume under DDP: one more epoch, appended to the same run.
-    proc = convspec("train", str(DIGITS), "--resume", str(run), "--nproc", "2", "--set", f"training.epochs={EPOCHS + 1}", cwd=tmp_path)
+    proc = convspec(
+        "train",
+        str(DIGITS),
+        "--resume",
+        str(run),
+        "--nproc",
+        "2",
+        "--set",
+        f"training.epochs={EPOCHS + 1}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [p.name for p in out.iterdir() if p.is_dir()] == ["digits-cnn"]
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -20,7 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-
 @pytest.fixture
 def run_copy(digits_run, tmp_path) -> Run:
     dst = tmp_path / "digits-cnn"
@@ -54,7 +53,9 @@ def test_metadata(digits_run):
     spec = load_spec_text(props["convspec.spec"], "metadata")
     assert spec.name == "digits-cnn" and spec.training.epochs == 3
     results = json.loads((digits_run / "results.json").read_text())
-    assert json.loads(props["convspec.test_metrics"])["accuracy"] == pytest.approx(results["test"]["metrics"]["accuracy"])
+    assert json.loads(props["convspec.test_metrics"])["accuracy"] == pytest.approx(
+        results["test"]["metrics"]["accuracy"]
+    )
 
 
 def test_parity_recorded(digits_run):
@@ -131,10 +132,13 @@ def test_failed_parity_leaves_no_model(run_copy, monkeypatch):
     assert not list(run_copy.path.glob(".model.onnx*"))  # no temporary left either
 
 
-@pytest.mark.parametrize("spec_file, overrides", [
-    ("digits-binary.yaml", []),
-    ("digits.yaml", ["export.dynamic_batch=false"]),
-])
+@pytest.mark.parametrize(
+    "spec_file, overrides",
+    [
+        ("digits-binary.yaml", []),
+        ("digits.yaml", ["export.dynamic_batch=false"]),
+    ],
+)
 def test_binary_and_fixed_batch_models(tmp_path, spec_file, overrides):
     """A binary model's (N, 1) output becomes both classes; a fixed-batch model still predicts batches."""
     import torch

@@ -85,7 +85,7 @@ def test_rewrites_keep_the_outputs_and_reorder_relu_after_the_pool(tmp_path):
     by_name = {n.name: n.op_type for n in model.graph.node}
     assert [by_name[k] for k in keep] == ["Conv", "Relu", "MaxPool"]
     first_conv = ops.index("Conv")
-    assert ops[first_conv + 1:first_conv + 3] == ["MaxPool", "Relu"]
+    assert ops[first_conv + 1 : first_conv + 3] == ["MaxPool", "Relu"]
     # the second conv (16 x 3x3 = 144) is quantized, and the flatten is channels-last
     assert ops.count("Conv") == 2 and ops[ops.index("Reshape") - 1] == "Transpose"
 

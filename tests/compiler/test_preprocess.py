@@ -22,12 +22,17 @@ NO_DATA = "/nonexistent-convspec-test-data"
 
 
 def make_spec(preprocess, *, channels=3, size=(12, 10), layers=({"type": "global_avg_pool"},), classes=3):
-    return spec_from_dict({
-        "version": 1, "task": "multiclass", "classes": classes,
-        "data": {"source": {"type": "folder", "path": NO_DATA}},
-        "input": {"channels": channels, "size": list(size)},
-        "preprocess": list(preprocess), "model": {"layers": list(layers)},
-    })
+    return spec_from_dict(
+        {
+            "version": 1,
+            "task": "multiclass",
+            "classes": classes,
+            "data": {"source": {"type": "folder", "path": NO_DATA}},
+            "input": {"channels": channels, "size": list(size)},
+            "preprocess": list(preprocess),
+            "model": {"layers": list(layers)},
+        }
+    )
 
 
 def pixels(n=2, c=3, h=12, w=10, seed=0) -> torch.Tensor:
@@ -97,14 +102,14 @@ def test_gaussian_matches_numpy_convolution(kernel, sigma):
     out = run([step], x)
     s = sigma if sigma else 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8  # OpenCV's default
     t = np.arange(kernel) - kernel // 2
-    g = np.exp(-t**2 / (2 * s * s))
+    g = np.exp(-(t**2) / (2 * s * s))
     k2 = np.outer(g, g) / np.outer(g, g).sum()
     r = kernel // 2
     padded = _reflect(x.numpy().astype(np.float64) / 255, r)
     ref = np.zeros(x.shape)
     for i in range(kernel):
         for j in range(kernel):
-            ref += k2[i, j] * padded[:, :, i:i + 12, j:j + 10]
+            ref += k2[i, j] * padded[:, :, i : i + 12, j : j + 10]
     np.testing.assert_allclose(out, ref, atol=1e-5)
     np.testing.assert_allclose(gaussian_kernel1d(kernel, s).numpy(), g / g.sum(), atol=1e-7)
 
@@ -114,17 +119,25 @@ def test_median_matches_numpy(kernel):
     x = pixels(h=12, w=10)
     out = run([{"type": "denoise", "method": "median", "kernel": kernel}], x)
     r = kernel // 2
-    windows = np.lib.stride_tricks.sliding_window_view(_reflect(x.numpy() / np.float32(255), r), (kernel, kernel), axis=(2, 3))
+    windows = np.lib.stride_tricks.sliding_window_view(
+        _reflect(x.numpy() / np.float32(255), r), (kernel, kernel), axis=(2, 3)
+    )
     ref = np.median(windows.reshape(*x.shape, -1), axis=-1)
     np.testing.assert_allclose(out, ref, atol=1e-6)
 
 
 def test_steps_chain_and_shapes():
     x = pixels(h=12, w=10)
-    steps = [{"type": "crop", "box": [0, 0, 10, 10]}, {"type": "grayscale"}, {"type": "center_crop", "size": [6, 6]},
-             {"type": "normalize", "mean": [0.5], "std": [0.25]}]
+    steps = [
+        {"type": "crop", "box": [0, 0, 10, 10]},
+        {"type": "grayscale"},
+        {"type": "center_crop", "size": [6, 6]},
+        {"type": "normalize", "mean": [0.5], "std": [0.25]},
+    ]
     out = run(steps, x)
-    gray = (x.numpy()[:, :, :10, :10] / 255.0 * np.array([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)).sum(1, keepdims=True)
+    gray = (x.numpy()[:, :, :10, :10] / 255.0 * np.array([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)).sum(
+        1, keepdims=True
+    )
     np.testing.assert_allclose(out, (gray[:, :, 2:8, 2:8] - 0.5) / 0.25, atol=1e-5)
 
 
@@ -158,8 +171,16 @@ def quiet_exporter():
 def export_and_compare(module: torch.nn.Module, x: torch.Tensor, path, other: torch.Tensor) -> None:
     """Export with a dynamic batch axis; ORT on a differently sized batch agrees to 1e-5."""
     module = module.eval()
-    torch.onnx.export(module, (x,), str(path), dynamo=True, external_data=False, verbose=False,
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["pixels"])
+    torch.onnx.export(
+        module,
+        (x,),
+        str(path),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        input_names=["pixels"],
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (x, other):
         got = sess.run(None, {"pixels": batch.numpy()})[0]
@@ -192,9 +213,15 @@ def test_full_model_exports_to_onnx(tmp_path, quiet_exporter):
         {"type": "conv", "filters": 4, "kernel": 3, "stride": 2, "batch_norm": True, "activation": "relu"},
         {"type": "residual", "layers": [{"type": "conv", "filters": 6, "kernel": 3, "batch_norm": True}]},
         {"type": "max_pool", "size": 2},
-        {"type": "flatten"}, {"type": "dense", "units": 8, "activation": "gelu"}, {"type": "dropout", "rate": 0.2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 8, "activation": "gelu"},
+        {"type": "dropout", "rate": 0.2},
     ]
-    steps = [{"type": "denoise", "kernel": 3}, {"type": "center_crop", "size": [10, 10]}, {"type": "normalize", "mean": "auto"}]
+    steps = [
+        {"type": "denoise", "kernel": 3},
+        {"type": "center_crop", "size": [10, 10]},
+        {"type": "normalize", "mean": "auto"},
+    ]
     model = build_model(make_spec(steps, layers=layers, size=(12, 12)))
     model.set_normalization([0.4, 0.5, 0.6], [0.2, 0.3, 0.4])
     export_and_compare(model, pixels(n=2, h=12, w=12), tmp_path / "model.onnx", pixels(n=5, h=12, w=12, seed=2))

@@ -14,7 +14,9 @@ from convspec.specs.spec import CosineScheduler, NoScheduler, OneCycleScheduler,
 
 
 def lrs(scheduler, total=100, per_epoch=10, base=1.0):
-    return [lr_at(s, base_lr=base, total_steps=total, steps_per_epoch=per_epoch, scheduler=scheduler) for s in range(total)]
+    return [
+        lr_at(s, base_lr=base, total_steps=total, steps_per_epoch=per_epoch, scheduler=scheduler) for s in range(total)
+    ]
 
 
 def test_warmup_then_constant():

@@ -30,13 +30,27 @@ def small_digits(*extra: str):
 
 def test_run_folder_holds_everything_spec_md_lists(tmp_path):
     run = train(small_digits(), out=tmp_path, export=False, **QUIET)
-    for name in ("spec.yaml", "split.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "confusion.png", "report.md", "results.json"):
+    for name in (
+        "spec.yaml",
+        "split.json",
+        "metrics.jsonl",
+        "last.pt",
+        "best.pt",
+        "curves.png",
+        "confusion.png",
+        "report.md",
+        "results.json",
+    ):
         assert (run.path / name).is_file(), name
     history = run.history()
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1", "lr", "images_per_s"} <= set(history[0])
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1", "lr", "images_per_s"} <= set(
+        history[0]
+    )
     results = run.read_results()
-    assert set(results["counts"]["test"]) == {str(d) for d in range(10)} and sum(results["counts"]["test"].values()) == 180
+    assert (
+        set(results["counts"]["test"]) == {str(d) for d in range(10)} and sum(results["counts"]["test"].values()) == 180
+    )
     assert set(results["test"]["metrics"]) >= {"accuracy", "precision", "recall", "f1"}
     assert results["test"]["metrics"]["accuracy"] > 0.5  # 3 epochs at 8x8 already learn digits
     report = run.report.read_text()
@@ -92,8 +106,12 @@ def test_resume_refuses_a_different_spec_with_a_diff(tmp_path):
 
 
 def test_early_stopping_and_schedulers(tmp_path):
-    spec = small_digits("training.epochs=30", "training.early_stopping={monitor: val_accuracy, patience: 2}",
-                        "training.scheduler={type: plateau, patience: 0, factor: 0.5}", "training.optimizer={type: sgd, lr: 0.3}")
+    spec = small_digits(
+        "training.epochs=30",
+        "training.early_stopping={monitor: val_accuracy, patience: 2}",
+        "training.scheduler={type: plateau, patience: 0, factor: 0.5}",
+        "training.optimizer={type: sgd, lr: 0.3}",
+    )
     run = train(spec, out=tmp_path, export=False, **QUIET)
     results = run.read_results()
     assert results["stopped_early"] and results["epochs_run"] < 30
@@ -102,8 +120,14 @@ def test_early_stopping_and_schedulers(tmp_path):
 
 
 def test_binary_task_with_class_weights_and_smoothing(tmp_path):
-    spec = load_spec(REPO / "examples" / "digits-binary.yaml", overrides=[
-        "training.epochs=2", "input.size=[8, 8]", "training.loss={label_smoothing: 0.1, class_weights: balanced}"])
+    spec = load_spec(
+        REPO / "examples" / "digits-binary.yaml",
+        overrides=[
+            "training.epochs=2",
+            "input.size=[8, 8]",
+            "training.loss={label_smoothing: 0.1, class_weights: balanced}",
+        ],
+    )
     run = train(spec, out=tmp_path, export=False, **QUIET)
     results = run.read_results()
     assert results["classes"] == ["3", "8"]
@@ -146,12 +170,28 @@ def test_disk_cache_trains_with_augmentation_twice_alike(digits_folder, tmp_path
 
 def test_cli_train_with_set_and_no_traceback_on_bad_override(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "convspec.compiler", "train", str(DIGITS), "--out", str(tmp_path), "--no-export",
-           "--set", "input.size=[8, 8]", "--set", "training.epochs=1", "--set", "model.layers.2.filters=16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "convspec.compiler",
+        "train",
+        str(DIGITS),
+        "--out",
+        str(tmp_path),
+        "--no-export",
+        "--set",
+        "input.size=[8, 8]",
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "model.layers.2.filters=16",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "digits-cnn" / "best.pt").exists()
-    bad = subprocess.run(cmd[:-2] + ["--set", "training.epochs=-1"], capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        cmd[:-2] + ["--set", "training.epochs=-1"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert bad.returncode == 1
     assert "training.epochs" in bad.stderr and "greater than 0" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -159,7 +199,18 @@ def test_cli_train_with_set_and_no_traceback_on_bad_override(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "convspec.compiler", "train", str(DIGITS), "--out", str(tmp_path), "--no-export", "--set", "training.epochs=200"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "convspec.compiler",
+        "train",
+        str(DIGITS),
+        "--out",
+        str(tmp_path),
+        "--no-export",
+        "--set",
+        "training.epochs=200",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     metrics = tmp_path / "digits-cnn" / "metrics.jsonl"
     deadline = time.time() + 120

@@ -54,12 +54,15 @@ def quiet(_msg: str) -> None:
 # ---------------------------------------------------------------- errors before any trial
 
 
-@pytest.mark.parametrize("space, expected", [
-    ("training.optimizer.lrr: {type: float, low: 0.001, high: 0.1}", "not a key of this spec"),
-    ("training.batch_size: {type: choice, values: []}", "values"),
-    ("training.optimizer.lr: {type: float, low: 0.1, high: 0.001}", "low must be <= high"),
-    ("model.layers.0.filters: {type: int, low: 0, high: 8}", "does not validate"),
-])
+@pytest.mark.parametrize(
+    "space, expected",
+    [
+        ("training.optimizer.lrr: {type: float, low: 0.001, high: 0.1}", "not a key of this spec"),
+        ("training.batch_size: {type: choice, values: []}", "values"),
+        ("training.optimizer.lr: {type: float, low: 0.1, high: 0.001}", "low must be <= high"),
+        ("model.layers.0.filters: {type: int, low: 0, high: 8}", "does not validate"),
+    ],
+)
 def test_bad_space_is_a_spec_error_at_load(tmp_path, space, expected):
     path = write_spec(tmp_path, f"tune:\n  space:\n    {space}\n")
     with pytest.raises(SpecError) as e:
@@ -68,18 +71,39 @@ def test_bad_space_is_a_spec_error_at_load(tmp_path, space, expected):
     assert f"{path}:" in str(e.value)  # FILE:LINE:COL
 
 
-@pytest.mark.parametrize("tune_yaml, storage, expected", [
-    ("", None, "has no tune section"),
-    ("tune: {trials: 2}\n", None, "tune.space is empty"),
-    ("tune:\n  sampler: grid\n  space:\n    training.optimizer.lr: {type: float, low: 0.001, high: 0.1}\n", None,
-     "grid sampler needs finite values"),
-    ("tune:\n  metric: val_auc\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n", None,
-     "add auc to training.metrics"),
-    ("tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n", "postgresql://user@127.0.0.1:1/x", "--storage"),
-    ("tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n", "not-a-url://", "--storage"),
-    ("tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n", "FILE/sub/study.db", "--storage"),
-    ("tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n", "DIR", "cannot open the study database"),
-])
+@pytest.mark.parametrize(
+    "tune_yaml, storage, expected",
+    [
+        ("", None, "has no tune section"),
+        ("tune: {trials: 2}\n", None, "tune.space is empty"),
+        (
+            "tune:\n  sampler: grid\n  space:\n    training.optimizer.lr: {type: float, low: 0.001, high: 0.1}\n",
+            None,
+            "grid sampler needs finite values",
+        ),
+        (
+            "tune:\n  metric: val_auc\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n",
+            None,
+            "add auc to training.metrics",
+        ),
+        (
+            "tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n",
+            "postgresql://user@127.0.0.1:1/x",
+            "--storage",
+        ),
+        ("tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n", "not-a-url://", "--storage"),
+        (
+            "tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n",
+            "FILE/sub/study.db",
+            "--storage",
+        ),
+        (
+            "tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n",
+            "DIR",
+            "cannot open the study database",
+        ),
+    ],
+)
 def test_tune_refuses_before_any_trial(tmp_path, tune_yaml, storage, expected):
     path = write_spec(tmp_path, tune_yaml)
     if storage and storage.startswith("FILE"):
@@ -115,14 +139,17 @@ def test_cli_tune_without_tune_section_exits_1(tmp_path):
 def test_tiny_study_writes_best_yaml_that_trains(tmp_path, monkeypatch):
     from convspec.compiler.training import train
 
-    path = write_spec(tmp_path, """\
+    path = write_spec(
+        tmp_path,
+        """\
 tune:
   trials: 3
   pruner: none
   space:
     training.optimizer.lr: {type: float, low: 0.002, high: 0.05, log: true}
     input.size: {type: choice, values: [[8, 8], [12, 12]]}
-""")
+""",
+    )
     log: list[str] = []
     result = tune(path, out=tmp_path / "runs", log=log.append, progress=False)
     folder = tmp_path / "runs" / "tiny-tune"
@@ -157,12 +184,15 @@ tune:
 
 
 def test_invalid_trial_fails_and_grid_search_goes_on(tmp_path):
-    path = write_spec(tmp_path, """\
+    path = write_spec(
+        tmp_path,
+        """\
 tune:
   sampler: grid
   space:
     model.layers.1.size: {type: choice, values: [16, 2]}     # 16: an 8x8 image pooled to 0x0
-""")
+""",
+    )
     result = tune(path, trials=5, out=tmp_path / "runs", retrain=False, log=quiet, progress=False)
     # The grid has 2 points: the study stops there even though 5 trials were allowed.
     by_size = {r["values"]["model.layers.1.size"]: r for r in result.trials}
@@ -180,12 +210,15 @@ tune:
 
 
 def test_running_again_continues_the_study(tmp_path):
-    path = write_spec(tmp_path, """\
+    path = write_spec(
+        tmp_path,
+        """\
 tune:
   sampler: random
   space:
     training.batch_size: {type: choice, values: [16, 32, 64]}
-""")
+""",
+    )
     tune(path, trials=1, out=tmp_path / "runs", retrain=False, log=quiet)
     result = tune(path, trials=1, out=tmp_path / "runs", retrain=False, log=quiet)
     assert [r["number"] for r in result.trials] == [0, 1]
@@ -201,20 +234,41 @@ def test_direction_mismatch_with_existing_study_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_share_one_sqlite_study(tmp_path):
-    path = write_spec(tmp_path, """\
+    path = write_spec(
+        tmp_path,
+        """\
 tune:
   sampler: random
   pruner: none
   space:
     training.optimizer.lr: {type: float, low: 0.001, high: 0.05, log: true}
-""")
+""",
+    )
     db = tmp_path / "shared" / "study.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "convspec.compiler", "tune", str(path), "--trials", "2", "--no-retrain",
-             "--storage", f"sqlite:///{db}", "--study", "shared", "--out", str(tmp_path / f"worker{k}")],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "convspec.compiler",
+                "tune",
+                str(path),
+                "--trials",
+                "2",
+                "--no-retrain",
+                "--storage",
+                f"sqlite:///{db}",
+                "--study",
+                "shared",
+                "--out",
+                str(tmp_path / f"worker{k}"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for k in range(2)
     ]

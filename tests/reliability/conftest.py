@@ -39,6 +39,7 @@ def cli(*args, cwd: Path | None = None):
 
 def cli_subprocess(*args, cwd: Path | None = None, timeout: float = 180, limit_memory: int | None = None):
     """``python -m convspec.compiler ARGS`` in a child process (optionally under an address-space limit)."""
+
     def limits() -> None:
         if limit_memory:
             import resource
@@ -46,8 +47,15 @@ def cli_subprocess(*args, cwd: Path | None = None, timeout: float = 180, limit_m
             resource.setrlimit(resource.RLIMIT_AS, (limit_memory, limit_memory))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "convspec.compiler", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd, env=env, preexec_fn=limits if limit_memory else None)
+    return subprocess.run(
+        [sys.executable, "-m", "convspec.compiler", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+        preexec_fn=limits if limit_memory else None,
+    )
 
 
 _PEAK = """
@@ -71,8 +79,13 @@ def run_with_peak(args: list, timeout: float = 120) -> tuple[subprocess.Complete
 
     with tempfile.TemporaryDirectory() as d:
         peak_file = Path(d) / "peak"
-        result = subprocess.run([sys.executable, "-c", _PEAK, str(peak_file), *map(str, args)], capture_output=True,
-                                text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        result = subprocess.run(
+            [sys.executable, "-c", _PEAK, str(peak_file), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         peak_kb = int(peak_file.read_text()) if peak_file.exists() else 0
     return result, peak_kb / 1024
 
@@ -101,9 +114,16 @@ def write(path: Path, text: str | bytes) -> Path:
     return path
 
 
-def tiny_spec(source: str, *, classes: str = "auto", task: str = "multiclass", size: int = 8,
-              channels: int = 1, split: str = "{train: 0.5, val: 0.25, test: 0.25, seed: 0}",
-              data_extra: str = "") -> str:
+def tiny_spec(
+    source: str,
+    *,
+    classes: str = "auto",
+    task: str = "multiclass",
+    size: int = 8,
+    channels: int = 1,
+    split: str = "{train: 0.5, val: 0.25, test: 0.25, seed: 0}",
+    data_extra: str = "",
+) -> str:
     """A spec that trains in a blink: one 2-filter conv on 8x8 images, one epoch."""
     return f"""version: 1
 task: {task}
@@ -146,18 +166,26 @@ def probe_model(path: Path, channels: int = 1, size: tuple[int, int] = (6, 6), r
     h, w = size
     n = channels * h * w
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-         helper.make_node("Flatten", ["f"], ["probabilities"], axis=1)],
+        [
+            helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("Flatten", ["f"], ["probabilities"], axis=1),
+        ],
         "probe",
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", channels, h, w])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    helper.set_model_props(model, {
-        "convspec.classes": json.dumps([f"p{i}" for i in range(n)]), "convspec.task": "multiclass",
-        "convspec.channels": str(channels), "convspec.input_size": json.dumps([h, w]),
-        "convspec.resize": resize})
+    helper.set_model_props(
+        model,
+        {
+            "convspec.classes": json.dumps([f"p{i}" for i in range(n)]),
+            "convspec.task": "multiclass",
+            "convspec.channels": str(channels),
+            "convspec.input_size": json.dumps([h, w]),
+            "convspec.resize": resize,
+        },
+    )
     onnx.save(model, path)
     return path
 
@@ -165,8 +193,9 @@ def probe_model(path: Path, channels: int = 1, size: tuple[int, int] = (6, 6), r
 def probe_pixels(predictor, items) -> list[np.ndarray]:
     """The uint8 (C, H, W) pixels a probe model received for each item."""
     c, h, w = predictor.input_shape
-    return [np.array(list(p.probabilities.values())).reshape(c, h, w).astype(np.uint8)
-            for p in predictor.predict(items)]
+    return [
+        np.array(list(p.probabilities.values())).reshape(c, h, w).astype(np.uint8) for p in predictor.predict(items)
+    ]
 
 
 @pytest.fixture

@@ -76,6 +76,7 @@ def install(point: str) -> None:
             if os.path.basename(os.fspath(path)) == name:
                 calls[0] += 1
                 if calls[0] == target:
+
                     def half_then_die(tmp: str) -> None:
                         write(tmp)
                         size = os.path.getsize(tmp)

@@ -110,7 +110,11 @@ def setup_split_folders_without_val(tmp_path):
 
 def setup_csv_label_not_in_classes(tmp_path):
     labelled_csv(tmp_path, [(f"img/{i}{c}.png", c) for c in "ab" for i in range(3)])
-    return csv_spec(tmp_path, classes="[a, zebra]"), ["classes", "in the data but not listed: b", "not in the data: zebra"]
+    return csv_spec(tmp_path, classes="[a, zebra]"), [
+        "classes",
+        "in the data but not listed: b",
+        "not in the data: zebra",
+    ]
 
 
 def setup_csv_missing(tmp_path):
@@ -136,7 +140,7 @@ def setup_csv_not_utf8(tmp_path):
     return csv_spec(tmp_path), ["labels.csv", "not UTF-8"]
 
 
-SETUPS = {name[len("setup_"):].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("setup_")}
+SETUPS = {name[len("setup_") :].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("setup_")}
 
 
 @pytest.mark.parametrize("name", list(SETUPS))

@@ -43,9 +43,12 @@ else:
 
 
 def foreign_float_model(path: Path) -> Path:
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "foreign",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.save(model, path)
@@ -75,8 +78,11 @@ def test_the_malicious_checkpoint_does_run_code_when_loaded_unsafely(tmp_path):
     """Control: the payload is live, so the refusals above are what keeps the marker away."""
     marker = tmp_path / "PWNED"
     path = malicious_checkpoint(tmp_path / "evil.pt", marker)
-    subprocess.run([sys.executable, "-c", "import sys, torch; torch.load(sys.argv[1], weights_only=False)", str(path)],
-                   timeout=120, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", "import sys, torch; torch.load(sys.argv[1], weights_only=False)", str(path)],
+        timeout=120,
+        capture_output=True,
+    )
     assert marker.exists()
 
 
@@ -97,8 +103,18 @@ def test_resume_refuses_a_checkpoint_that_is_not_convspecs(run_copy, tmp_path):
 
 
 def test_resume_with_a_changed_spec_refuses_with_a_diff(run_copy, tmp_path):
-    result = cli("train", run_copy / "spec.yaml", "--resume", run_copy,
-                 "--set", "model.layers.0.filters=7", "--set", "training.batch_size=13", "--set", "training.epochs=9")
+    result = cli(
+        "train",
+        run_copy / "spec.yaml",
+        "--resume",
+        run_copy,
+        "--set",
+        "model.layers.0.filters=7",
+        "--set",
+        "training.batch_size=13",
+        "--set",
+        "training.epochs=9",
+    )
     stderr = user_error(result, "cannot resume", "the spec differs", max_lines=12)
     diff = [ln for ln in stderr.splitlines() if ln.startswith(("-", "+"))]
     assert any("filters: 32" in ln for ln in diff) and any("filters: 7" in ln for ln in diff)
@@ -142,8 +158,10 @@ def make_bad_metadata(d: Path) -> Path:
 BAD_MODELS = {
     "truncated-onnx": (make_truncated, ["model.onnx", "truncated or corrupt"]),
     "foreign-float-input": (lambda d: foreign_float_model(d / "model.onnx"), ["model.onnx", "tensor(float)", "uint8"]),
-    "checkpoint-as-model": (lambda d: (__import__("torch").save({"w": 1}, d / "model.onnx"), d / "model.onnx")[1],
-                            ["model.onnx", "zip archive"]),
+    "checkpoint-as-model": (
+        lambda d: (__import__("torch").save({"w": 1}, d / "model.onnx"), d / "model.onnx")[1],
+        ["model.onnx", "zip archive"],
+    ),
     "text-as-model": (lambda d: write(d / "model.onnx", "hello"), ["model.onnx", "not an ONNX model"]),
     "empty-model": (lambda d: write(d / "model.onnx", b""), ["model.onnx", "empty file"]),
     "missing-model": (lambda d: d / "model.onnx", ["model.onnx", "model file not found"]),

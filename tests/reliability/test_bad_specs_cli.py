@@ -12,7 +12,9 @@ import pytest
 from .conftest import DIGITS, cli, cli_subprocess, user_error, write
 
 GOOD = DIGITS.read_text("utf-8")
-TUNE = GOOD + """
+TUNE = (
+    GOOD
+    + """
 tune:
   trials: 2
   metric: val_accuracy
@@ -20,36 +22,87 @@ tune:
     training.optimizer.lr: {type: float, low: 0.0005, high: 0.02, log: true}
     model.layers.2.times: {type: int, low: 1, high: 3}
 """
+)
 
 # (id, command, spec text, extra arguments, words the message must hold)
 CASES = [
-    ("misspelt-key", "validate", GOOD.replace("filters: 32", "filtres: 32"), [],
-     ["spec.yaml:26:", "model.layers[0]", "did you mean 'filters'"]),
-    ("wrong-type", "summary", GOOD.replace("filters: 32", "filters: many"), [],
-     ["spec.yaml:26:", "model.layers[0].filters", "many"]),
-    ("unknown-layer-type", "validate", GOOD.replace("type: max_pool", "type: maxpool"), [],
-     ["spec.yaml:27:", "maxpool", "max_pool"]),
-    ("dense-not-flat", "summary", GOOD.replace("{type: global_avg_pool}", "{type: dense, units: 4}"), [],
-     ["model.layers[3]", "flatten"]),
-    ("shape-below-one-pixel", "train",
-     GOOD.replace("{type: max_pool, size: 2}", "{type: max_pool, size: 2}\n    - {type: conv, filters: 4, kernel: 9, padding: valid}"), [],
-     ["spec.yaml:", "model.layers[2]"]),
-    ("binary-with-ten-classes", "train", GOOD.replace("task: multiclass", "task: binary"), [],
-     ["spec.yaml:", "binary", "2 classes"]),
-    ("normalize-length", "validate", GOOD.replace("mean: [0.5], std: [0.5]", "mean: [0.5, 0.5, 0.5], std: [0.5]"), [],
-     ["spec.yaml:18:", "preprocess[0]", "mean"]),
-    ("set-invalid-value", "train", GOOD, ["--set", "training.epochs=-1"],
-     ["--set training.epochs=-1", "greater than 0"]),
-    ("set-without-equals", "train", GOOD, ["--set", "training.epochs"],
-     ["--set expects KEY=VALUE"]),
-    ("set-index-out-of-range", "summary", GOOD, ["--set", "model.layers.99.filters=3"],
-     ["model.layers.99", "out of range"]),
-    ("set-split-not-summing-to-one", "train", GOOD, ["--set", "data.split.train=0.95"],
-     ["data.split", "sum"]),
+    (
+        "misspelt-key",
+        "validate",
+        GOOD.replace("filters: 32", "filtres: 32"),
+        [],
+        ["spec.yaml:26:", "model.layers[0]", "did you mean 'filters'"],
+    ),
+    (
+        "wrong-type",
+        "summary",
+        GOOD.replace("filters: 32", "filters: many"),
+        [],
+        ["spec.yaml:26:", "model.layers[0].filters", "many"],
+    ),
+    (
+        "unknown-layer-type",
+        "validate",
+        GOOD.replace("type: max_pool", "type: maxpool"),
+        [],
+        ["spec.yaml:27:", "maxpool", "max_pool"],
+    ),
+    (
+        "dense-not-flat",
+        "summary",
+        GOOD.replace("{type: global_avg_pool}", "{type: dense, units: 4}"),
+        [],
+        ["model.layers[3]", "flatten"],
+    ),
+    (
+        "shape-below-one-pixel",
+        "train",
+        GOOD.replace(
+            "{type: max_pool, size: 2}",
+            "{type: max_pool, size: 2}\n    - {type: conv, filters: 4, kernel: 9, padding: valid}",
+        ),
+        [],
+        ["spec.yaml:", "model.layers[2]"],
+    ),
+    (
+        "binary-with-ten-classes",
+        "train",
+        GOOD.replace("task: multiclass", "task: binary"),
+        [],
+        ["spec.yaml:", "binary", "2 classes"],
+    ),
+    (
+        "normalize-length",
+        "validate",
+        GOOD.replace("mean: [0.5], std: [0.5]", "mean: [0.5, 0.5, 0.5], std: [0.5]"),
+        [],
+        ["spec.yaml:18:", "preprocess[0]", "mean"],
+    ),
+    (
+        "set-invalid-value",
+        "train",
+        GOOD,
+        ["--set", "training.epochs=-1"],
+        ["--set training.epochs=-1", "greater than 0"],
+    ),
+    ("set-without-equals", "train", GOOD, ["--set", "training.epochs"], ["--set expects KEY=VALUE"]),
+    (
+        "set-index-out-of-range",
+        "summary",
+        GOOD,
+        ["--set", "model.layers.99.filters=3"],
+        ["model.layers.99", "out of range"],
+    ),
+    ("set-split-not-summing-to-one", "train", GOOD, ["--set", "data.split.train=0.95"], ["data.split", "sum"]),
     ("bad-device-option", "train", GOOD, ["--device", "tpu"], ["--device tpu", "cuda:N"]),
     ("tune-without-tune-section", "tune", GOOD, [], ["spec.yaml", "no tune section"]),
-    ("tune-unknown-path", "tune", TUNE.replace("model.layers.2.times", "model.layers.2.timez"), [],
-     ["spec.yaml:", "model.layers.2.timez", "not a key"]),
+    (
+        "tune-unknown-path",
+        "tune",
+        TUNE.replace("model.layers.2.times", "model.layers.2.timez"),
+        [],
+        ["spec.yaml:", "model.layers.2.timez", "not a key"],
+    ),
     ("tune-bad-storage", "tune", TUNE, ["--storage", "nosuchdb://x/y"], ["--storage", "nosuchdb"]),
 ]
 

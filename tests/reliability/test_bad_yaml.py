@@ -19,20 +19,54 @@ LAUGHS = "version: 1\n" + "".join(
 
 # (id, file content, the command, words the message must hold)
 CASES = [
-    ("syntax-error", GOOD.replace("task: multiclass", "task: [multiclass"), "validate", ["spec.yaml:", "YAML syntax error"]),
+    (
+        "syntax-error",
+        GOOD.replace("task: multiclass", "task: [multiclass"),
+        "validate",
+        ["spec.yaml:", "YAML syntax error"],
+    ),
     ("tab-indent", GOOD.replace("  channels: 1", "\tchannels: 1"), "validate", ["spec.yaml:", "tab"]),
-    ("duplicate-key", GOOD.replace("task: multiclass", "task: multiclass\ntask: binary"), "summary", ["spec.yaml:", "duplicate key 'task'"]),
-    ("undefined-alias", GOOD.replace("classes: auto", "classes: *nowhere"), "validate", ["spec.yaml:6:", "undefined alias 'nowhere'"]),
-    ("unclosed-quote", GOOD.replace("name: digits-cnn", 'name: "digits-cnn'), "train", ["spec.yaml:", "YAML syntax error"]),
+    (
+        "duplicate-key",
+        GOOD.replace("task: multiclass", "task: multiclass\ntask: binary"),
+        "summary",
+        ["spec.yaml:", "duplicate key 'task'"],
+    ),
+    (
+        "undefined-alias",
+        GOOD.replace("classes: auto", "classes: *nowhere"),
+        "validate",
+        ["spec.yaml:6:", "undefined alias 'nowhere'"],
+    ),
+    (
+        "unclosed-quote",
+        GOOD.replace("name: digits-cnn", 'name: "digits-cnn'),
+        "train",
+        ["spec.yaml:", "YAML syntax error"],
+    ),
     ("huge-integer", GOOD.replace("epochs: 20", "epochs: " + "9" * 5000), "validate", ["spec.yaml:", "4300 digits"]),
-    ("python-tag", GOOD.replace("epochs: 20", "epochs: !!python/object/apply:os.system ['echo pwned']"), "validate", ["spec.yaml:", "training.epochs"]),
+    (
+        "python-tag",
+        GOOD.replace("epochs: 20", "epochs: !!python/object/apply:os.system ['echo pwned']"),
+        "validate",
+        ["spec.yaml:", "training.epochs"],
+    ),
     ("empty-file", "", "summary", ["spec.yaml:1:1", "empty"]),
     ("comments-only", "# nothing here\n# at all\n", "train", ["spec.yaml:1:1", "empty"]),
     ("list-document", "- version: 1\n- task: binary\n", "validate", ["spec.yaml:1:1", "a list", "expected a mapping"]),
-    ("not-utf8", GOOD.encode("utf-8").replace(b"digits-cnn", b"digits-caf\xe9"), "validate", ["spec.yaml:4:", "not UTF-8"]),
+    (
+        "not-utf8",
+        GOOD.encode("utf-8").replace(b"digits-cnn", b"digits-caf\xe9"),
+        "validate",
+        ["spec.yaml:4:", "not UTF-8"],
+    ),
     ("utf16", GOOD.encode("utf-16"), "summary", ["spec.yaml:1:1"]),
-    ("list-inside-a-key", GOOD.replace("fraction: [0.08, 0.08]}", "fraction: [0.08, 0.08]}:"), "validate",
-     ["spec.yaml:22:", "a key is a mapping or list"]),  # found by bench/fuzz_specs.py (was a TypeError)
+    (
+        "list-inside-a-key",
+        GOOD.replace("fraction: [0.08, 0.08]}", "fraction: [0.08, 0.08]}:"),
+        "validate",
+        ["spec.yaml:22:", "a key is a mapping or list"],
+    ),  # found by bench/fuzz_specs.py (was a TypeError)
 ]
 
 
@@ -53,8 +87,16 @@ def test_missing_spec_file_and_a_folder_as_spec(tmp_path):
 
 HOSTILE = [
     ("billion-laughs", LAUGHS, ["spec.yaml:", "aliases expand to more than"]),
-    ("deep-flow-nesting", "version: 1\nmodel: " + "[" * 200_000 + "]" * 200_000 + "\n", ["spec.yaml:2:", "deeper than 64 levels"]),
-    ("deep-block-nesting", "".join("  " * i + f"k{i}:\n" for i in range(400)) + "  " * 400 + "x\n", ["spec.yaml:1:1", "deeper than 64 levels"]),
+    (
+        "deep-flow-nesting",
+        "version: 1\nmodel: " + "[" * 200_000 + "]" * 200_000 + "\n",
+        ["spec.yaml:2:", "deeper than 64 levels"],
+    ),
+    (
+        "deep-block-nesting",
+        "".join("  " * i + f"k{i}:\n" for i in range(400)) + "  " * 400 + "x\n",
+        ["spec.yaml:1:1", "deeper than 64 levels"],
+    ),
 ]
 
 
@@ -73,7 +115,9 @@ def test_50_mb_and_binary_files_are_refused_unread(tmp_path):
     with open(big, "wb") as f:
         f.write(b"version: 1\n" + b"# padding padding padding\n" * (50_000_000 // 26))
     t0 = time.perf_counter()
-    user_error(cli_subprocess("validate", big, timeout=60, limit_memory=3 << 29), "big.yaml:1:1", "a spec is at most 1,048,576")
+    user_error(
+        cli_subprocess("validate", big, timeout=60, limit_memory=3 << 29), "big.yaml:1:1", "a spec is at most 1,048,576"
+    )
     assert time.perf_counter() - t0 < 30
     binary = write(tmp_path / "model.yaml", bytes(range(256)) * 64)
     user_error(cli("validate", binary), "model.yaml:1:1", "binary file")

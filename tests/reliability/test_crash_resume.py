@@ -47,13 +47,25 @@ def train_under(point: str, out: Path, timeout: float = 300) -> subprocess.Compl
     args = ["train", str(SPEC), "--out", str(out), "--device", "cpu"]
     for s in SETS:
         args += ["--set", s]
-    return subprocess.run([sys.executable, str(HARNESS), point, "--", *args], capture_output=True,
-                          text=True, env=env(), timeout=timeout, cwd=out.parent)
+    return subprocess.run(
+        [sys.executable, str(HARNESS), point, "--", *args],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=timeout,
+        cwd=out.parent,
+    )
 
 
 def resume(run: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convspec.compiler", "train", "--resume", str(run), "--device", "cpu"],
-                          capture_output=True, text=True, env=env(), timeout=timeout, cwd=run.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "convspec.compiler", "train", "--resume", str(run), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=timeout,
+        cwd=run.parent,
+    )
 
 
 def check_nothing_half_written(run: Path) -> list[str]:
@@ -87,9 +99,13 @@ def history(run: Path) -> list[dict]:
 
 def outcome(run: Path) -> dict:
     results = json.loads((run / "results.json").read_text("utf-8"))
-    return {"test": results["test"]["loss"], "metrics": results["test"]["metrics"],
-            "best_epoch": results["best_epoch"], "epochs_run": results["epochs_run"],
-            "history": history(run)}
+    return {
+        "test": results["test"]["loss"],
+        "metrics": results["test"]["metrics"],
+        "best_epoch": results["best_epoch"],
+        "epochs_run": results["epochs_run"],
+        "history": history(run),
+    }
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -135,7 +151,9 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(where, referen
     assert "last.pt" in present
     if where.startswith("inside-") and where != "inside-model.onnx-write":
         target = where.split("-")[1]
-        assert any(n.startswith(f".{target}.") and n.endswith(".tmp") for n in present), present  # torn temp file was there
+        assert any(n.startswith(f".{target}.") and n.endswith(".tmp") for n in present), (
+            present
+        )  # torn temp file was there
 
     done = resume(run)
     assert done.returncode == 0, done.stderr[-3000:]

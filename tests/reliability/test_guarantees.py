@@ -116,9 +116,19 @@ def test_runtime_and_predict_command_work_without_torch(digits_run, tmp_path):
 
     Image.fromarray(np.rint(load_digits().images[0] * 255 / 16).astype(np.uint8)).save(tmp_path / "zero.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n")
-    proc = subprocess.run([sys.executable, "-c", RUNTIME_WITHOUT_TORCH, str(digits_run / "model.onnx"),
-                           str(tmp_path / "zero.png"), str(tmp_path / "broken.png")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RUNTIME_WITHOUT_TORCH,
+            str(digits_run / "model.onnx"),
+            str(tmp_path / "zero.png"),
+            str(tmp_path / "broken.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr  # 1: broken.png is reported; zero.png still predicted
     assert "Traceback" not in proc.stderr and "broken.png" in proc.stderr
     assert proc.stdout.startswith("label ") and str(tmp_path / "zero.png") in proc.stdout
@@ -127,6 +137,10 @@ def test_runtime_and_predict_command_work_without_torch(digits_run, tmp_path):
 def test_kill_harness_points_are_understood():
     """The crash tests' harness refuses an unknown kill point instead of silently running."""
     harness = Path(__file__).with_name("kill_harness.py")
-    proc = subprocess.run([sys.executable, str(harness), "nowhere", "--", "validate", str(DIGITS)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(harness), "nowhere", "--", "validate", str(DIGITS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "unknown kill point" in proc.stderr

@@ -70,10 +70,17 @@ BAD_IMAGES = {
     "zero-byte": (lambda d: write(d / "zero.png", b""), ["zero.png", "empty file (0 bytes)"]),
     "text-named-png": (lambda d: write(d / "notes.png", "shopping list\n"), ["notes.png", "not an image"]),
     "decompression-bomb": (lambda d: bomb(d / "bomb.png"), ["bomb.png", "too large", "900000000 pixels"]),
-    "unsupported-format": (lambda d: (Image.fromarray(gradient()).save(d / "x.ppm"), os.replace(d / "x.ppm", d / "pgm.png"))[-1] or d / "pgm.png",
-                           ["pgm.png", "unsupported image format"]),
+    "unsupported-format": (
+        lambda d: (
+            (Image.fromarray(gradient()).save(d / "x.ppm"), os.replace(d / "x.ppm", d / "pgm.png"))[-1] or d / "pgm.png"
+        ),
+        ["pgm.png", "unsupported image format"],
+    ),
     "missing-file": (lambda d: d / "ghost.png", ["ghost.png", "not found"]),
-    "symlink-loop-file": (lambda d: (os.symlink("self.png", d / "self.png"), d / "self.png")[1], ["self.png", "cannot read"]),
+    "symlink-loop-file": (
+        lambda d: (os.symlink("self.png", d / "self.png"), d / "self.png")[1],
+        ["self.png", "cannot read"],
+    ),
     "empty-folder": (lambda d: (d / "nothing").mkdir() or d / "nothing", ["nothing", "no images in this folder"]),
 }
 
@@ -135,7 +142,7 @@ def test_16_bit_png_is_scaled_to_8_bits(probe, tmp_path):
 def test_cmyk_jpeg_loads_as_its_colours(tmp_path):
     rgb = np.zeros((H, W, 3), np.uint8)
     rgb[:, : W // 2] = (200, 30, 30)
-    rgb[:, W // 2:] = (20, 40, 220)
+    rgb[:, W // 2 :] = (20, 40, 220)
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "print.jpg", quality=100)
     assert Image.open(tmp_path / "print.jpg").mode == "CMYK"
     p = Predictor(probe_model(tmp_path / "rgb.onnx", channels=3, size=(H, W)), providers="cpu")
@@ -145,18 +152,20 @@ def test_cmyk_jpeg_loads_as_its_colours(tmp_path):
 
 def test_palette_with_transparency_goes_onto_black(probe, tmp_path):
     index = np.zeros((H, W), np.uint8)
-    index[:, W // 2:] = 1
+    index[:, W // 2 :] = 1
     im = Image.fromarray(index, mode="P")
     im.putpalette([250, 250, 250, 120, 120, 120] + [0] * 762)
     im.save(tmp_path / "pal.png", transparency=0)  # index 0 (white) is transparent
     [got] = probe_pixels(Predictor(probe, providers="cpu"), [tmp_path / "pal.png"])
-    assert (got[0][:, : W // 2] == 0).all() and (got[0][:, W // 2:] == 120).all()
+    assert (got[0][:, : W // 2] == 0).all() and (got[0][:, W // 2 :] == 120).all()
 
 
 def test_animated_gif_gives_its_first_frame(probe, tmp_path):
     first, second = np.full((H, W), 30, np.uint8), np.full((H, W), 220, np.uint8)
     first[0, 0] = 200
-    Image.fromarray(first).save(tmp_path / "anim.gif", save_all=True, append_images=[Image.fromarray(second)], duration=50)
+    Image.fromarray(first).save(
+        tmp_path / "anim.gif", save_all=True, append_images=[Image.fromarray(second)], duration=50
+    )
     assert getattr(Image.open(tmp_path / "anim.gif"), "n_frames", 1) == 2
     [got] = probe_pixels(Predictor(probe, providers="cpu"), [tmp_path / "anim.gif"])
     assert np.array_equal(got[0], first)
@@ -181,8 +190,12 @@ def test_exif_rotated_jpeg_same_pixels_in_training_and_deployment(tmp_path):
     Image.fromarray(stored).save(folder / "a" / "phone.jpg", quality=100, exif=exif.tobytes())
     size = (16, 12)  # upright: 24 high, 16 wide. Why not smaller: at half size or less libjpeg's
     # reduced-scale decode (draft) kicks in, in training and serving alike, but not in the reference below
-    spec = load_spec(write(tmp_path / "spec.yaml", tiny_spec("{type: folder, path: data}").replace(
-        "size: [8, 8]", f"size: [{size[0]}, {size[1]}]")))
+    spec = load_spec(
+        write(
+            tmp_path / "spec.yaml",
+            tiny_spec("{type: folder, path: data}").replace("size: [8, 8]", f"size: [{size[0]}, {size[1]}]"),
+        )
+    )
     data = load_dataset(spec, log=lambda _m: None)
     trained = data.images[[os.path.basename(f) for f in data.files].index("phone.jpg")]
 
@@ -198,8 +211,11 @@ def test_exif_rotated_jpeg_same_pixels_in_training_and_deployment(tmp_path):
 
 def test_file_and_class_names_are_shown_verbatim_not_as_markup(probe, tmp_path):
     """Rich reads ``[/]`` and ``[bold]`` as markup; a path holding them once crashed the table."""
-    odd = [save_png(tmp_path / "dir[" / "]x.png", 5, (H, W)), save_png(tmp_path / "[bold]y.png", 9, (H, W)),
-           save_png(tmp_path / "sp ace\u00e9.png", 9, (H, W))]
+    odd = [
+        save_png(tmp_path / "dir[" / "]x.png", 5, (H, W)),
+        save_png(tmp_path / "[bold]y.png", 9, (H, W)),
+        save_png(tmp_path / "sp ace\u00e9.png", 9, (H, W)),
+    ]
     result = cli("predict", probe, *odd)
     assert result.exit_code == 0, result.stderr
     for path in odd:
@@ -216,8 +232,17 @@ def _seed_images() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)
     out = {}
-    for fmt, mode in [("PNG", "RGB"), ("PNG", "P"), ("PNG", "RGBA"), ("JPEG", "RGB"), ("JPEG", "CMYK"), ("GIF", "P"),
-                      ("TIFF", "RGB"), ("BMP", "RGB"), ("WEBP", "RGBA")]:
+    for fmt, mode in [
+        ("PNG", "RGB"),
+        ("PNG", "P"),
+        ("PNG", "RGBA"),
+        ("JPEG", "RGB"),
+        ("JPEG", "CMYK"),
+        ("GIF", "P"),
+        ("TIFF", "RGB"),
+        ("BMP", "RGB"),
+        ("WEBP", "RGBA"),
+    ]:
         buf = io.BytesIO()
         Image.fromarray(rgb).convert(mode).save(buf, format=fmt)
         out[f"{fmt.lower()}-{mode}"] = buf.getvalue()
@@ -237,8 +262,12 @@ def test_corrupted_images_load_or_raise_image_error(tmp_path):
     from convspec.runtime.images import ImageError, load_image
 
     @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(name=st.sampled_from(sorted(SEED_IMAGES)), rng=st.randoms(use_true_random=False),
-           channels=st.sampled_from([1, 3]), resize=st.sampled_from(["stretch", "letterbox", "crop"]))
+    @given(
+        name=st.sampled_from(sorted(SEED_IMAGES)),
+        rng=st.randoms(use_true_random=False),
+        channels=st.sampled_from([1, 3]),
+        resize=st.sampled_from(["stretch", "letterbox", "crop"]),
+    )
     def check(name, rng, channels, resize):
         data = bytearray(SEED_IMAGES[name])
         for _ in range(rng.randint(1, 5)):
@@ -251,7 +280,7 @@ def test_corrupted_images_load_or_raise_image_error(tmp_path):
             elif kind < 0.85:
                 data[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
             else:
-                del data[i:i + rng.randint(1, 16)]
+                del data[i : i + rng.randint(1, 16)]
         path = tmp_path / f"x.{name.split('-')[0]}"
         path.write_bytes(bytes(data))
         try:

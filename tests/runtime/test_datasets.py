@@ -76,8 +76,14 @@ def test_symlink_loop_does_not_hang(tmp_path):
     assert not t.is_alive(), "list_folder hangs on a symlink loop"
     samples, names = result["r"]
     rel = sorted(os.path.relpath(p, tmp_path) for p, _ in samples)
-    assert rel == ["cat/0.png", "cat/1.png", "cat/also_dog/0.png", "cat/also_dog/dangling.png",
-                   "dog/0.png", "dog/dangling.png"]
+    assert rel == [
+        "cat/0.png",
+        "cat/1.png",
+        "cat/also_dog/0.png",
+        "cat/also_dog/dangling.png",
+        "dog/0.png",
+        "dog/dangling.png",
+    ]
     assert any("symbolic link loop" in m and "loop" in m for m in messages)
 
 
@@ -88,14 +94,17 @@ def test_list_images_warns_by_default(tmp_path):
         assert list_images(str(tmp_path)) == [str(tmp_path / "a.png")]
 
 
-@pytest.mark.parametrize("case,message", [
-    ("missing", "data.source.path: folder not found: "),
-    ("file", "data.source.path: not a folder: "),
-    ("no_classes", "no class folders in "),
-    ("loose", "it holds 1 images directly"),
-    ("empty", "class folders without images in "),
-    ("single", r"only one class folder \(cat\)"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "data.source.path: folder not found: "),
+        ("file", "data.source.path: not a folder: "),
+        ("no_classes", "no class folders in "),
+        ("loose", "it holds 1 images directly"),
+        ("empty", "class folders without images in "),
+        ("single", r"only one class folder \(cat\)"),
+    ],
+)
 def test_list_folder_errors(tmp_path, case, message):
     root = tmp_path / "data"
     if case == "file":
@@ -136,25 +145,37 @@ def test_list_csv(tmp_path):
     path = _csv(tmp_path, "\ufeffpath,label\nimg/a/0.png,cat\nimg/b/0.png, dog \n\nimg/a/1.png,cat\n")
     samples, names = list_csv(path)
     assert names == ["cat", "dog"]
-    assert samples == [(str(tmp_path / "img/a/0.png"), 0), (str(tmp_path / "img/b/0.png"), 1),
-                       (str(tmp_path / "img/a/1.png"), 0)]
+    assert samples == [
+        (str(tmp_path / "img/a/0.png"), 0),
+        (str(tmp_path / "img/b/0.png"), 1),
+        (str(tmp_path / "img/a/1.png"), 0),
+    ]
     # label,path order and a root folder
     other = _csv(tmp_path, "label,path\ncat,a/0.png\ndog,b/0.png\n", "other.csv")
     samples, _ = list_csv(other, root=str(tmp_path / "img"))
     assert samples[1] == (str(tmp_path / "img/b/0.png"), 1)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("img/a/0.png,cat\nimg/a/1.png,dog\n", "labels.csv:1: no header row; the first line must be path,label"),
-    ("path,label,split\nimg/a/0.png,cat,train\n", r"labels.csv:1: columns must be path,label \(unknown: split; found: path, label, split\)"),
-    ("file,label\nimg/a/0.png,cat\n", r"unknown: file; missing: path"),
-    ("path,label\nimg/a/0.png,\nimg/a/1.png,cat\n", "labels.csv:2: empty label for img/a/0.png"),
-    ("path,label\nimg/a/0.png,cat,x\n", "labels.csv:2: expected 2 fields"),
-    ("path,label\nimg/a/0.png,cat\nimg/a/0.png,dog\n", "labels.csv:3: img/a/0.png is listed twice"),
-    ("path,label\nimg/a/0.png,cat\nimg/zz.png,dog\nimg/yy.png,dog\n", "2 files listed in labels.csv do not exist .*img/zz.png, img/yy.png"),
-    ("path,label\nimg/a/0.png,cat\nimg/a/1.png,cat\n", "has only one label \\(cat\\)"),
-    ("", "is empty"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("img/a/0.png,cat\nimg/a/1.png,dog\n", "labels.csv:1: no header row; the first line must be path,label"),
+        (
+            "path,label,split\nimg/a/0.png,cat,train\n",
+            r"labels.csv:1: columns must be path,label \(unknown: split; found: path, label, split\)",
+        ),
+        ("file,label\nimg/a/0.png,cat\n", r"unknown: file; missing: path"),
+        ("path,label\nimg/a/0.png,\nimg/a/1.png,cat\n", "labels.csv:2: empty label for img/a/0.png"),
+        ("path,label\nimg/a/0.png,cat,x\n", "labels.csv:2: expected 2 fields"),
+        ("path,label\nimg/a/0.png,cat\nimg/a/0.png,dog\n", "labels.csv:3: img/a/0.png is listed twice"),
+        (
+            "path,label\nimg/a/0.png,cat\nimg/zz.png,dog\nimg/yy.png,dog\n",
+            "2 files listed in labels.csv do not exist .*img/zz.png, img/yy.png",
+        ),
+        ("path,label\nimg/a/0.png,cat\nimg/a/1.png,cat\n", "has only one label \\(cat\\)"),
+        ("", "is empty"),
+    ],
+)
 def test_list_csv_errors(tmp_path, text, message):
     _tree(tmp_path / "img", {"a": 2})
     with pytest.raises(DataError, match=message):
@@ -188,5 +209,8 @@ def test_list_split_folders_errors(tmp_path):
     with pytest.raises(DataError, match=r"needs val/ in .* \(found: train, valid\)"):
         list_split_folders(str(tmp_path))
     _tree(tmp_path / "val", {"cat": 1, "emu": 1})
-    with pytest.raises(DataError, match=r"val/ and train/ must have the same class folders \(not in train/: emu; missing from val/: dog\)"):
+    with pytest.raises(
+        DataError,
+        match=r"val/ and train/ must have the same class folders \(not in train/: emu; missing from val/: dog\)",
+    ):
         list_split_folders(str(tmp_path))

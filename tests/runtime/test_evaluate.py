@@ -19,8 +19,6 @@ from convspec.runtime.evaluate import scores
 REPO = Path(__file__).resolve().parents[2]
 
 
-
-
 @pytest.fixture
 def model(tmp_path, band):
     return band.model(tmp_path / "band.onnx")
@@ -36,8 +34,12 @@ def test_folder_with_known_answers(model, tmp_path, band):
     assert r.images == 9 and r.classes == list(band.CLASSES)
     assert r.confusion.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 3]]
     assert r.accuracy == pytest.approx(7 / 9)
-    assert r.per_class["a"] == {"precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3),
-                                "f1": pytest.approx(2 / 3), "support": 3}
+    assert r.per_class["a"] == {
+        "precision": pytest.approx(2 / 3),
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(2 / 3),
+        "support": 3,
+    }
     assert r.per_class["b"]["precision"] == pytest.approx(2 / 3) and r.per_class["b"]["recall"] == 1.0
     assert r.failures == []
     assert json.dumps(r.to_dict())
@@ -89,7 +91,6 @@ def test_scores_match_sklearn():
 
 
 # ------------------------------------------------------------------ a trained run (slow)
-
 
 
 @pytest.mark.slow

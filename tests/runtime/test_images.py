@@ -54,8 +54,10 @@ def test_grey_file_to_three_channels_replicates(tmp_path):
     assert all(np.array_equal(x[c], g) for c in range(3))
 
 
-@pytest.mark.parametrize("ext,kw", [(".bmp", {}), (".tif", {}), (".tiff", {"compression": "tiff_lzw"}),
-                                    (".webp", {"lossless": True}), (".gif", {})])
+@pytest.mark.parametrize(
+    "ext,kw",
+    [(".bmp", {}), (".tif", {}), (".tiff", {"compression": "tiff_lzw"}), (".webp", {"lossless": True}), (".gif", {})],
+)
 def test_other_formats_load(tmp_path, ext, kw):
     g = _rgb()[..., 1]
     x = load_image(_save(tmp_path / f"g{ext}", g, **kw), 1, (20, 30))
@@ -231,8 +233,16 @@ def test_prepare_array_layouts_agree(tmp_path):
     assert (prepare_array(np.ones((3, 3), bool), 1, (3, 3)) == 255).all()
 
 
-@pytest.mark.parametrize("bad", [np.zeros((5, 5, 5), np.uint8), np.zeros((2, 3, 4, 5), np.uint8),
-                                 np.full((3, 3), 2.0), np.full((3, 3), 300, np.int64), np.zeros((0, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((5, 5, 5), np.uint8),
+        np.zeros((2, 3, 4, 5), np.uint8),
+        np.full((3, 3), 2.0),
+        np.full((3, 3), 300, np.int64),
+        np.zeros((0, 4), np.uint8),
+    ],
+)
 def test_prepare_array_refuses_unreadable_arrays(bad):
     with pytest.raises(ImageError) as e:
         prepare_array(bad, 1, (4, 4))

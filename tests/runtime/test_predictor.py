@@ -31,15 +31,24 @@ from convspec.runtime.predictor import cuda_usable
 H = W = 6
 
 
-def band_model(path: Path, *, classes=("a", "b", "c"), task="multiclass", channels=1, metadata=True,
-               input_type=TensorProto.UINT8, batch="N", resize="stretch") -> Path:
+def band_model(
+    path: Path,
+    *,
+    classes=("a", "b", "c"),
+    task="multiclass",
+    channels=1,
+    metadata=True,
+    input_type=TensorProto.UINT8,
+    batch="N",
+    resize="stretch",
+) -> Path:
     """uint8 (N, C, 6, 6) -> probabilities; class j's logit is the mean of rows 2j, 2j+1 (x 0.05)."""
     k = len(classes)
     units = 1 if task == "binary" else k
     w = np.zeros((channels * H * W, units), np.float32)
     for j in range(units):
         band = np.zeros((channels, H, W), np.float32)
-        band[:, 2 * j:2 * j + 2, :] = 1.0
+        band[:, 2 * j : 2 * j + 2, :] = 1.0
         w[:, j] = band.ravel() * 0.05
     if task == "binary":  # logit = band 1 - band 0
         band0 = np.zeros((channels, H, W), np.float32)
@@ -51,11 +60,13 @@ def band_model(path: Path, *, classes=("a", "b", "c"), task="multiclass", channe
         helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Flatten", ["f"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["probabilities"]) if task == "binary"
+        helper.make_node("Sigmoid", ["logits"], ["probabilities"])
+        if task == "binary"
         else helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "band",
+        nodes,
+        "band",
         [helper.make_tensor_value_info("images", input_type, [batch, channels, H, W])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, units])],
         [numpy_helper.from_array(w, "w")],
@@ -63,10 +74,16 @@ def band_model(path: Path, *, classes=("a", "b", "c"), task="multiclass", channe
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     if metadata:
-        props = {"convspec.classes": json.dumps(list(classes)), "convspec.task": task,
-                 "convspec.channels": str(channels), "convspec.input_size": json.dumps([H, W]),
-                 "convspec.resize": resize, "convspec.layout": "NCHW uint8", "convspec.version": "test",
-                 "convspec.test_metrics": json.dumps({"accuracy": 0.5})}
+        props = {
+            "convspec.classes": json.dumps(list(classes)),
+            "convspec.task": task,
+            "convspec.channels": str(channels),
+            "convspec.input_size": json.dumps([H, W]),
+            "convspec.resize": resize,
+            "convspec.layout": "NCHW uint8",
+            "convspec.version": "test",
+            "convspec.test_metrics": json.dumps({"accuracy": 0.5}),
+        }
         helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     onnx.save(model, path)
@@ -76,7 +93,7 @@ def band_model(path: Path, *, classes=("a", "b", "c"), task="multiclass", channe
 def band_image(j: int, channels: int = 1, size=(H, W)) -> np.ndarray:
     """uint8 (C, H, W): rows of band j white, the rest dark."""
     a = np.full((channels, *size), 10, np.uint8)
-    a[:, 2 * j:2 * j + 2, :] = 250
+    a[:, 2 * j : 2 * j + 2, :] = 250
     return a
 
 
@@ -181,12 +198,15 @@ def test_read_metadata(model):
     assert info.has_metadata
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "model file not found"),
-    (b"", "empty file"),
-    (b"hello, I am not a model\n" * 4, "not an ONNX model"),
-    (b"PK\x03\x04" + b"\0" * 64, "zip archive"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "model file not found"),
+        (b"", "empty file"),
+        (b"hello, I am not a model\n" * 4, "not an ONNX model"),
+        (b"PK\x03\x04" + b"\0" * 64, "zip archive"),
+    ],
+)
 def test_bad_model_files(tmp_path, content, message):
     path = tmp_path / "model.onnx"
     if content is not None:

@@ -30,16 +30,24 @@ def leaf_layer() -> st.SearchStrategy[dict]:
     return st.one_of(
         st.fixed_dictionaries(
             {"type": st.just("conv"), "filters": st.integers(-1, 12)},
-            optional={"kernel": int_or_pair, "stride": int_or_pair, "dilation": int_or_pair,
-                      "padding": st.one_of(st.sampled_from(["same", "valid", "full"]), small),
-                      "groups": st.integers(0, 4), "bias": st.booleans(), "batch_norm": st.booleans(),
-                      "activation": st.sampled_from(ACTIVATIONS + ["swish"])},
+            optional={
+                "kernel": int_or_pair,
+                "stride": int_or_pair,
+                "dilation": int_or_pair,
+                "padding": st.one_of(st.sampled_from(["same", "valid", "full"]), small),
+                "groups": st.integers(0, 4),
+                "bias": st.booleans(),
+                "batch_norm": st.booleans(),
+                "activation": st.sampled_from(ACTIVATIONS + ["swish"]),
+            },
         ),
         st.fixed_dictionaries(
             {"type": st.sampled_from(["max_pool", "avg_pool"])},
             optional={"size": int_or_pair, "stride": int_or_pair, "padding": small},
         ),
-        st.fixed_dictionaries({"type": st.sampled_from(["global_avg_pool", "global_max_pool", "flatten", "batch_norm"])}),
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["global_avg_pool", "global_max_pool", "flatten", "batch_norm"])}
+        ),
         st.fixed_dictionaries(
             {"type": st.just("dense"), "units": st.integers(-1, 16)},
             optional={"activation": st.sampled_from(ACTIVATIONS), "bias": st.booleans(), "batch_norm": st.booleans()},
@@ -52,8 +60,9 @@ def leaf_layer() -> st.SearchStrategy[dict]:
 def with_blocks(children: st.SearchStrategy[list[dict]]) -> st.SearchStrategy[dict]:
     return st.one_of(
         st.fixed_dictionaries({"type": st.just("repeat"), "times": st.integers(0, 3), "layers": children}),
-        st.fixed_dictionaries({"type": st.just("residual"), "layers": children},
-                              optional={"activation": st.sampled_from(ACTIVATIONS)}),
+        st.fixed_dictionaries(
+            {"type": st.just("residual"), "layers": children}, optional={"activation": st.sampled_from(ACTIVATIONS)}
+        ),
     )
 
 
@@ -65,8 +74,20 @@ layer_lists = st.recursive(
 
 
 def test_strategies_cover_every_layer_type():
-    covered = {"conv", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "flatten", "batch_norm",
-               "dense", "dropout", "activation", "repeat", "residual"}
+    covered = {
+        "conv",
+        "max_pool",
+        "avg_pool",
+        "global_avg_pool",
+        "global_max_pool",
+        "flatten",
+        "batch_norm",
+        "dense",
+        "dropout",
+        "activation",
+        "repeat",
+        "residual",
+    }
     assert covered == set(LAYER_TYPES)
 
 
@@ -79,7 +100,9 @@ def test_strategies_cover_every_layer_type():
 )
 def test_random_layer_stacks_infer_shapes_or_raise_spec_error(layers, channels, size, head):
     data = {
-        "version": 1, "task": "multiclass", "classes": 4,
+        "version": 1,
+        "task": "multiclass",
+        "classes": 4,
         "data": {"source": {"type": "builtin", "name": "digits", "classes": [0, 1, 2, 3]}},
         "input": {"channels": channels, "size": size},
         "model": {"layers": layers, "head": head},
@@ -100,7 +123,23 @@ def test_random_layer_stacks_infer_shapes_or_raise_spec_error(layers, channels, 
 
 # ------------------------------------------------------------- mutated examples
 
-WRONG_VALUES = ["[1, 2]", "{a: 1}", "-3", "0", "abc", "null", "1.5", "true", "''", "1e999", "[]", "{}", "&x 1", "*y", "!!binary AA=="]
+WRONG_VALUES = [
+    "[1, 2]",
+    "{a: 1}",
+    "-3",
+    "0",
+    "abc",
+    "null",
+    "1.5",
+    "true",
+    "''",
+    "1e999",
+    "[]",
+    "{}",
+    "&x 1",
+    "*y",
+    "!!binary AA==",
+]
 
 
 @st.composite
@@ -126,7 +165,9 @@ def mutated_example(draw) -> tuple[str, str]:
                 lines[i] = key + sep + draw(st.sampled_from(WRONG_VALUES))
         elif kind == "insert":
             pos = draw(st.integers(0, len(lines[i])))
-            junk = draw(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=4))
+            junk = draw(
+                st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=4)
+            )
             lines[i] = lines[i][:pos] + junk + lines[i][pos:]
         else:
             lines.insert(i, lines[i])

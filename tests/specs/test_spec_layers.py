@@ -16,27 +16,49 @@ SPEC_MD = Path(__file__).resolve().parents[2].parent / "shared" / "SPEC.md"
 # Each list follows a (8, 16, 16) image made by a conv; the automatic head is appended.
 CASES: dict[str, tuple[list[list[dict]], list[tuple[list[dict], str]]]] = {
     "conv": (
-        [[{"type": "conv", "filters": 4}],
-         [{"type": "conv", "filters": 4, "kernel": [3, 5], "stride": [2, 1], "padding": 1, "dilation": 2, "groups": 4,
-           "bias": True, "activation": "gelu", "batch_norm": True}]],
-        [([{"type": "conv", "filters": 0}], "greater than 0"),
-         ([{"type": "conv", "filters": 4, "padding": "full"}], "same, valid"),
-         ([{"type": "conv", "filters": 6, "groups": 4}], "must divide")],
+        [
+            [{"type": "conv", "filters": 4}],
+            [
+                {
+                    "type": "conv",
+                    "filters": 4,
+                    "kernel": [3, 5],
+                    "stride": [2, 1],
+                    "padding": 1,
+                    "dilation": 2,
+                    "groups": 4,
+                    "bias": True,
+                    "activation": "gelu",
+                    "batch_norm": True,
+                }
+            ],
+        ],
+        [
+            ([{"type": "conv", "filters": 0}], "greater than 0"),
+            ([{"type": "conv", "filters": 4, "padding": "full"}], "same, valid"),
+            ([{"type": "conv", "filters": 6, "groups": 4}], "must divide"),
+        ],
     ),
     "max_pool": (
         [[{"type": "max_pool"}], [{"type": "max_pool", "size": 3, "stride": 1, "padding": 1}]],
-        [([{"type": "max_pool", "size": 32}], "too small"),
-         ([{"type": "max_pool", "size": 2, "padding": 2}], "at most half")],
+        [
+            ([{"type": "max_pool", "size": 32}], "too small"),
+            ([{"type": "max_pool", "size": 2, "padding": 2}], "at most half"),
+        ],
     ),
     "avg_pool": (
         [[{"type": "avg_pool", "size": [2, 4]}]],
-        [([{"type": "avg_pool", "stride": 0}], "greater than 0"),
-         ([{"type": "flatten"}, {"type": "avg_pool"}], "needs an image input")],
+        [
+            ([{"type": "avg_pool", "stride": 0}], "greater than 0"),
+            ([{"type": "flatten"}, {"type": "avg_pool"}], "needs an image input"),
+        ],
     ),
     "global_avg_pool": (
         [[{"type": "global_avg_pool"}, {"type": "dense", "units": 3}]],
-        [([{"type": "global_avg_pool", "keepdims": True}], "unknown key 'keepdims'"),
-         ([{"type": "flatten"}, {"type": "global_avg_pool"}], "needs an image input")],
+        [
+            ([{"type": "global_avg_pool", "keepdims": True}], "unknown key 'keepdims'"),
+            ([{"type": "flatten"}, {"type": "global_avg_pool"}], "needs an image input"),
+        ],
     ),
     "global_max_pool": (
         [[{"type": "global_max_pool"}]],
@@ -48,9 +70,11 @@ CASES: dict[str, tuple[list[list[dict]], list[tuple[list[dict], str]]]] = {
     ),
     "dense": (
         [[{"type": "flatten"}, {"type": "dense", "units": 7, "activation": "relu", "bias": False, "batch_norm": True}]],
-        [([{"type": "dense", "units": 7}], "needs a flat input"),
-         ([{"type": "flatten"}, {"type": "dense", "units": 7, "activation": "Relu"}], "did you mean 'relu'"),
-         ([{"type": "flatten"}, {"type": "dense"}], "missing required key 'units'")],
+        [
+            ([{"type": "dense", "units": 7}], "needs a flat input"),
+            ([{"type": "flatten"}, {"type": "dense", "units": 7, "activation": "Relu"}], "did you mean 'relu'"),
+            ([{"type": "flatten"}, {"type": "dense"}], "missing required key 'units'"),
+        ],
     ),
     "dropout": (
         [[{"type": "dropout"}], [{"type": "dropout", "rate": 0.0}]],
@@ -62,28 +86,53 @@ CASES: dict[str, tuple[list[list[dict]], list[tuple[list[dict], str]]]] = {
     ),
     "activation": (
         [[{"type": "activation", "fn": "leaky_relu"}]],
-        [([{"type": "activation"}], "missing required key 'fn'"),
-         ([{"type": "activation", "fn": "swish"}], "must be one of")],
+        [
+            ([{"type": "activation"}], "missing required key 'fn'"),
+            ([{"type": "activation", "fn": "swish"}], "must be one of"),
+        ],
     ),
     "repeat": (
-        [[{"type": "repeat", "times": 2, "layers": [{"type": "conv", "filters": 8}, {"type": "dropout", "rate": 0.1}]}]],
-        [([{"type": "repeat", "times": 0, "layers": [{"type": "conv", "filters": 8}]}], "greater than 0"),
-         ([{"type": "repeat", "times": 2, "layers": []}], "at least 1 item"),
-         ([{"type": "repeat", "times": 9, "layers": [{"type": "max_pool"}]}], "too small")],
+        [
+            [
+                {
+                    "type": "repeat",
+                    "times": 2,
+                    "layers": [{"type": "conv", "filters": 8}, {"type": "dropout", "rate": 0.1}],
+                }
+            ]
+        ],
+        [
+            ([{"type": "repeat", "times": 0, "layers": [{"type": "conv", "filters": 8}]}], "greater than 0"),
+            ([{"type": "repeat", "times": 2, "layers": []}], "at least 1 item"),
+            ([{"type": "repeat", "times": 9, "layers": [{"type": "max_pool"}]}], "too small"),
+        ],
     ),
     "residual": (
-        [[{"type": "residual", "layers": [{"type": "conv", "filters": 8}]}],
-         [{"type": "residual", "activation": "none",
-           "layers": [{"type": "conv", "filters": 16, "stride": 2, "batch_norm": True}]}]],
-        [([{"type": "residual", "layers": [{"type": "conv", "filters": 8, "kernel": 5, "padding": "valid"}]}], "cannot be matched"),
-         ([{"type": "residual", "layer": [{"type": "conv", "filters": 8}]}], "did you mean 'layers'")],
+        [
+            [{"type": "residual", "layers": [{"type": "conv", "filters": 8}]}],
+            [
+                {
+                    "type": "residual",
+                    "activation": "none",
+                    "layers": [{"type": "conv", "filters": 16, "stride": 2, "batch_norm": True}],
+                }
+            ],
+        ],
+        [
+            (
+                [{"type": "residual", "layers": [{"type": "conv", "filters": 8, "kernel": 5, "padding": "valid"}]}],
+                "cannot be matched",
+            ),
+            ([{"type": "residual", "layer": [{"type": "conv", "filters": 8}]}], "did you mean 'layers'"),
+        ],
     ),
 }
 
 
 def spec_text(layers: list[dict]) -> str:
     data = {
-        "version": 1, "task": "multiclass",
+        "version": 1,
+        "task": "multiclass",
         "data": {"source": {"type": "builtin", "name": "digits"}},
         "input": {"channels": 1, "size": [16, 16]},
         "model": {"layers": [{"type": "conv", "filters": 8}, *layers]},

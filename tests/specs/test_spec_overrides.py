@@ -22,7 +22,9 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 def test_set_overrides_apply_and_change_the_summary():
     base = load_spec(DIGITS)
-    spec = load_spec(DIGITS, overrides=["training.epochs=5", "model.layers.0.filters=16", "training.optimizer={type: sgd, lr: 0.1}"])
+    spec = load_spec(
+        DIGITS, overrides=["training.epochs=5", "model.layers.0.filters=16", "training.optimizer={type: sgd, lr: 0.1}"]
+    )
     assert spec.training.epochs == 5
     assert spec.model.layers[0].filters == 16
     assert spec.training.optimizer.type == "sgd" and spec.training.optimizer.lr == 0.1
@@ -31,33 +33,42 @@ def test_set_overrides_apply_and_change_the_summary():
 
 
 def test_set_values_are_parsed_as_yaml_and_may_add_keys():
-    spec = load_spec(DIGITS, overrides=["augment=[]", "training.grad_clip=1.5", "export.quantize=int8", "classes=[0,1,2,3,4,5,6,7,8,9]"])
+    spec = load_spec(
+        DIGITS,
+        overrides=["augment=[]", "training.grad_clip=1.5", "export.quantize=int8", "classes=[0,1,2,3,4,5,6,7,8,9]"],
+    )
     assert spec.augment == [] and spec.training.grad_clip == 1.5 and spec.export.quantize == "int8"
     assert spec.classes == [str(i) for i in range(10)]
     assert load_spec(DIGITS, overrides=["tune.trials=3"]).tune.trials == 3  # a new section
 
 
-@pytest.mark.parametrize(("override", "words"), [
-    ("model.layers.9.filters=3", "out of range"),
-    ("training.epochs.count=1", "single value"),
-    ("model.layers.x.filters=3", "use an index"),
-    ("training..epochs=1", "not a dotted path"),
-    ("epochs", "KEY=VALUE"),
-    ("training.epochs=[1, 2", "--set training.epochs=[1, 2"),
-])
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("model.layers.9.filters=3", "out of range"),
+        ("training.epochs.count=1", "single value"),
+        ("model.layers.x.filters=3", "use an index"),
+        ("training..epochs=1", "not a dotted path"),
+        ("epochs", "KEY=VALUE"),
+        ("training.epochs=[1, 2", "--set training.epochs=[1, 2"),
+    ],
+)
 def test_set_with_a_bad_path_or_value_is_a_spec_error(override, words):
     with pytest.raises(SpecError) as info:
         load_spec(DIGITS, overrides=[override])
     assert any(words in str(i) for i in info.value.issues), str(info.value)
 
 
-@pytest.mark.parametrize(("override", "key", "words"), [
-    ("training.epochs=-1", "training.epochs", "greater than 0"),
-    ("model.layers.0.filters=many", "model.layers[0].filters", "must be an integer"),
-    ("training.epoch=5", "training.epoch", "did you mean 'epochs'"),
-    ("task=binary", "task", "exactly 2 classes"),
-    ("input.size=[1, 1]", "model.layers[1]", "too small"),
-])
+@pytest.mark.parametrize(
+    ("override", "key", "words"),
+    [
+        ("training.epochs=-1", "training.epochs", "greater than 0"),
+        ("model.layers.0.filters=many", "model.layers[0].filters", "must be an integer"),
+        ("training.epoch=5", "training.epoch", "did you mean 'epochs'"),
+        ("task=binary", "task", "exactly 2 classes"),
+        ("input.size=[1, 1]", "model.layers[1]", "too small"),
+    ],
+)
 def test_overridden_values_are_validated_like_the_file(override, key, words):
     with pytest.raises(SpecError) as info:
         load_spec(DIGITS, overrides=[override])
@@ -104,5 +115,10 @@ def test_round_trip_keeps_explicit_choices():
     spec = load_spec(REPO / "examples" / "digits-binary.yaml")
     data = spec.to_dict()
     assert data["data"]["source"]["classes"] == ["3", "8"]
-    assert data["training"]["optimizer"] == {"type": "adamw", "lr": 0.003, "weight_decay": 0.0001, "betas": [0.9, 0.999]}
+    assert data["training"]["optimizer"] == {
+        "type": "adamw",
+        "lr": 0.003,
+        "weight_decay": 0.0001,
+        "betas": [0.9, 0.999],
+    }
     assert "tune" not in data  # None sections stay out

@@ -59,7 +59,14 @@ def test_lenet5_has_61706_parameters():
     s = load_spec(EXAMPLES / "lenet5.yaml").summary()
     assert s.params == 61_706
     assert [r.shape for r in top_rows(s)] == [
-        (6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (400,), (120,), (84,), (10,),
+        (6, 28, 28),
+        (6, 14, 14),
+        (16, 10, 10),
+        (16, 5, 5),
+        (400,),
+        (120,),
+        (84,),
+        (10,),
     ]
     assert [r.params for r in top_rows(s)] == [156, 0, 2416, 0, 0, 48_120, 10_164, 850]
 
@@ -100,7 +107,9 @@ def test_shapes_example_head_follows_its_data(tmp_path: Path):
 # ------------------------------------------------------------------ the rules
 
 
-@pytest.mark.parametrize(("size", "k", "s", "expected"), [(15, 3, 2, 8), (16, 3, 2, 8), (17, 5, 2, 9), (7, 3, 3, 3), (1, 7, 2, 1)])
+@pytest.mark.parametrize(
+    ("size", "k", "s", "expected"), [(15, 3, 2, 8), (16, 3, 2, 8), (17, 5, 2, 9), (7, 3, 3, 3), (1, 7, 2, 1)]
+)
 def test_same_padding_with_stride_uses_ceil(size, k, s, expected):
     assert conv_out(size, k, s, 1, "same") == expected
     before, after = same_padding(size, k, s, 1)
@@ -109,8 +118,12 @@ def test_same_padding_with_stride_uses_ceil(size, k, s, expected):
 
 
 def test_conv_same_vs_valid_in_a_spec():
-    s = summary_of("    - {type: conv, filters: 4, kernel: 3, stride: 2}\n"
-                   "    - {type: conv, filters: 4, kernel: 3, stride: 2, padding: valid}\n", h=15, w=21)
+    s = summary_of(
+        "    - {type: conv, filters: 4, kernel: 3, stride: 2}\n"
+        "    - {type: conv, filters: 4, kernel: 3, stride: 2, padding: valid}\n",
+        h=15,
+        w=21,
+    )
     assert [r.shape for r in top_rows(s)][:2] == [(4, 8, 11), (4, 3, 5)]
     # MACs: output pixels x filters x (in_channels x kernel area)
     assert [r.macs for r in top_rows(s)][:2] == [8 * 11 * 4 * 9, 3 * 5 * 4 * 36]
@@ -118,19 +131,22 @@ def test_conv_same_vs_valid_in_a_spec():
 
 def test_conv_counts_bias_bn_groups_and_dilation():
     s = summary_of(
-        "    - {type: conv, filters: 8, kernel: 3}\n"                        # 8*1*9 + 8
-        "    - {type: conv, filters: 8, kernel: 3, batch_norm: true}\n"      # 8*8*9 + 2*8, no bias
+        "    - {type: conv, filters: 8, kernel: 3}\n"  # 8*1*9 + 8
+        "    - {type: conv, filters: 8, kernel: 3, batch_norm: true}\n"  # 8*8*9 + 2*8, no bias
         "    - {type: conv, filters: 16, kernel: 3, groups: 4, bias: false}\n"  # 16*2*9
         "    - {type: conv, filters: 4, kernel: 3, dilation: 2, padding: valid}\n",  # 16 - 4 = 12
-        head=False)
+        head=False,
+    )
     rows = top_rows(s)
     assert [r.params for r in rows] == [80, 592, 288, 4 * 16 * 9 + 4]
     assert rows[3].shape == (4, 12, 12)
 
 
 def test_residual_projection_counts_the_1x1_conv_and_its_batch_norm():
-    body = ("    - type: residual\n      layers:\n"
-            "        - {type: conv, filters: 16, kernel: 3, stride: 2, batch_norm: %s}\n")
+    body = (
+        "    - type: residual\n      layers:\n"
+        "        - {type: conv, filters: 16, kernel: 3, stride: 2, batch_norm: %s}\n"
+    )
     with_bn = summary_of(body % "true", channels=3, head=False)
     without = summary_of(body % "false", channels=3, head=False)
     conv_bn, conv = 16 * 27 + 32, 16 * 27 + 16
@@ -146,7 +162,9 @@ def test_residual_projection_counts_the_1x1_conv_and_its_batch_norm():
 
 
 def test_repeat_gives_each_copy_its_own_weights():
-    s = summary_of("    - type: repeat\n      times: 3\n      layers:\n        - {type: conv, filters: 4}\n", head=False)
+    s = summary_of(
+        "    - type: repeat\n      times: 3\n      layers:\n        - {type: conv, filters: 4}\n", head=False
+    )
     assert s.params == (4 * 9 + 4) + 2 * (4 * 4 * 9 + 4)
     assert [r.name for r in s.rows if r.depth == 1] == ["copy 1", "copy 2", "copy 3"]
 
@@ -164,9 +182,12 @@ def test_head_flattens_an_image_and_binary_has_one_unit():
     s = summary_of("    - {type: conv, filters: 2}\n")
     assert [r.name for r in top_rows(s)][-2:] == ["flatten (head)", "dense (head) softmax"]
     assert s.params == (2 * 9 + 2) + (2 * 256 * 10 + 10)
-    binary = load_spec_text(spec_text("    - {type: global_avg_pool}\n").replace("multiclass", "binary")
-                            .replace("classes: 10", "classes: auto")
-                            .replace("name: digits}", "name: digits, classes: [0, 1]}"))
+    binary = load_spec_text(
+        spec_text("    - {type: global_avg_pool}\n")
+        .replace("multiclass", "binary")
+        .replace("classes: 10", "classes: auto")
+        .replace("name: digits}", "name: digits, classes: [0, 1]}")
+    )
     assert binary.summary().output_shape == (1,)
 
 
@@ -180,7 +201,9 @@ def test_preprocess_crops_and_grayscale_change_the_model_input():
 
 def test_shape_errors_name_the_layer():
     with pytest.raises(SpecError) as info:
-        summary_of("    - {type: max_pool, size: 4}\n    - {type: max_pool, size: 4}\n    - {type: max_pool, size: 4}\n")
+        summary_of(
+            "    - {type: max_pool, size: 4}\n    - {type: max_pool, size: 4}\n    - {type: max_pool, size: 4}\n"
+        )
     (issue,) = info.value.issues
     assert issue.path == ("model", "layers", 2)
     assert "0x0 pixels" in issue.message and issue.line is not None

@@ -25,7 +25,11 @@ for path in sys.argv[1:]:
 
 def run_specs(paths: list[Path], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT, *map(str, paths)], cwd=cwd, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", SCRIPT, *map(str, paths)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
