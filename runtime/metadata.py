@@ -28,6 +28,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from .session import ModelError, open_session
+
 FORMAT = "1"
 PREFIX = "convspec."
 LAYOUT = "NCHW uint8"
@@ -179,7 +181,6 @@ def read_metadata(model: Any) -> ModelInfo:
     Raises:
         ModelError: not a readable ONNX model, or no way to tell its input.
     """
-    from .predictor import ModelError, open_session
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         session = open_session(model, ["CPUExecutionProvider"])

@@ -45,7 +45,16 @@ def _as_name(value):
 ClassName = Annotated[str, BeforeValidator(_as_name, json_schema_input_type=str | int | float), Field(min_length=1)]
 
 
+# The one pattern of ``training.device`` and ``--device``; the compiler's placement uses it too.
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
 class Strict(BaseModel):
-    """Base of every spec model: unknown keys are errors, assignments are validated."""
+    """Base of every spec model: unknown keys are errors.
+
+    Assignments are not validated (``validate_assignment=False``): a Spec is built once from
+    YAML and then read, never assigned to. Code that needs a changed spec makes a new one
+    (``spec_from_dict`` / ``model_copy``), so a caller's Spec is never mutated.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False, populate_by_name=True)

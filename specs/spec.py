@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from .base import ClassName, Pair, PosInt, Strict
+from .base import DEVICE_PATTERN, ClassName, Pair, PosInt, Strict
 from .layers import Layer
 from .pipeline import AugmentStep, PreprocessStep
 
@@ -165,7 +165,7 @@ class Training(Strict):
     loss: Loss = Loss()
     early_stopping: EarlyStopping | None = None
     metrics: list[Metric] = ["accuracy"]
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    device: Annotated[str, Field(pattern=f"^({DEVICE_PATTERN})$")] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
     grad_clip: Annotated[float, Field(gt=0)] | None = None
@@ -291,6 +291,6 @@ class Spec(Strict):
 
     def to_yaml(self) -> str:
         """The resolved spec as YAML text, loadable by ``load_spec_text``."""
-        from .loader import dump_yaml
+        from .yamlio import dump_yaml
 
         return dump_yaml(self.to_dict())
