@@ -59,7 +59,7 @@ def main() -> None:
     else:
         import torch
 
-        from convspec.compiler.builder import build_model
+        from convspec.compiler.model.builder import build_model
         from convspec.specs import load_spec_text
 
         torch.set_num_threads(a.threads)

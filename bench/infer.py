@@ -58,13 +58,13 @@ model:
 
 def prepare_digits(args, work: Path) -> dict:
     """A trained digits run with model.onnx and model.int8.onnx; its INT8 accuracy report."""
-    from convspec.compiler.export import export_onnx
-    from convspec.compiler.runfolder import Run
+    from convspec.compiler.export.onnx import export_onnx
+    from convspec.compiler.run.folder import Run
 
     if args.run:
         run = Run(Path(args.run))
     else:
-        from convspec.compiler.training import train
+        from convspec.compiler.training.loop import train
         from convspec.specs import load_spec
 
         spec = load_spec(
@@ -97,9 +97,9 @@ def prepare_rgb64(work: Path) -> dict:
     """The inline RGB spec, random weights: model.onnx, model.int8.onnx, spec.yaml, weights.pt."""
     import torch
 
-    from convspec.compiler.builder import build_model
-    from convspec.compiler.export import export_to_file
-    from convspec.compiler.quantize import quantize_int8
+    from convspec.compiler.export.onnx import export_to_file
+    from convspec.compiler.export.quantize import quantize_int8
+    from convspec.compiler.model.builder import build_model
     from convspec.specs import load_spec_text
 
     torch.manual_seed(0)

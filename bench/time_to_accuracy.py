@@ -27,7 +27,7 @@ import sys, time
 t0 = time.perf_counter()
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from convspec.specs import load_spec
-from convspec.compiler.data import load_dataset
+from convspec.compiler.data.loading import load_dataset
 spec = load_spec(sys.argv[1]); seed = int(sys.argv[2])
 d = load_dataset(spec, log=lambda m: None)
 X = torch.from_numpy(d.images.copy()).float(); y = torch.from_numpy(d.labels)

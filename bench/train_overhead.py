@@ -3,9 +3,11 @@
 1. Step time (forward + backward + AdamW step, batch 64, fp32): the model compiled from
    examples/digits.yaml against the same architecture written by hand as an nn.Sequential.
    Goal: compiled / hand-written <= 1.05.
-2. Epoch time: the full training pipeline (uint8 cache -> batch -> augment -> model -> step,
-   as ``convspec.compiler.training`` runs it) against compute alone on pre-made float tensors
-   (the same model, optimizer and step count, no data work). Goal: pipeline / compute <= 1.10.
+2. Epoch time: ``train_epoch`` itself, the function ``convspec train`` runs each epoch (uint8
+   cache -> shuffle -> batch -> augment -> lr -> step), against the loop's own ``train_step`` on
+   pre-made float tensors (the same model, optimizer and step count, no data work).
+   Goal: pipeline / compute <= 1.10. tests/compiler/training/test_bench_in_sync.py fails if this
+   bench stops calling the loop's functions.
 
 Both are measured in back-to-back pairs in this one process, the order alternating; the
 median of the per-pair ratios is compared with the goal.
@@ -24,9 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convspec.compiler.augment import augmented_batches, build_augmenter
-from convspec.compiler.builder import build_model
-from convspec.compiler.data import load_dataset
+from convspec.compiler.data.loading import load_dataset
+from convspec.compiler.model.builder import build_model
+from convspec.compiler.training.device import placement_for
+from convspec.compiler.training.distributed import from_env
+from convspec.compiler.training.epoch import train_epoch, train_step
+from convspec.compiler.training.setup import setup_training
 from convspec.specs import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,27 +128,23 @@ def main() -> None:
         lambda: time_steps(steps["compiled"], batches), lambda: time_steps(steps["hand-written"], batches), args.rounds
     )
 
-    # -- 2. epoch time: full pipeline vs compute only ----------------------------------------
-    model = build_model(spec, num_classes=k).train()
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    step = step_fn(model, opt)
-    augment = build_augmenter(spec)
-    gen = torch.Generator().manual_seed(0)
+    # -- 2. epoch time: the loop's own train_epoch vs compute only ---------------------------
+    place = placement_for("cpu", "fp32")
+    setup, state = setup_training(spec, data, place, from_env())
     premade = [
         (images[train_idx[i : i + bs]].float(), labels[train_idx[i : i + bs]]) for i in range(0, len(train_idx), bs)
     ]
+    epoch = iter(range(1, 1 << 30))
 
     def pipeline_epoch() -> float:
         t = time.perf_counter()
-        perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
-        for _idx, x, y in augmented_batches(images, labels, perm, bs, torch.device("cpu"), augment, gen):  # as the loop
-            step(x, y)
+        train_epoch(setup, state, min(next(epoch), spec.training.epochs))  # what convspec train runs
         return time.perf_counter() - t
 
     def compute_epoch() -> float:
         t = time.perf_counter()
         for x, y in premade:
-            step(x, y)
+            train_step(setup, state, x, y)  # the loop's own step, on ready float batches
         return time.perf_counter() - t
 
     compute_epoch()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 
 _API = {
-    "build_model": "convspec.compiler.builder",
-    "train": "convspec.compiler.training",
-    "export_onnx": "convspec.compiler.export",
-    "tune": "convspec.compiler.tuning",
+    "build_model": "convspec.compiler.model.builder",
+    "train": "convspec.compiler.training.loop",
+    "export_onnx": "convspec.compiler.export.onnx",
+    "tune": "convspec.compiler.tuning.study",
 }
 
 __all__ = list(_API)

@@ -72,7 +72,7 @@ def digits_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.getbasetemp() / "deploy-digits-run"
     run = base / "digits-cnn"
     if not (run / "model.onnx").exists():
-        from convspec.compiler.training import train
+        from convspec.compiler.training.loop import train
         from convspec.specs import load_spec
 
         spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=3"])

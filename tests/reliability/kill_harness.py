@@ -34,14 +34,14 @@ def _die() -> None:
 
 
 def _training_module():
-    for name in ("convspec.compiler.training", "convspec.compiler.train"):
+    for name in ("convspec.compiler.training.loop", "convspec.compiler.train"):
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
         if hasattr(module, "lr_at"):
             return module
-    raise RuntimeError("cannot find the training loop module (convspec.compiler.training)")
+    raise RuntimeError("cannot find the training loop module (convspec.compiler.training.loop)")
 
 
 def install(point: str) -> None:
@@ -66,7 +66,7 @@ def install(point: str) -> None:
     if kind == "write":
         name, _, k = arg.partition(":")
         target = int(k or 1)
-        from convspec.compiler import checkpoint
+        from convspec.compiler.run import checkpoint
         from convspec.runtime import files
 
         original = files.atomic_write

@@ -56,7 +56,7 @@ def test_train_with_an_unknown_device_is_a_user_error(tmp_path):
 
 def test_export_of_a_missing_run_is_an_export_error(tmp_path):
     from convspec.compiler import export_onnx
-    from convspec.compiler.export import ExportError
+    from convspec.compiler.export.onnx import ExportError
 
     with pytest.raises(ExportError, match="run folder not found"):
         export_onnx(tmp_path / "nowhere")
@@ -82,8 +82,8 @@ def test_predictor_errors_name_the_image_or_the_array(tmp_path):
 
 
 def test_every_user_facing_error_type_is_a_convspec_error():
-    from convspec.compiler.checkpoint import CheckpointError
-    from convspec.compiler.export import ExportError
+    from convspec.compiler.export.onnx import ExportError
+    from convspec.compiler.run.checkpoint import CheckpointError
     from convspec.runtime.datasets import DataError
     from convspec.runtime.images import ImageError
     from convspec.runtime.predictor import ModelError

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from convspec.compiler.data import load_dataset
+from convspec.compiler.data.loading import load_dataset
 from convspec.runtime.datasets import DataError
 from convspec.specs import load_spec
 

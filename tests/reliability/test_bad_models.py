@@ -204,7 +204,7 @@ def test_model_errors_are_convspec_errors_from_the_python_api(tmp_path):
     with pytest.raises(ModelError, match="truncated or corrupt") as info:
         Predictor(make_truncated(tmp_path))
     assert isinstance(info.value, ConvspecError)
-    from convspec.compiler import checkpoint
+    from convspec.compiler.run import checkpoint
 
     with pytest.raises(checkpoint.CheckpointError, match="refused"):
         checkpoint.load(malicious_checkpoint(tmp_path / "x.pt", tmp_path / "M"))

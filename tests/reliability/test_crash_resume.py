@@ -72,7 +72,7 @@ def check_nothing_half_written(run: Path) -> list[str]:
     """Every artifact present loads; returns the names present."""
     import onnx
 
-    from convspec.compiler import checkpoint
+    from convspec.compiler.run import checkpoint
 
     present = sorted(p.name for p in run.iterdir())
     for name in ("last.pt", "best.pt"):
@@ -111,7 +111,7 @@ def outcome(run: Path) -> dict:
 def assert_same_weights(a: Path, b: Path) -> None:
     import torch
 
-    from convspec.compiler import checkpoint
+    from convspec.compiler.run import checkpoint
 
     wa, wb = checkpoint.load(a)["model"], checkpoint.load(b)["model"]
     assert wa.keys() == wb.keys()

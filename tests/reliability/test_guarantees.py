@@ -46,7 +46,7 @@ def test_artifacts_get_the_mode_of_a_new_file_not_0600(tmp_path):
 
 def test_a_digit_png_is_served_the_pixels_it_was_trained_on(tmp_path):
     """Builtin digits (arrays, in training) and the same digit as an 8-bit PNG (in deployment)."""
-    from convspec.compiler.data import load_dataset
+    from convspec.compiler.data.loading import load_dataset
     from convspec.runtime import Predictor
     from convspec.specs import load_spec
 

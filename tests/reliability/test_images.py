@@ -174,7 +174,7 @@ def test_animated_gif_gives_its_first_frame(probe, tmp_path):
 def test_exif_rotated_jpeg_same_pixels_in_training_and_deployment(tmp_path):
     """A phone photo stored sideways (orientation 6): compiler.data and Predictor see the same,
     upright pixels."""
-    from convspec.compiler.data import load_dataset
+    from convspec.compiler.data.loading import load_dataset
     from convspec.runtime.images import prepare_array
     from convspec.specs import load_spec
 

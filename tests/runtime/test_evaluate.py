@@ -98,9 +98,9 @@ def test_evaluate_onnx_matches_pytorch_on_pngs(digits_run, tmp_path):
     """PNG files of the run's test images: ORT's accuracy (and every prediction) equals PyTorch's."""
     import torch
 
-    from convspec.compiler import checkpoint
-    from convspec.compiler.builder import build_model
-    from convspec.compiler.data import load_dataset
+    from convspec.compiler.data.loading import load_dataset
+    from convspec.compiler.model.builder import build_model
+    from convspec.compiler.run import checkpoint
     from convspec.specs import load_spec_text
 
     spec = load_spec_text((digits_run / "spec.yaml").read_text(), "spec.yaml")

@@ -1,0 +1,37 @@
+"""The ``convspec`` command: one Typer app, every command registered explicitly here.
+
+Each group of commands lives in its own module, importable on its own: ``spec`` (validate,
+summary, schema) and ``deploy`` (predict, evaluate) never import torch; ``train`` (train,
+tune, export) imports it inside the commands.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import deploy, spec, train
+
+app = typer.Typer(
+    name="convspec",
+    help="Declarative CNN image classifiers: YAML spec -> PyTorch -> ONNX.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("validate")(spec.validate)
+app.command("summary")(spec.summary)
+app.command("schema")(spec.schema)
+app.command("train")(train.train)
+app.command("tune")(train.tune)
+app.command("export")(train.export)
+app.command("predict")(deploy.predict)
+app.command("evaluate")(deploy.evaluate)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

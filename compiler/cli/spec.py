@@ -1,0 +1,83 @@
+"""``convspec validate``, ``summary`` and ``schema``: the spec commands. Torch-free."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from convspec.specs import SpecError
+
+from ._common import err, out, user_errors
+
+
+def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to check.")]) -> None:
+    """Check spec files; print every error as FILE:LINE:COL: message."""
+    from convspec.specs import load_spec
+
+    failed = False
+    for path in specs:
+        try:
+            spec = load_spec(path)
+        except SpecError as e:
+            failed = True
+            for issue in e.issues:
+                err.print(str(issue), markup=False)
+            continue
+        n = spec.num_classes()
+        out.print(
+            f"{path}: OK ({spec.name}, {spec.task}, {n if n is not None else 'unknown number of'} classes)",
+            markup=False,
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
+@user_errors
+def summary(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Spec file.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY=VALUE (YAML value).")] = None,
+) -> None:
+    """Print the layer table: output shape, parameters and MACs per layer, and totals."""
+    from convspec.specs import load_spec
+
+    spec = load_spec(spec_path, overrides=set_)
+    s = spec.summary()
+    from convspec.specs.shapes import fmt_shape
+
+    table = Table(
+        title=escape(f"{spec.name}: input {fmt_shape(s.input_shape)} uint8"), title_justify="left"
+    )  # names are user data, not markup
+    table.add_column("layer")
+    table.add_column("output", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("MACs", justify="right")
+    for r in s.rows:
+        style = "dim" if r.depth else None
+        table.add_row(escape("  " * r.depth + r.name), fmt_shape(r.shape), f"{r.params:,}", f"{r.macs:,}", style=style)
+    table.add_section()
+    table.add_row("total", fmt_shape(s.output_shape), f"{s.params:,}", f"{s.macs:,}", style="bold")
+    out.print(table)
+    if s.classes_note:
+        out.print(s.classes_note, markup=False)
+
+
+@user_errors
+def schema(
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of the spec language (for yaml-language-server / VS Code)."""
+    from convspec.specs import json_schema_text
+
+    text = json_schema_text()
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    from convspec.runtime.files import atomic_write_text
+
+    atomic_write_text(out_file, text)
+    out.print(f"wrote {out_file}", markup=False)

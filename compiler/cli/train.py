@@ -1,0 +1,110 @@
+"""``convspec train``, ``tune`` and ``export``: the commands that need torch.
+
+Torch and Optuna are imported inside the commands, so ``convspec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convspec.specs import ConvspecError
+from convspec.specs.base import DEVICE_PATTERN
+
+from ._common import err, out, user_errors
+
+
+@user_errors
+def train(
+    spec_path: Annotated[
+        Path | None, typer.Argument(metavar="SPEC", help="Spec file (optional with --resume).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override KEY=VALUE (YAML value); repeatable.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("runs"),
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the run folder RUN from its last.pt.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda or cuda:N (overrides training.device).")
+    ] = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes (devices) for DDP; launches torchrun.")] = 1,
+    no_export: Annotated[bool, typer.Option("--no-export", help="Skip writing model.onnx.")] = False,
+) -> None:
+    """Train a spec: writes runs/NAME/ with checkpoints, metrics, plots, report and model.onnx."""
+    if spec_path is None and resume is None:
+        raise ConvspecError("give a SPEC file, or --resume RUN")
+    if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
+        raise ConvspecError(f"--device {device}: must be auto, cpu, cuda or cuda:N (as training.device)")
+    if nproc > 1:
+        from ..training.launch import launch_torchrun
+
+        raise typer.Exit(launch_torchrun(nproc, sys.argv[1:]))
+    from ..training.loop import train as run_training
+
+    run_training(spec_path, out=out_dir, overrides=set_, resume=resume, device=device, export=not no_export)
+
+
+@user_errors
+def tune(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Spec file with a tune section.")],
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Trials this process runs (default: tune.trials).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Start no new trial after S seconds.")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Optuna RDB URL (sqlite:///f.db, postgresql://user:pw@host/db); "
+            "processes sharing it share the study. Default: OUT/STUDY-tune/study.db.",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name in the storage (default: the spec's name).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of the tune folder STUDY-tune/.")] = Path(
+        "runs"
+    ),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override KEY=VALUE (YAML value); repeatable.")
+    ] = None,
+    no_retrain: Annotated[
+        bool, typer.Option("--no-retrain", help="Skip retraining the best spec (e.g. on extra workers).")
+    ] = False,
+) -> None:
+    """Search the spec's tune.space with Optuna; write best.yaml, trials.csv, plots, and retrain the best."""
+    from ..tuning.study import tune as run_tune
+
+    result = run_tune(
+        spec_path,
+        trials=trials,
+        timeout=timeout,
+        storage=storage,
+        study_name=study,
+        out=out_dir,
+        overrides=set_,
+        retrain=not no_retrain,
+        log=lambda m: out.print(m, markup=False, highlight=False),
+    )
+    out.print(f"best spec: {result.best_yaml}   (train it with: convspec train {result.best_yaml})", markup=False)
+
+
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder written by convspec train.")],
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write model.int8.onnx (static INT8 quantization).")
+    ] = False,
+) -> None:
+    """Export a run to model.onnx (checked against PyTorch); with --int8 also model.int8.onnx."""
+    from ..export.onnx import export_onnx
+
+    export_onnx(run, int8=True if int8 else None, log=lambda m: err.print(m, markup=False))

@@ -1,0 +1,36 @@
+"""The uint8 image cache as training reads it: a tensor in RAM (pinned on CUDA) or a disk memmap."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+
+class CachedImages:
+    """Batches of the uint8 cache ``(N, C, H, W)``: ``images[idx]`` for a tensor of indices."""
+
+    def __init__(self, array: np.ndarray):
+        self.memmap = isinstance(array, np.memmap)
+        self.array = array
+        self.shape = array.shape  # (N, C, H, W)
+        if self.memmap:
+            self.tensor = None
+        else:
+            with warnings.catch_warnings():  # Why: the cache is read-only by design; nothing writes to it
+                warnings.simplefilter("ignore", UserWarning)
+                self.tensor = torch.from_numpy(np.ascontiguousarray(array))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def pin(self) -> None:
+        """Page-lock the RAM cache so that host-to-GPU copies can be asynchronous."""
+        if self.tensor is not None:
+            self.tensor = self.tensor.pin_memory()
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor[idx]
+        return torch.from_numpy(np.asarray(self.array[idx.numpy()]))

@@ -1,0 +1,388 @@
+"""The training data pipeline: ``spec.data`` + ``spec.input`` -> a decoded, labelled, split :class:`Dataset`.
+
+Each image is decoded once, by the runtime's loader (:mod:`convspec.runtime.images`, the
+same code that serves the exported model), into a uint8 ``(N, C, H, W)`` array that every
+epoch reads from. The split is a pure function of the file list, the labels and the seed,
+and is saved as ``split.json`` so that resumed runs and evaluation use exactly the same
+images. No torch here: numpy, Pillow and scikit-learn only.
+
+Caching (``data.cache``):
+
+- ``memory``: decoded into RAM; also kept for the rest of the process (one data set at a
+  time), so repeated loads of the same data (tuning trials) decode nothing.
+- ``disk``: decoded once into ``<cache_dir>/images/<key>.npy`` and opened later with
+  ``np.load(mmap_mode="r")``: pages come from the OS page cache, RAM is not needed for the
+  whole set. ``cache_dir`` defaults to ``$CONVSPEC_CACHE`` or ``~/.cache/convspec``. The key
+  hashes the file list with each file's size and mtime, the channels, size and resize, and
+  the loader's and Pillow's versions: a changed, added or removed file misses the cache.
+- ``auto``: ``memory`` when the decoded array is under 2 GiB, else ``disk``.
+- ``none``: decoded into RAM for this call only; nothing is kept or written.
+
+Builtin data sets (``digits``) are built in RAM whatever the mode: there is no file to decode.
+The disk cache is never pruned; delete the folder to reclaim space.
+
+``Dataset.images`` is read-only in every mode; index it (``images[idx]``) for a writable batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from convspec.runtime.datasets import (
+    DataError,
+    list_csv,
+    list_folder,
+    list_split_folders,
+    short_list,
+)
+from convspec.runtime.files import atomic_write, atomic_write_text
+from convspec.runtime.images import ImageError, decode_into, prepare_array
+from convspec.specs.classes import DIGITS, sort_names
+
+from .dataset import SPLITS, Dataset
+from .split import apply_split_file, make_split
+
+__all__ = ["DataError", "Dataset", "default_cache_dir", "load_dataset"]
+
+AUTO_MEMORY_LIMIT = 2 << 30  # bytes: ``cache: auto`` keeps smaller data sets in RAM
+# Bump when decoding or resizing changes the pixels: old disk caches then miss.
+LOADER_VERSION = 1
+
+Log = Callable[[str], None]
+
+
+# ----------------------------------------------------------------- loading
+
+
+def load_dataset(
+    spec,
+    *,
+    split_file: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    log: Log = print,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> Dataset:
+    """List, check, decode (or read from the cache) and split the data a spec describes.
+
+    Args:
+        spec: a validated :class:`convspec.specs.Spec` (its source paths already absolute).
+        split_file: a ``split.json`` written by :func:`save_split`; its split is used
+            exactly (resume, evaluation) instead of computing one.
+        cache_dir: folder of the disk cache; default ``$CONVSPEC_CACHE`` or ``~/.cache/convspec``.
+        log: receives progress lines and warnings (``warning: ...``).
+        progress: called with ``(done, total)`` while images decode.
+        workers: decoding threads (default: CPUs + 4, at most 32).
+
+    Returns:
+        The :class:`Dataset`.
+
+    Raises:
+        DataError: the data cannot be listed, its classes do not match ``classes`` or the
+            task, every image of a class failed, too few images to split, or the split
+            file does not fit the data.
+        ImageError: a file failed to decode and ``data.on_bad_image`` is ``error``.
+    """
+    src = spec.data.source
+    channels, size, resize = spec.input.channels, tuple(int(s) for s in spec.input.size), spec.input.resize
+
+    def warn(message: str) -> None:
+        log(f"warning: {message}")
+
+    preset: dict[str, list[int]] | None = None
+    if src.type == "builtin":
+        images, labels, files, data_names = _digits(src.classes, channels, size, resize)
+        bad: list[tuple[str, str]] = []
+        root = None
+    else:
+        if src.type == "folder" and spec.data.split.from_ == "folders":
+            per_split, data_names = list_split_folders(src.path, log=log)  # they prefix warning: themselves
+            samples, preset = [], {}
+            for split in SPLITS:
+                preset[split] = list(range(len(samples), len(samples) + len(per_split[split])))
+                samples += per_split[split]
+            root = src.path
+        elif src.type == "folder":
+            samples, data_names = list_folder(src.path, log=log)
+            root = src.path
+        else:
+            samples, data_names = list_csv(src.path, src.root)
+            root = src.root or os.path.dirname(os.path.abspath(src.path))
+        _resolve_classes(spec, data_names)  # Why here too: fail before minutes of decoding
+        all_files = [p for p, _ in samples]
+        images, kept, bad = _decode_files(
+            all_files,
+            channels,
+            size,
+            resize,
+            mode=spec.data.cache,
+            cache_dir=cache_dir,
+            on_error=spec.data.on_bad_image,
+            log=log,
+            progress=progress,
+            workers=workers,
+        )
+        files = [all_files[i] for i in kept]
+        labels = np.asarray([samples[i][1] for i in kept], np.int64)
+        if preset is not None:
+            new_index = {old: new for new, old in enumerate(kept)}
+            preset = {s: [new_index[i] for i in idx if i in new_index] for s, idx in preset.items()}
+        if bad:
+            warn(f"skipped {len(bad)} unreadable image{'s' if len(bad) != 1 else ''} (data.on_bad_image: skip):")
+            for path, reason in bad:
+                log(f"  {path}: {reason}")
+
+    class_names, remap = _resolve_classes(spec, data_names)
+    labels = remap[labels] if len(labels) else labels.astype(np.int64)
+    present = np.bincount(labels, minlength=len(class_names))
+    lost = [name for name, n in zip(class_names, present, strict=True) if n == 0]
+    if lost:
+        raise DataError(f"data: every image of class {short_list(lost)} failed to load; see the warnings above")
+
+    ds = Dataset(class_names, images, labels, files, {}, bad, root)
+    if split_file is not None:
+        ds.splits = apply_split_file(split_file, ds, log)
+    elif preset is not None:
+        ds.splits = {s: np.asarray(idx, np.int64) for s, idx in preset.items()}
+    else:
+        sp = spec.data.split
+        names = [class_names[i] for i in labels]
+        ds.splits = make_split(
+            ds.file_ids(), names, train=sp.train, val=sp.val, test=sp.test, stratify=sp.stratify, seed=sp.seed, log=log
+        )
+    n = {s: len(ds.splits[s]) for s in SPLITS}
+    log(
+        f"data: {len(ds)} images ({channels}x{size[0]}x{size[1]}), {len(class_names)} classes; "
+        f"train {n['train']}, val {n['val']}, test {n['test']}"
+    )
+    return ds
+
+
+def _resolve_classes(spec, data_names: list[str]) -> tuple[list[str], np.ndarray]:
+    """``classes`` + the data's (sorted) names -> final class order and old->new label map."""
+    declared = spec.classes
+    if declared == "auto" or isinstance(declared, int):
+        names = list(data_names)
+        if isinstance(declared, int) and declared != len(names):
+            raise DataError(f"classes: {declared}, but the data has {len(names)} classes ({short_list(names)})")
+    else:
+        names = [str(c) for c in declared]
+        if set(names) != set(data_names):
+            missing = sort_names(set(data_names) - set(names))
+            extra = sort_names(set(names) - set(data_names))
+            detail = "; ".join(
+                p
+                for p in (
+                    f"in the data but not listed: {short_list(missing)}" if missing else "",
+                    f"listed but not in the data: {short_list(extra)}" if extra else "",
+                )
+                if p
+            )
+            raise DataError(f"classes must match the data's classes ({detail})")
+    if spec.task == "binary" and len(names) != 2:
+        raise DataError(f"task: binary needs exactly 2 classes; the data has {len(names)} ({short_list(names)})")
+    position = {name: i for i, name in enumerate(names)}
+    return names, np.asarray([position[n] for n in data_names], np.int64)
+
+
+def _digits(subset, channels: int, size: tuple[int, int], resize: str):
+    """scikit-learn's 8x8 digits as uint8 ``(N, C, H, W)``: 0..16 -> round(x * 255 / 16)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.rint(bunch.images * 255.0 / 16.0).astype(np.uint8)  # (1797, 8, 8)
+    target = bunch.target.astype(np.int64)
+    names = sort_names(set(subset)) if subset else list(DIGITS)
+    index = np.flatnonzero(np.isin(target, [int(n) for n in names]))
+    out = np.empty((len(index), channels, *size), np.uint8)  # (N, C, H, W)
+    for row, i in enumerate(index):
+        out[row] = prepare_array(pixels[i], channels, size, resize)  # same code path as files
+    position = {int(n): k for k, n in enumerate(names)}
+    labels = np.asarray([position[int(t)] for t in target[index]], np.int64)
+    out.flags.writeable = False
+    return out, labels, [f"digits:{i}" for i in index], names
+
+
+# ------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> Path:
+    """``$CONVSPEC_CACHE``, else ``~/.cache/convspec``."""
+    return Path(os.environ.get("CONVSPEC_CACHE") or Path.home() / ".cache" / "convspec")
+
+
+_MEMO_LOCK = threading.Lock()
+_MEMO: dict[str, tuple[np.ndarray, list[int], list[tuple[str, str]]]] = {}
+
+
+def _cache_key(files: list[str], channels: int, size: tuple[int, int], resize: str) -> str:
+    """Hash of everything the decoded array depends on (file identity by size and mtime)."""
+    import PIL
+
+    h = hashlib.sha256()
+    h.update(json.dumps([LOADER_VERSION, PIL.__version__, channels, list(size), resize]).encode())
+    for f in files:
+        try:
+            st = os.stat(f)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"\n{os.path.abspath(f)}\0{stamp}".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:32]
+
+
+def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, log, progress, workers):
+    """Decode through the cache ``mode``. Returns ``(images, kept, bad)`` as :func:`load_images`."""
+    n = len(files)
+    nbytes = n * channels * size[0] * size[1]
+    if mode == "auto":
+        mode = "memory" if nbytes < AUTO_MEMORY_LIMIT else "disk"
+    key = _cache_key(files, channels, size, resize) if mode in ("memory", "disk") else ""
+
+    def finish(result):
+        images, kept, bad = result
+        if on_error == "error" and bad:
+            raise ImageError(*bad[0])
+        return result
+
+    if mode == "memory":
+        with _MEMO_LOCK:
+            hit = _MEMO.get(key)
+        if hit is not None:
+            log(f"data: {len(hit[1])} decoded images from memory")
+            return finish(hit)
+    if mode == "disk":
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        hit = _disk_read(folder / "images", key, (channels, *size))
+        if hit is not None:
+            log(f"data: {len(hit[1])} decoded images from the disk cache {folder / 'images' / key}.npy")
+            return finish(hit)
+        result = _disk_write(
+            folder / "images",
+            key,
+            files,
+            channels,
+            size,
+            resize,
+            nbytes,
+            on_error=on_error,
+            log=log,
+            progress=progress,
+            workers=workers,
+        )
+        if result is not None:
+            return finish(result)
+        mode = "memory"  # the disk cache was unusable; already warned
+
+    t0 = time.perf_counter()
+    log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]}")
+    out = np.empty((n, channels, *size), np.uint8)  # (N, C, H, W)
+    bad = decode_into(
+        files, out, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
+    )
+    kept = _kept(n, bad)
+    images = out if not bad else out[kept]
+    images.flags.writeable = False
+    log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
+    result = (images, kept, [(p, r) for _, p, r in bad])
+    if mode == "memory":
+        with _MEMO_LOCK:
+            _MEMO.clear()  # Why one entry: a second data set must not double the RAM held
+            _MEMO[key] = result
+    return result
+
+
+def _disk_read(folder: Path, key: str, chw: tuple[int, int, int]):
+    npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    try:
+        info = json.loads(meta.read_text("utf-8"))
+        images = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    try:
+        bad = [(int(i), str(p), str(r)) for i, p, r in info["bad"]]
+        kept = _kept(int(info["count"]), bad)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if info.get("version") != LOADER_VERSION or images.shape != (len(kept), *chw):
+        return None
+    return images, kept, [(p, r) for _, p, r in bad]
+
+
+def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_error, log, progress, workers):
+    """Decode straight into a memmap under ``folder``; None (after a warning) when it cannot."""
+    n = len(files)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError as e:
+        log(f"warning: cannot use the disk cache in {folder} ({e.strerror or e}); keeping images in memory")
+        return None
+    # Why check: a memmap on a full disk dies with SIGBUS, not an exception.
+    if free < 2 * nbytes + (64 << 20):
+        log(
+            f"warning: not enough free space in {folder} for the disk cache "
+            f"({nbytes / 2**30:.2f} GiB needed); keeping images in memory"
+        )
+        return None
+    t0 = time.perf_counter()
+    log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]} into the disk cache {folder / key}.npy")
+    fd, full = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
+    os.close(fd)
+    try:
+        mm = np.lib.format.open_memmap(full, mode="w+", dtype=np.uint8, shape=(n, channels, *size))
+        bad = decode_into(
+            files, mm, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
+        )
+        mm.flush()
+        kept = _kept(n, bad)
+        if bad:  # write only the good rows, in chunks (never the whole set in RAM)
+
+            def write(tmp: str, src: np.ndarray = mm) -> None:
+                dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(kept), channels, *size))
+                step = max(1, (64 << 20) // max(1, channels * size[0] * size[1]))
+                for j in range(0, len(kept), step):
+                    dst[j : j + step] = src[kept[j : j + step]]
+                dst.flush()
+                del dst
+
+            atomic_write(folder / f"{key}.npy", write)
+        else:
+            atomic_write(folder / f"{key}.npy", lambda tmp: os.replace(full, tmp))
+        del mm
+        info = {"version": LOADER_VERSION, "count": n, "bad": [[i, p, r] for i, p, r in bad]}
+        atomic_write_text(folder / f"{key}.json", json.dumps(info))  # written last: marks the entry complete
+    finally:
+        if os.path.exists(full):
+            os.unlink(full)
+    log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
+    return _disk_read(folder, key, (channels, *size))
+
+
+def _kept(n: int, bad) -> list[int]:
+    skipped = {i for i, _, _ in bad}
+    return [i for i in range(n) if i not in skipped]
+
+
+def _counter(progress, total: int):
+    """Adapt ``progress(done, total)`` to the loader's ``progress(advance)``, thread-safely."""
+    if progress is None:
+        return None
+    lock, done = threading.Lock(), [0]
+
+    def advance(k: int) -> None:
+        with lock:
+            done[0] += k
+            progress(done[0], total)
+
+    return advance

@@ -1,0 +1,158 @@
+"""The split: which images train, validate and test. A pure function of the file ids, their
+labels and the seed, saved as ``split.json`` so that resumed runs and evaluation reuse it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from convspec.runtime.datasets import DataError, short_list
+from convspec.runtime.files import atomic_write_text
+
+from .dataset import SPLITS, Dataset
+
+Log = Callable[[str], None]
+
+
+def make_split(
+    ids: list[str],
+    labels: list[str],
+    *,
+    train: float,
+    val: float,
+    test: float,
+    stratify: bool = True,
+    seed: int = 0,
+    log: Log = print,
+) -> dict[str, np.ndarray]:
+    """Split by fractions: a pure function of the file ids, their labels and the seed.
+
+    The ids are sorted first, so neither listing order nor class order changes the result;
+    labels are class *names* for the same reason. The test set is cut first, then val from
+    the rest (sizes are fractions of the whole, at least 1 when the fraction is above 0),
+    each with scikit-learn's ``train_test_split``, stratified when asked and possible (a
+    class too small to stratify falls back to a plain shuffle, with a warning).
+
+    Returns:
+        ``{"train", "val", "test"}`` -> sorted int64 indices into ``ids``.
+
+    Raises:
+        DataError: too few images to give train at least one.
+    """
+    n = len(ids)
+    n_test, n_val = _count(test, n), _count(val, n)
+    if n - n_test - n_val < 1:
+        raise DataError(f"data.split: {n} images are too few for train {train}, val {val}, test {test}")
+    order = np.asarray(sorted(range(n), key=ids.__getitem__), np.int64)
+    y = np.asarray(labels, dtype=object)[order]  # labels in sorted-id order
+    positions = np.arange(n)
+    rest, test_pos = _cut(positions, y, n_test, stratify, seed, "test", log)
+    train_pos, val_pos = _cut(rest, y[rest], n_val, stratify, seed, "val", log)
+    return {
+        name: np.sort(order[pos]).astype(np.int64)
+        for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos))
+    }
+
+
+def _count(fraction: float, n: int) -> int:
+    return 0 if fraction <= 0 else max(1, int(np.floor(fraction * n + 0.5)))
+
+
+def _cut(pos: np.ndarray, y: np.ndarray, k: int, stratify: bool, seed: int, what: str, log: Log):
+    """Split ``pos`` into (rest, k held out)."""
+    if k == 0:
+        return pos, np.empty(0, np.int64)
+    from sklearn.model_selection import train_test_split
+
+    if stratify:
+        try:
+            rest, held = train_test_split(pos, test_size=k, stratify=y, random_state=seed, shuffle=True)
+            return rest, held
+        except ValueError as e:
+            log(f"warning: cannot stratify the {what} split ({e}); splitting without stratification")
+    rest, held = train_test_split(pos, test_size=k, random_state=seed, shuffle=True)
+    return rest, held
+
+
+def save_split(dataset: Dataset, path: str | os.PathLike) -> Path:
+    """Write ``split.json`` atomically: class names, and per split the file ids and labels.
+
+    Format::
+
+        {"version": 1, "root": "/data/xray", "class_names": ["normal", "pneumonia"],
+         "splits": {"train": {"files": ["normal/1.png", ...], "labels": ["normal", ...]},
+                    "val": {...}, "test": {...}}}
+    """
+    ids = dataset.file_ids()
+    doc = {"version": 1, "root": dataset.root, "class_names": list(dataset.class_names), "splits": {}}
+    for split in SPLITS:
+        idx = dataset.splits.get(split, np.empty(0, np.int64))
+        doc["splits"][split] = {
+            "files": [ids[i] for i in idx],
+            "labels": [dataset.class_names[dataset.labels[i]] for i in idx],
+        }
+    return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
+
+def read_split(path: str | os.PathLike) -> dict:
+    """Read and check a ``split.json`` written by :func:`save_split`.
+
+    Raises:
+        DataError: the file is missing or not a split file.
+    """
+    try:
+        doc = json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"split file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable split file ({e})") from None
+    try:
+        assert doc["version"] == 1 and isinstance(doc["class_names"], list)
+        for split in SPLITS:
+            part = doc["splits"][split]
+            assert len(part["files"]) == len(part["labels"])
+    except (AssertionError, KeyError, TypeError):
+        raise DataError(
+            f"{path}: not a convspec split file (expected version 1 with class_names "
+            "and splits train/val/test, each with files and labels)"
+        ) from None
+    return doc
+
+
+def apply_split_file(path, ds: Dataset, log: Log) -> dict[str, np.ndarray]:
+    doc = read_split(path)
+    if doc["class_names"] != ds.class_names:
+        raise DataError(
+            f"{path}: its classes ({short_list(doc['class_names'])}) differ from the data's "
+            f"({short_list(ds.class_names)})"
+        )
+    where = {fid: i for i, fid in enumerate(ds.file_ids())}
+    bad = {p for p, _ in ds.bad_files}
+    splits, missing, relabelled, used = {}, [], 0, 0
+    for split in SPLITS:
+        part = doc["splits"][split]
+        idx = []
+        for fid, label in zip(part["files"], part["labels"], strict=True):
+            i = where.get(fid)
+            if i is None:
+                missing.append(fid)
+                continue
+            relabelled += ds.class_names[ds.labels[i]] != label
+            idx.append(i)
+        splits[split] = np.sort(np.asarray(idx, np.int64))
+        used += len(idx)
+    if missing:
+        unreadable = sum(1 for m in missing if os.path.join(ds.root or "", m) in bad or m in bad)
+        note = f" ({unreadable} of them failed to decode)" if unreadable else ""
+        raise DataError(
+            f"{path}: {len(missing)} files of the saved split are not in the data{note}: {short_list(missing)}"
+        )
+    if relabelled:
+        log(f"warning: {relabelled} images have a different label than in {path}; using the data's labels")
+    if used < len(ds):
+        log(f"warning: {len(ds) - used} images of the data are not in {path} and are not used")
+    return splits

@@ -1,0 +1,403 @@
+"""Run folder -> ``model.onnx`` (and ``model.int8.onnx``), checked against PyTorch at every export.
+
+Phases, in order: load the run's spec and best weights; export with the dynamo exporter
+(uint8 ``(N, C, H, W)`` in, probabilities out, a dynamic batch axis); add the convspec
+metadata; ``onnx.checker`` (full check); compare ONNX Runtime with PyTorch on the run's test
+images (topped up from val/train to at least ``PARITY_IMAGES``); only then write the file,
+atomically. With ``export.quantize: int8`` (or ``int8=True``) a statically quantized copy
+follows (QDQ, per-channel weights, calibrated on training images), scored beside fp32.
+
+The exporter's console chatter (``[torch.onnx] ...`` progress lines, "torchvision is not
+installed" warnings, FutureWarnings) is captured and shown only when the export fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from convspec.runtime.files import atomic_write, atomic_write_bytes
+from convspec.runtime.metadata import ModelInfo
+from convspec.specs import Spec, load_spec_text
+
+from ..run import checkpoint, report
+from ..run.folder import Run
+from .errors import ExportError
+
+PARITY_IMAGES = 256  # compare PyTorch and ORT on at least this many images (when the data has them)
+MAX_ABS_DIFF = 1e-4  # largest probability difference accepted between PyTorch and ORT
+INT8_MAX_LOSS = 0.005  # accuracy an INT8 model may lose before the log says so (0.5 pt)
+TIMING_IMAGES = 256  # images timed per model for the INT8 speed ratio
+BATCH = 256
+
+
+def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None, log: Callable[[str], None] = print) -> Path:
+    """Export a trained run to ``model.onnx``, verified against PyTorch.
+
+    Args:
+        run: a run folder (``runs/NAME``) or its :class:`Run`.
+        int8: also write ``model.int8.onnx``; None follows the spec's ``export.quantize``.
+        log: where progress and results go.
+
+    Returns:
+        The path of ``model.onnx``.
+
+    Raises:
+        ExportError: no checkpoint, the exporter fails, the model fails ``onnx.checker``, or
+            ONNX Runtime disagrees with PyTorch (top-1 agreement below 100 %, or a probability
+            differing by more than 1e-4); ``model.onnx`` is then not left behind.
+        CheckpointError, SpecError, DataError: an unusable checkpoint, spec or data.
+    """
+    run = run if isinstance(run, Run) else Run(Path(run))
+    t0 = time.perf_counter()
+    spec, model, class_names, ckpt = _load_run(run)
+    quantize = spec.export.quantize == "int8" if int8 is None else int8
+
+    proto = _export_proto(model, spec)
+    _add_metadata(proto, spec, class_names, run)
+    _check(proto)
+    data = _dataset(spec, run)
+    idx = _parity_indices(data.splits)
+    images = data.images[idx]  # (N, C, H, W) uint8
+    blob = proto.SerializeToString()
+    try:
+        parity = _parity(model, blob, images, spec.task)
+    except ExportError:
+        for stale in (run.onnx, run.onnx_int8):
+            if stale.exists():
+                stale.unlink()
+                log(f"removed the stale {stale.name} (it no longer matches {ckpt.name})")
+        raise
+    atomic_write_bytes(run.onnx, blob)
+    info: dict[str, Any] = {
+        "file": run.onnx.name,
+        "checkpoint": ckpt.name,
+        "opset": spec.export.opset,
+        "dynamic_batch": spec.export.dynamic_batch,
+        "size_bytes": len(blob),
+        **parity,
+    }
+    log(
+        f"wrote {run.onnx} ({len(blob) / 1e6:.2f} MB): parity with PyTorch on {parity['images']} images: "
+        f"top-1 agreement {parity['top1_agreement'] * 100:.2f} %, max |diff| {parity['max_abs_diff']:.1e}"
+    )
+
+    if quantize:
+        info["int8"] = quantize_run(run, spec, blob, data, log=log)
+    info["time_s"] = round(time.perf_counter() - t0, 2)
+    run.write_json(run.export_json, info)
+    results = _read_results(run, log)
+    if results:
+        results["export"] = info
+        run.write_json(run.results, results)
+        try:
+            report.write_report(run.report, results)
+        except Exception as e:  # Why: the model is written and checked; a report glitch must not undo that
+            log(f"warning: could not update {run.report.name} ({type(e).__name__}: {e})")
+    return run.onnx
+
+
+def quantize_run(run: Run, spec: Spec, fp32: bytes, data, *, log: Callable[[str], None] = print) -> dict:
+    """Write ``model.int8.onnx`` and score it against fp32 (accuracy on test, speed)."""
+    from .quantize import quantize_int8, time_model
+
+    calib = _take(data.splits["train"], spec.export.calibration_images, seed=spec.training.seed)
+    blob = quantize_int8(fp32, data.images[calib], spec.export.dynamic_batch)
+    atomic_write_bytes(run.onnx_int8, blob)
+    split = "test" if len(data.splits["test"]) else "val" if len(data.splits["val"]) else "train"
+    idx = data.splits[split]
+    images, labels = data.images[idx], data.labels[idx]
+    acc32 = _ort_accuracy(fp32, images, labels, spec.task)
+    acc8 = _ort_accuracy(blob, images, labels, spec.task)
+    timed = (
+        images if len(images) >= TIMING_IMAGES else data.images[_take(np.arange(len(data.images)), TIMING_IMAGES, 0)]
+    )
+    t32, t8 = time_model(fp32, timed[:TIMING_IMAGES]), time_model(blob, timed[:TIMING_IMAGES])
+    speedup = t32 / t8 if t8 > 0 else float("nan")
+    out = {
+        "file": run.onnx_int8.name,
+        "split": split,
+        "images": len(idx),
+        "accuracy": acc8,
+        "fp32_accuracy": acc32,
+        "speedup": speedup,
+        "size_bytes": len(blob),
+        "calibration_images": len(calib),
+    }
+    log(
+        f"wrote {run.onnx_int8} ({len(blob) / 1e6:.2f} MB): {split} accuracy {acc8 * 100:.2f} % "
+        f"(fp32 {acc32 * 100:.2f} %), {speedup:.2f}x the speed of fp32"
+    )
+    if acc32 - acc8 > INT8_MAX_LOSS:
+        log(
+            f"warning: INT8 loses {(acc32 - acc8) * 100:.2f} points of {split} accuracy (more than "
+            f"{INT8_MAX_LOSS * 100:.1f}); more calibration images (export.calibration_images) may help"
+        )
+    if speedup < 1.0:
+        log(
+            f"warning: INT8 is slower than fp32 here ({speedup:.2f}x); this CPU may lack fast int8 "
+            "instructions (VNNI), or the model is too small to gain"
+        )
+    return out
+
+
+# ------------------------------------------------------------------ phases
+
+
+def _load_run(run: Run):
+    """The run's spec, and its model in eval mode with the best (else last) weights."""
+    from ..model.builder import build_model
+
+    if not run.path.is_dir():
+        raise ExportError(f"{run}: run folder not found")
+    ckpt = run.best if run.best.exists() else run.last
+    if not ckpt.exists():
+        raise ExportError(f"{run}: no best.pt or last.pt: is this a run folder written by convspec train?")
+    state = checkpoint.load(ckpt)
+    text = run.spec.read_text(encoding="utf-8") if run.spec.exists() else state["spec"]
+    spec = load_spec_text(text, str(run.spec))
+    class_names = state.get("class_names")
+    model = build_model(spec, num_classes=len(class_names) if class_names else None, class_names=class_names)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ExportError(f"{ckpt}: the weights do not fit the run's spec ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return spec, model, list(model.class_names or [str(i) for i in range(model.num_classes or 0)]), ckpt
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[io.StringIO]:
+    """Capture what torch.onnx / onnxscript print or log; yields the captured text."""
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir", "onnx")
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.handlers = [handler]
+            lg.propagate = False
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, level, propagate, handlers in saved:
+            lg.setLevel(level)
+            lg.propagate = propagate
+            lg.handlers = handlers
+
+
+def _export_proto(model: torch.nn.Module, spec: Spec):
+    """The dynamo exporter's ModelProto: ``images`` uint8 (N, C, H, W) -> ``probabilities``."""
+    c, (h, w) = spec.input.channels, spec.input.size
+    dynamic = spec.export.dynamic_batch
+    # Why batch 2 with a dynamic axis: torch.export specializes a size-1 dimension to a constant.
+    example = torch.zeros((2 if dynamic else 1, c, h, w), dtype=torch.uint8)
+    shapes = {"x": {0: torch.export.Dim("batch")}} if dynamic else None
+    shapes = _dynamic_shapes(model, shapes)
+    with quiet_exporter() as captured:
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                None,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                opset_version=spec.export.opset,
+                input_names=["images"],
+                output_names=["probabilities"],
+                dynamic_shapes=shapes,
+            )
+            proto = program.model_proto
+        except Exception as e:
+            tail = "\n".join(captured.getvalue().strip().splitlines()[-15:])
+            raise ExportError(
+                f"ONNX export failed: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}"
+                + (f"\nexporter output:\n{tail}" if tail else "")
+            ) from e
+    if dynamic:
+        dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+        dim.dim_param = "batch"
+        out = proto.graph.output[0].type.tensor_type.shape.dim
+        if out:
+            out[0].dim_param = "batch"
+    return proto
+
+
+def _dynamic_shapes(model: torch.nn.Module, shapes):
+    """Key the dynamic shapes by the forward's argument name (``x`` unless renamed)."""
+    if shapes is None:
+        return None
+    import inspect
+
+    params = [p for p in inspect.signature(model.forward).parameters.values() if p.name != "self"]
+    return {params[0].name: shapes["x"]} if params else shapes
+
+
+def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
+    try:
+        version = importlib.metadata.version("convspec")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    metrics = _read_results(run).get("test", {}).get("metrics", {})
+    info = ModelInfo(
+        classes=tuple(class_names),
+        task=spec.task,
+        channels=spec.input.channels,
+        size=tuple(spec.input.size),
+        resize=spec.input.resize,
+        spec=spec.to_yaml(),
+        version=version,
+        test_metrics={k: v for k, v in metrics.items() if v == v},
+    )  # drop NaN
+    props = info.to_props()
+    keep = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    (h, w), c = spec.input.size, spec.input.channels
+    proto.doc_string = f"convspec {spec.name}: uint8 images (N, {c}, {h}, {w}) -> probabilities"
+
+
+def _check(proto) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # onnx.checker.ValidationError, shape inference errors
+        raise ExportError(f"the exported model fails onnx.checker: {str(e).strip()[:500]}") from None
+
+
+def _read_results(run: Run, log: Callable[[str], None] | None = None) -> dict:
+    """The run's results.json, or {} (with a warning) when it is unreadable: export does not need it."""
+    try:
+        results = run.read_results()
+    except (OSError, ValueError) as e:
+        if log is not None:
+            log(f"warning: {run.results} is not readable JSON ({e}); leaving it as it is")
+        return {}
+    return results if isinstance(results, dict) else {}
+
+
+def _dataset(spec: Spec, run: Run):
+    from ..data.loading import load_dataset
+
+    split = str(run.split) if run.split.exists() else None
+    return load_dataset(spec, split_file=split, log=lambda _m: None)
+
+
+def _parity_indices(splits: dict[str, np.ndarray]) -> np.ndarray:
+    """All test images, topped up with val then train images to ``PARITY_IMAGES``."""
+    idx = list(splits.get("test", []))
+    for name in ("val", "train"):
+        if len(idx) >= PARITY_IMAGES:
+            break
+        idx += list(splits.get(name, [])[: PARITY_IMAGES - len(idx)])
+    return np.asarray(idx, dtype=np.int64)
+
+
+@torch.inference_mode()
+def torch_probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """PyTorch eval-mode probabilities of uint8 ``(N, C, H, W)`` images, on the CPU, in batches."""
+    outs = [
+        model(torch.from_numpy(np.ascontiguousarray(images[i : i + BATCH]))).float().numpy()
+        for i in range(0, len(images), BATCH)
+    ]
+    return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+
+
+def ort_probabilities(blob: bytes, images: np.ndarray) -> np.ndarray:
+    """ONNX Runtime (CPU provider, full optimization) probabilities of uint8 images."""
+    from convspec.runtime import Predictor
+
+    predictor = Predictor(blob, providers="cpu")
+    outs = [predictor.predict_arrays(images[i : i + BATCH]) for i in range(0, len(images), BATCH)]
+    return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+
+
+def _top1(probs: np.ndarray, task: str) -> np.ndarray:
+    if task == "binary" or probs.shape[1] == 1:
+        return (probs[:, 0] >= 0.5).astype(np.int64)
+    return probs.argmax(axis=1)
+
+
+def _parity(model: torch.nn.Module, blob: bytes, images: np.ndarray, task: str) -> dict:
+    """Compare ORT with PyTorch; raise ExportError on a real disagreement.
+
+    A top-1 flip between classes whose PyTorch probabilities are within ``MAX_ABS_DIFF`` of
+    each other (a tie at float precision) counts as agreement: either answer is right.
+    """
+    if len(images) == 0:
+        raise ExportError("no images to check the exported model against PyTorch")
+    ref = torch_probabilities(model, images)
+    got = ort_probabilities(blob, images)
+    if ref.shape != got.shape:
+        raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape}")
+    diff = float(np.max(np.abs(ref.astype(np.float64) - got))) if ref.size else 0.0
+    a, b = _top1(ref, task), _top1(got, task)
+    if task == "binary" or ref.shape[1] == 1:
+        tie = np.abs(ref[:, 0] - 0.5) <= MAX_ABS_DIFF
+    else:
+        tie = ref.max(axis=1) - ref[np.arange(len(ref)), b] <= MAX_ABS_DIFF
+    agree = (a == b) | tie
+    agreement = float(agree.mean())
+    finite = bool(np.isfinite(got).all())
+    if agreement < 1.0 or not diff <= MAX_ABS_DIFF or not finite:
+        raise ExportError(
+            f"the ONNX model does not match PyTorch on {len(images)} images: top-1 agreement "
+            f"{agreement * 100:.2f} % ({int((~agree).sum())} differ), max |diff| {diff:.2e} "
+            f"(allowed {MAX_ABS_DIFF:g}); model.onnx was not written"
+        )
+    return {
+        "images": len(images),
+        "top1_agreement": agreement,
+        "max_abs_diff": diff,
+        "exact_top1_agreement": float((a == b).mean()),
+    }
+
+
+def _ort_accuracy(blob: bytes, images: np.ndarray, labels: np.ndarray, task: str) -> float:
+    if len(images) == 0:
+        return float("nan")
+    return float((_top1(ort_probabilities(blob, images), task) == labels).mean())
+
+
+def _take(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` of ``idx``, a fixed random choice (sorted)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) <= n:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
+
+
+def export_to_file(
+    model: torch.nn.Module, spec: Spec, path: str | os.PathLike, class_names: list[str] | None = None
+) -> Path:
+    """Export a built model (any weights) with metadata, unchecked against data: for benchmarks and tests."""
+    proto = _export_proto(model.eval(), spec)
+    names = class_names or list(model.class_names or [str(i) for i in range(model.num_classes or 2)])
+    with tempfile.TemporaryDirectory() as d:
+        _add_metadata(proto, spec, names, Run(Path(d)))
+    _check(proto)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(proto.SerializeToString()))
+
+
+__all__ = ["ExportError", "export_onnx", "export_to_file", "quantize_run", "quiet_exporter"]

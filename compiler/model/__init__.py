@@ -1,0 +1,1 @@
+"""spec -> ``torch.nn.Module``: the layer registry and builders, the exported preprocessing, the head."""

@@ -1,0 +1,145 @@
+"""The training loop: spec -> trained run folder. Reads top to bottom, as nanoGPT's train.py.
+
+Phases, in order: resolve the spec (and the checkpoint when resuming); load the data (decoded
+once, into a uint8 cache); make the run folder; build model, augmenter, optimizer and state;
+then per epoch: ``train_epoch`` (augment on the device, autocast, clip, step, ``lr_at(step)``),
+``validate``, track the best, write metrics and checkpoints, maybe stop early; finally
+``finish``: test with the best weights, plots, report, ONNX export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from convspec.runtime.files import atomic_write_text
+from convspec.specs import ConvspecError, Spec, load_spec
+
+from ..data.loading import load_dataset
+from ..data.split import save_split
+from ..run import checkpoint
+from ..run.folder import Run, new_run
+from . import distributed
+from .device import placement_for
+from .epoch import train_epoch, validate
+from .errors import TrainingDiverged, TrainingInterrupted
+from .finish import Timings, finish
+from .progress import Progress, silent, stderr_log
+from .resume import open_checkpoint, resume_spec
+from .setup import setup_training
+
+
+def train(
+    spec: Spec | str | os.PathLike | None = None,
+    out: str | os.PathLike = "runs",
+    *,
+    overrides: list[str] | None = None,
+    resume: str | os.PathLike | None = None,
+    device: str | None = None,
+    export: bool = True,
+    test: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> Run:
+    """Train a spec (a Spec or a spec file) and write its run folder under ``out``.
+
+    ``resume`` continues a run folder from its ``last.pt``; ``device`` overrides
+    ``training.device`` without changing the given Spec; ``test=False`` never looks at the test
+    split (tuning trials); ``on_epoch`` gets each epoch's record (tuning prunes there).
+    Returns the Run; test metrics are in ``run.read_results()``. Raises a ConvspecError for a bad
+    spec, bad data, an unusable checkpoint, a diverged loss or Ctrl-C (TrainingInterrupted).
+    """
+    dd = distributed.from_env()
+    log = (log or stderr_log()) if dd.is_main else silent  # under torchrun, rank 0 speaks
+    run, ckpt = open_checkpoint(resume) if resume is not None else (None, None)
+    spec = resume_spec(run, ckpt, spec, overrides) if run is not None else _load(spec, overrides)
+    spec = _with_device(spec, device)
+    place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
+    distributed.init(dd, place.device)
+    t_start = time.perf_counter()
+
+    # data first: bad data must leave no run folder behind
+    split_file = str(run.split) if run is not None and run.split.exists() else None
+    data = load_dataset(spec, split_file=split_file, log=log)
+    run = run or _new_run_folder(out, spec, data, dd)
+    t_data = time.perf_counter() - t_start
+
+    setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None)
+
+    def save(path: Path) -> None:
+        if dd.is_main:
+            checkpoint.save(path, state.to_checkpoint(spec.to_yaml(), data.class_names, place.device))
+
+    if ckpt is not None:
+        state.restore(ckpt, place.device)
+        log(f"resuming {run} after epoch {state.epoch}")
+    else:
+        save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
+
+    epochs, seen, stopped_early = spec.training.epochs, 0, False
+    t_train = time.perf_counter()
+    try:
+        with Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar:
+            for epoch in range(state.epoch + 1, epochs + 1):
+                record, n = train_epoch(setup, state, epoch, bar)
+                _check_finite(record, run, state.epoch)
+                record.update(validate(setup, state))
+                seen += n
+                state.history.append(record)
+                state.epoch = epoch
+                if state.monitor.update(record):
+                    save(run.best)
+                save(run.last)
+                if dd.is_main:
+                    atomic_write_text(run.metrics, "".join(json.dumps(h) + "\n" for h in state.history))
+                bar.end_epoch(record)
+                if on_epoch is not None:
+                    on_epoch(record)
+                if distributed.broadcast(dd, state.monitor.should_stop):
+                    stopped_early = True
+                    log(f"early stopping: {state.monitor.describe()}")
+                    break
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted; {run.last} holds epoch {state.epoch}. Continue with: convspec train --resume {run}"
+        ) from None
+    timings = Timings(t_start, t_data, time.perf_counter() - t_train, seen)
+
+    finish(run, setup, state, data, timings, stopped_early=stopped_early, test=test, export=export, log=log)
+    distributed.shutdown(dd)
+    return run
+
+
+def _new_run_folder(out, spec: Spec, data, dd) -> Run:
+    """``out/NAME`` (numbered when taken; rank 0 picks it) with the split and the resolved spec."""
+    run = Run(Path(distributed.broadcast(dd, str(new_run(out, spec.name).path) if dd.is_main else None)))
+    if dd.is_main:
+        save_split(data, run.split)
+        atomic_write_text(run.spec, spec.to_yaml())
+    return run
+
+
+def _check_finite(record: dict, run: Run, last_good: int) -> None:
+    if not math.isfinite(record["train_loss"]):
+        raise TrainingDiverged(
+            f"epoch {record['epoch']}: the training loss became {record['train_loss']}; {run.last} keeps epoch "
+            f"{last_good}. Lower training.optimizer.lr or set training.grad_clip"
+        )
+
+
+def _with_device(spec: Spec, device: str | None) -> Spec:
+    """A copy of ``spec`` with ``training.device`` replaced; the caller's Spec is never changed."""
+    if device is None:
+        return spec
+    return spec.model_copy(update={"training": spec.training.model_copy(update={"device": device})})
+
+
+def _load(spec: Spec | str | os.PathLike | None, overrides: list[str] | None) -> Spec:
+    if spec is None:
+        raise ConvspecError("train needs a spec file, or --resume RUN")
+    return spec if isinstance(spec, Spec) else load_spec(spec, overrides=overrides)

@@ -1,0 +1,60 @@
+"""``--resume RUN``: open a run folder's last checkpoint and decide which spec continues it.
+
+The checkpoint's own spec is the truth. A given spec file or ``--set`` may change only what a
+resumed run can honour (``epochs``, ``device``); anything else is refused with the difference.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from convspec.specs import Spec, load_spec, load_spec_text
+
+from ..run import checkpoint
+from ..run.checkpoint import CheckpointError
+from ..run.folder import Run
+
+RESUMABLE = ("epochs:", "device:")  # keys (as YAML lines) a resumed run may change
+
+
+def open_checkpoint(resume: str | os.PathLike) -> tuple[Run, dict]:
+    """The run folder and its ``last.pt``; stale temp files of interrupted writes are removed."""
+    run = Run(Path(resume))
+    if not run.path.is_dir():
+        raise CheckpointError(f"{run}: run folder not found")
+    if not run.last.exists():
+        if not run.spec.exists():
+            raise CheckpointError(f"{run}: not a convspec run folder (no last.pt, no spec.yaml)")
+        raise CheckpointError(
+            f"{run}: no last.pt: the run stopped before its first checkpoint; start it again with convspec train SPEC"
+        )
+    ckpt = checkpoint.load(run.last)
+    for leftover in run.path.glob(".*.tmp"):  # temp files of writes a kill interrupted
+        leftover.unlink(missing_ok=True)
+    return run, ckpt
+
+
+def resume_spec(run: Run, ckpt: dict, given: Spec | str | os.PathLike | None, overrides: list[str] | None) -> Spec:
+    """The spec that continues ``run``: the checkpoint's, with what ``given`` / ``overrides`` may change.
+
+    Raises:
+        CheckpointError: the given spec or the overrides differ beyond epochs and device (with a diff).
+    """
+    saved = load_spec_text(ckpt["spec"], str(run.spec))
+    if given is None and not overrides:
+        return saved
+    if given is None:
+        new = load_spec_text(ckpt["spec"], str(run.spec), overrides=overrides)
+    else:
+        new = given if isinstance(given, Spec) else load_spec(given, overrides=overrides)
+    a, b = saved.to_yaml().splitlines(), new.to_yaml().splitlines()
+    lines = difflib.unified_diff(a, b, "run", "given", lineterm="", n=0)
+    diff = [d for d in lines if d[:1] in "+-" and d[:3] not in ("+++", "---")]
+    if any(not d[1:].strip().startswith(RESUMABLE) for d in diff):
+        raise CheckpointError(
+            f"{run}: cannot resume: the spec differs from the run's (only epochs and device may change):\n"
+            + "\n".join(diff)
+        )
+    return new

@@ -1,0 +1,81 @@
+"""Everything a run builds before its first step: model, augmenter, optimizer, loss, state."""
+
+from __future__ import annotations
+
+import torch
+
+from convspec.specs import Spec
+
+from ..data.augment import build_augmenter
+from ..data.cache import CachedImages
+from ..data.dataset import Dataset
+from ..model.builder import build_model
+from . import distributed
+from .device import Placement
+from .distributed import Dist
+from .epoch import Setup, eval_batch_size
+from .objective import class_weights, make_criterion, make_optimizer
+from .schedule import Plateau
+from .state import TrainState
+from .stopping import Monitor
+
+
+def setup_training(
+    spec: Spec, data: Dataset, place: Placement, dd: Dist, *, fresh: bool = True
+) -> tuple[Setup, TrainState]:
+    """Build the run's fixed parts and its initial state (seeded; ``fresh``: not resuming)."""
+    images = CachedImages(data.images)  # (N, C, H, W) uint8, in RAM or a disk memmap
+    if place.cuda:
+        images.pin()
+    torch.manual_seed(spec.training.seed)
+    k = len(data.class_names)
+    model = build_model(spec, num_classes=k, class_names=data.class_names)
+    if fresh and model.needs_normalization:
+        model.set_normalization(*auto_normalization(model, images, torch.from_numpy(data.splits["train"])))
+    model.to(place.device)
+    if place.cuda:
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    augment = build_augmenter(spec)
+    if augment is not None:
+        augment.to(place.device)
+    net = model
+    if dd.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[place.device.index] if place.cuda else None)
+    if spec.training.compile:
+        net = torch.compile(net)
+    weights = class_weights(spec, data.labels[data.splits["train"]], k)
+    batch = max(1, -(-spec.training.batch_size // dd.world))  # batch_size is global under DDP
+    steps = -(-len(distributed.shard(torch.from_numpy(data.splits["train"]), dd)) // batch)
+    setup = Setup(
+        spec, place, dd, images, torch.from_numpy(data.labels), data.splits, net,
+        make_criterion(spec, weights, place.device), augment, batch, steps,
+    )  # fmt: skip
+    sched = spec.training.scheduler
+    state = TrainState(
+        model=model,
+        optimizer=make_optimizer(spec, model),
+        scaler=torch.amp.GradScaler("cuda", enabled=place.grad_scaler),
+        shuffle_gen=torch.Generator().manual_seed(spec.training.seed),
+        aug_gen=torch.Generator(device=place.device).manual_seed(spec.training.seed + 1 + dd.rank),
+        monitor=Monitor.from_spec(spec.training.early_stopping),
+        plateau=Plateau(sched.factor, sched.patience) if sched.type == "plateau" else None,
+    )
+    return setup, state
+
+
+@torch.no_grad()
+def auto_normalization(model, images: CachedImages, idx: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training split, as the ``mean: auto`` step sees it."""
+    total = total_sq = None
+    n = 0
+    step = eval_batch_size(images.shape[1:])
+    for i in range(0, len(idx), step):
+        x = model.preprocess.before_auto_normalize(images[idx[i : i + step]]).double()  # (B, C, H, W)
+        s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)  # a constant channel: nothing to scale
+    return mean.tolist(), std.tolist()

@@ -1,0 +1,564 @@
+"""Hyperparameter search over a spec's ``tune.space`` with Optuna.
+
+Every trial is a whole spec: the sampled values are set at their dotted paths with
+``apply_values`` and validated like a file, then trained with ``train(export=False,
+test=False)``. Trials are judged on the validation split only; the test split is evaluated
+once, when the winning spec is retrained at the end.
+
+The study lives in a database (default: SQLite at ``<out>/<study>-tune/study.db``), so a
+search survives Ctrl-C and can be continued by running the same command again, and several
+processes on several machines can share one study through ``--storage`` (PostgreSQL).
+Each process runs its own ``trials`` (Optuna's ``n_trials``): two processes started with
+``--trials 4`` finish 8 trials of the study between them.
+
+Folder ``<out>/<study>-tune/``::
+
+    study.db        the Optuna study (default storage)
+    trials/         one run folder per trial (NAME-trial-K: spec, metrics, checkpoints)
+    trials.csv      every trial: number, value, times, params_*, user_attrs_*, state
+    history.png     objective value per trial, and the best so far
+    importance.png  parameter importances (needs >= 2 complete trials)
+    best.yaml       the winning spec, without its tune section: ``convspec train best.yaml``
+    tune.json       study, storage, best trial and the retrained run's test metrics
+    NAME/           the winning spec retrained once, with model.onnx and test metrics
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convspec.runtime.files import atomic_write_text
+from convspec.specs import ConvspecError, Spec, SpecError, apply_values, get_value, load_spec
+from convspec.specs.errors import format_path
+from convspec.specs.spec import ChoiceDist, FloatDist, IntDist
+
+from .report import (
+    counts_text,
+    fmt_values,
+    render,
+    state_counts,
+    trial_line,
+    trial_row,
+    trials_table,
+    write_csv,
+    write_plots,
+)
+
+__all__ = ["tune", "TuneResult", "TuneError"]
+
+_PRIMITIVE = (type(None), bool, int, float, str)
+
+
+class TuneError(ConvspecError):
+    """A search that cannot start (no tune section, bad storage) or found nothing."""
+
+
+@dataclass
+class TuneResult:
+    """What a search produced. Paths are inside ``folder`` (``<out>/<study>-tune/``).
+
+    Attributes:
+        folder: the tune folder.
+        study_name: the Optuna study's name.
+        storage: the storage URL (password hidden).
+        metric: the monitored validation metric; direction: maximize or minimize.
+        best_number: the best trial's number; best_value: its objective value.
+        best_values: the winning values, by dotted path.
+        best_spec: the winning spec (no tune section); best_yaml: where it was written.
+        trials: one dict per trial of the study (number, state, value, values, note).
+        run: the retrained best spec's run folder (None with ``retrain=False``).
+        test: that run's test metrics (None without a test split or retrain).
+        files: written artifacts by name (``trials.csv``, ``history.png``, ...).
+        notes: things skipped, each with why (e.g. importance.png).
+    """
+
+    folder: Path
+    study_name: str
+    storage: str
+    metric: str
+    direction: str
+    best_number: int
+    best_value: float
+    best_values: dict[str, Any]
+    best_spec: Spec
+    best_yaml: Path
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    run: Any = None
+    test: dict[str, Any] | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self):
+        """The trials as a Rich table (number, state, value, one column per parameter)."""
+        return trials_table(self.trials, self.metric, self.best_number)
+
+
+# ------------------------------------------------------------------------------- API
+
+
+def tune(
+    spec: Spec | str | os.PathLike,
+    *,
+    trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | os.PathLike = "runs",
+    overrides: list[str] | None = None,
+    retrain: bool = True,
+    log: Callable[[str], None] | None = print,
+    progress: bool = True,
+) -> TuneResult:
+    """Search ``spec.tune.space`` with Optuna, write the tune folder and retrain the winner.
+
+    Args:
+        spec: a Spec with a ``tune`` section, or the path of a spec file.
+        trials: trials this process runs (default ``tune.trials``). Processes sharing a
+            study each run their own: 2 processes x 4 trials = 8 trials in the study.
+        timeout: stop starting new trials after this many seconds (default ``tune.timeout``).
+        storage: an Optuna RDB URL (``sqlite:///study.db``, ``postgresql://user:pw@host/db``)
+            or a file path (SQLite). Default: ``<out>/<study>-tune/study.db``.
+        study_name: the study's name in the storage (default: the spec's name). An existing
+            study of that name is continued.
+        out: parent folder of the tune folder ``<study>-tune/``.
+        overrides: ``KEY=VALUE`` strings applied to a spec file (``--set``).
+        retrain: train the best spec once more at the end, with export and the test split.
+        log: where progress lines and the trial table go (None: silent).
+        progress: show a progress bar while retraining the best spec.
+
+    Returns:
+        A TuneResult (best trial, its spec, written files, the retrained run's test metrics).
+
+    Raises:
+        SpecError: the spec or its tune section is invalid (unknown path, empty choice, low > high).
+        TuneError: no tune section, an empty space, grid over a continuous float, a metric
+            that training does not compute, an unreachable storage, a study with the other
+            direction, or no trial completed. All are raised before any trial trains except
+            the last.
+    """
+    log = log or (lambda _m: None)
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec, overrides=overrides)
+    elif overrides:
+        raise TuneError("overrides apply to a spec file; pass the path instead of a Spec")
+    _check_tunable(spec)
+    t = spec.tune
+    n_trials = t.trials if trials is None else trials
+    if n_trials < 1:
+        raise TuneError(f"--trials must be >= 1 (got {n_trials})")
+    timeout = t.timeout if timeout is None else timeout
+    study_name = study_name or spec.name
+    folder = Path(out) / f"{study_name}-tune"
+    grid = _grid_space(spec) if t.sampler == "grid" else None  # errors before any trial
+
+    optuna = _optuna()
+    store, shown = _storage(storage, folder)
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # Why: we log one line per trial ourselves
+    try:
+        study, joined = _study(optuna, store, shown, study_name, spec, grid)
+    except BaseException:
+        optuna.logging.set_verbosity(previous)
+        raise
+
+    base = spec.model_copy(deep=True)
+    base._source, base._base_dir = spec.source_file, spec.base_dir
+    objective = _Objective(base, folder / "trials", optuna)
+    where = f"study {study_name!r} in {shown}"
+    log(
+        f"tuning {spec.name}: {n_trials} trial(s) of {where}, {t.sampler} sampler, "
+        f"{t.pruner} pruner, {t.metric} ({t.resolved_direction})"
+        + (f", grid of {math.prod(len(v) for v in grid.values())} points" if grid else "")
+        + (" (joining existing trials)" if joined else "")
+    )
+    if not joined and grid is None:
+        start = _values_in_space(spec)
+        if start is not None:
+            # Why: trial 0 is the spec as written, so the search never reports worse than it.
+            study.enqueue_trial(_encode_params(spec, start), user_attrs={"note": "the spec as written"})
+
+    t0 = time.perf_counter()
+    try:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            catch=(SpecError,),
+            callbacks=[lambda s, ft: log(trial_line(ft, t.metric))],
+            gc_after_trial=True,
+        )
+    except (KeyboardInterrupt, _training_interrupted()):
+        raise TuneError(
+            f"interrupted; {where} keeps its finished trials: run the same command again to continue"
+        ) from None
+    finally:
+        optuna.logging.set_verbosity(previous)
+    log(f"search done in {time.perf_counter() - t0:.1f} s")
+
+    # -- outputs ---------------------------------------------------------------------------
+    rows = [trial_row(ft) for ft in study.get_trials(deepcopy=False)]
+    files, notes = {}, []
+    files["trials.csv"] = write_csv(study.get_trials(deepcopy=False), folder / "trials.csv")
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    best_number = study.best_trial.number if complete else -1
+    log(render(trials_table(rows, t.metric, best_number)))
+    for name, why in write_plots(optuna, study, folder, rows).items():
+        if why is None:
+            files[name] = folder / name
+        else:
+            notes.append(f"{name} skipped: {why}")
+            log(f"{name} skipped: {why}")
+    if not complete:
+        errors = [r["note"] for r in rows if r["state"] == "FAIL" and r["note"]]
+        raise TuneError(
+            f"no trial of {where} completed ({counts_text(rows)})" + (f"; first error: {errors[0]}" if errors else "")
+        )
+
+    best = study.best_trial
+    best_values = _trial_values(best, spec)
+    best_spec = apply_values(spec, best_values, name=f"trial {best.number}")
+    best_spec.tune = None
+    best_spec._source = spec.source_file
+    header = (
+        f"# best of {where}: trial {best.number} of {len(rows)}, {t.metric} {best.value:.6g}\n"
+        f"# from {spec.source_file}; values: {json.dumps(best_values)}\n"
+    )
+    best_yaml = folder / "best.yaml"
+    atomic_write_text(best_yaml, header + best_spec.to_yaml())
+    files["best.yaml"] = best_yaml
+    log(f"best: trial {best.number}, {t.metric} {best.value:.4f}, {fmt_values(best_values)} -> {best_yaml}")
+
+    result = TuneResult(
+        folder=folder,
+        study_name=study_name,
+        storage=shown,
+        metric=t.metric,
+        direction=t.resolved_direction,
+        best_number=best.number,
+        best_value=float(best.value),
+        best_values=best_values,
+        best_spec=best_spec,
+        best_yaml=best_yaml,
+        trials=rows,
+        files=files,
+        notes=notes,
+    )
+    if retrain:
+        from ..training.loop import train
+
+        log("retraining the best spec with export, then the test split (evaluated once, after the search)")
+        run = train(best_spec.model_copy(deep=True), out=folder, export=True, progress=progress, log=log)
+        result.run = run
+        result.test = run.read_results().get("test", {}).get("metrics")
+    summary = {
+        "study": study_name,
+        "storage": shown,
+        "metric": t.metric,
+        "direction": t.resolved_direction,
+        "sampler": t.sampler,
+        "pruner": t.pruner,
+        "counts": state_counts(rows),
+        "best": {"trial": best.number, "value": best.value, "values": best_values},
+        "best_yaml": str(best_yaml),
+        "run": str(result.run) if result.run else None,
+        "test": result.test,
+        "notes": notes,
+    }
+    files["tune.json"] = atomic_write_text(folder / "tune.json", json.dumps(summary, indent=2, default=str) + "\n")
+    if result.test:
+        log(
+            "test (best spec, retrained): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items() if isinstance(v, (int, float)))
+        )
+    return result
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def _check_tunable(spec: Spec) -> None:
+    """Everything that can be known before a trial: a tune section, a space, a metric."""
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise TuneError(
+            "tune runs its trials in one process; to search in parallel, start several "
+            "`convspec tune` processes that share one study with --storage"
+        )
+    t = spec.tune
+    if t is None:
+        raise TuneError(
+            f"{spec.source_file}: has no tune section (add tune: {{space: {{training.optimizer.lr: "
+            "{type: float, low: 0.0001, high: 0.01, log: true}}})"
+        )
+    if not t.space:
+        raise TuneError(f"{spec.source_file}: tune.space is empty: nothing to search")
+    computed = {"val_loss", "val_accuracy", *(f"val_{m}" for m in spec.training.metrics)}
+    if t.metric not in computed:
+        raise TuneError(
+            f"{spec.source_file}: tune.metric is {t.metric}, but training computes only "
+            f"{', '.join(sorted(computed))}; add {t.metric[4:]} to training.metrics"
+        )
+    for path, d in t.space.items():
+        if isinstance(d, (FloatDist, IntDist)) and d.log and d.step not in (None, 1):
+            raise TuneError(
+                f"{spec.source_file}: tune.space.{path}: log scale and step cannot be combined (got step {d.step})"
+            )
+
+
+def _grid_space(spec: Spec) -> dict[str, list]:
+    """The grid sampler's finite values per path; a continuous float is an error."""
+    grid = {}
+    for path, d in spec.tune.space.items():
+        if isinstance(d, FloatDist):
+            if d.step is None:
+                raise TuneError(
+                    f"{spec.source_file}: tune.space.{path}: the grid sampler needs finite values, but this "
+                    f"float is continuous; give it a step, make it a choice, or use sampler: tpe or random"
+                )
+            n = int(math.floor((d.high - d.low) / d.step + 1e-9)) + 1
+            grid[path] = [round(d.low + i * d.step, 12) for i in range(n)]
+        elif isinstance(d, IntDist):
+            grid[path] = list(range(d.low, d.high + 1, d.step))
+        else:
+            grid[path] = _encode_choices(d.values)
+    return grid
+
+
+# ----------------------------------------------------------------------- storage
+
+
+def _optuna():
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def _storage(url: str | None, folder: Path):
+    """An RDBStorage for ``url`` (default: SQLite in the tune folder), or a clear TuneError."""
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+    from sqlalchemy.engine import make_url
+
+    if url is None:
+        url = "sqlite:///" + str((folder / "study.db").resolve())
+    elif "://" not in url:
+        url = "sqlite:///" + str(Path(url).expanduser().resolve())
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise TuneError(
+            f"--storage {url}: not a database URL ({e}); use sqlite:///study.db or postgresql://user:password@host/db"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            try:
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TuneError(
+                    f"--storage {shown}: cannot create the folder for the SQLite file: {e.strerror or e}"
+                ) from None
+        # Why: processes sharing one SQLite file wait for its lock instead of failing at once.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif backend in ("postgresql", "mysql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    last = None
+    for attempt in range(5):
+        try:
+            # Why heartbeat: a trial of a killed process is marked FAIL by the next process to
+            # start a trial, instead of staying RUNNING in a shared study forever.
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180), shown
+        except ImportError as e:
+            hint = {"postgresql": "pip install psycopg2-binary", "mysql": "pip install pymysql"}.get(
+                backend, "install the driver"
+            )
+            raise TuneError(
+                f"--storage {shown}: the {backend} database driver is not installed ({e.name or 'import failed'}); "
+                f"{hint}"
+            ) from None
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            last = e
+            text = str(getattr(e, "orig", None) or e)
+            if isinstance(e, sqlalchemy.exc.IntegrityError) or "locked" in text or "already exists" in text:
+                time.sleep(0.5 + attempt)  # processes creating the tables at once: the loser retries
+                continue
+            break
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
+            last = e
+            break
+    text = str(getattr(last, "orig", None) or last).strip().splitlines()
+    raise TuneError(f"--storage {shown}: cannot open the study database: {text[0] if text else type(last).__name__}")
+
+
+def _create_or_join(optuna, store, study_name: str, direction: str) -> bool:
+    """Create the study; True if another process had created it (we join)."""
+    for attempt in range(5):
+        try:
+            optuna.create_study(storage=store, study_name=study_name, direction=direction)
+            return False
+        except optuna.exceptions.DuplicatedStudyError:
+            return True
+        except optuna.exceptions.StorageInternalError as e:
+            # Why: two processes creating one SQLite study at once can collide on the file's
+            # write lock; SQLite reports that at once (no busy wait) to avoid a deadlock.
+            if "locked" not in str(e.__cause__ or e) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return False  # pragma: no cover
+
+
+def _study(optuna, store, shown: str, study_name: str, spec: Spec, grid: dict | None):
+    """Create the study, or join the one of that name; returns (study, joined)."""
+    t = spec.tune
+    direction = t.resolved_direction
+    joined = _create_or_join(optuna, store, study_name, direction)
+    study = optuna.load_study(study_name=study_name, storage=store)
+    if study.direction.name.lower() != direction:
+        raise TuneError(
+            f"study {study_name!r} in {shown} was created to {study.direction.name.lower()}, "
+            f"but this spec's tune says {direction} {t.metric}; pick another --study name"
+        )
+    # Why: a fresh study is reproducible from training.seed; a process joining or resuming
+    # one draws a fresh seed, or it would repeat the trials already run with that seed.
+    seed = None if joined else spec.training.seed
+    if grid is not None:
+        sampler = optuna.samplers.GridSampler(grid, seed=seed)
+    elif t.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, t.trials // 3)))
+    if t.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, spec.training.epochs // 3))
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return optuna.load_study(study_name=study_name, storage=store, sampler=sampler, pruner=pruner), joined
+
+
+# ---------------------------------------------------------------------- objective
+
+
+class _Objective:
+    """One trial: sample, apply to the spec (invalid -> FAIL), train on train, judge on val."""
+
+    def __init__(self, base: Spec, trials_dir: Path, optuna):
+        self.base, self.trials_dir, self.optuna = base, trials_dir, optuna
+        t = base.tune
+        self.metric, self.maximize, self.pruning = t.metric, t.resolved_direction == "maximize", t.pruner != "none"
+
+    def __call__(self, trial) -> float:
+        from ..training.loop import train
+
+        values = {path: _suggest(trial, path, d) for path, d in self.base.tune.space.items()}
+        trial.set_user_attr("values", values)
+        try:
+            spec = apply_values(self.base, values, name=f"trial {trial.number}")
+        except SpecError as e:
+            # Why re-raise: optimize(catch=(SpecError,)) records the trial as FAIL and goes on.
+            # Why no FILE:LINE: the trial's YAML is generated; the key path says where.
+            trial.set_user_attr(
+                "error", "; ".join(f"{format_path(i.path)}: {i.message}" if i.path else i.message for i in e.issues)
+            )
+            raise
+        spec.tune = None
+        spec.name = f"{self.base.name}-trial-{trial.number}"
+        trial.set_user_attr("run", str(self.trials_dir / spec.name))
+        best = {"value": None}
+
+        def on_epoch(record: dict) -> None:
+            value = record.get(self.metric)
+            epoch = record["epoch"]
+            if value is None or math.isnan(value):
+                trial.set_user_attr("error", f"{self.metric} is NaN at epoch {epoch} (diverged)")
+                raise self.optuna.TrialPruned(f"{self.metric} is NaN at epoch {epoch}")
+            if best["value"] is None or (value > best["value"] if self.maximize else value < best["value"]):
+                best["value"] = value
+                trial.set_user_attr("best_epoch", epoch)
+            trial.report(value, epoch)
+            if self.pruning and trial.should_prune():
+                trial.set_user_attr("pruned_at", epoch)
+                raise self.optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        # Why test=False: the test split must never guide (or even be seen by) the search.
+        run = train(
+            spec, out=self.trials_dir, export=False, test=False, progress=False, log=lambda _m: None, on_epoch=on_epoch
+        )
+        trial.set_user_attr("run", str(run))
+        if best["value"] is None:
+            raise self.optuna.TrialPruned("no epoch ran")
+        return best["value"]
+
+
+def _suggest(trial, path: str, d) -> Any:
+    if isinstance(d, FloatDist):
+        return trial.suggest_float(path, d.low, d.high, log=d.log, step=d.step)
+    if isinstance(d, IntDist):
+        return trial.suggest_int(path, d.low, d.high, step=d.step, log=d.log)
+    encoded = _encode_choices(d.values)
+    picked = trial.suggest_categorical(path, encoded)
+    return d.values[encoded.index(picked)]
+
+
+def _encode_choices(values: list) -> list:
+    """Optuna's categorical choices: primitives as they are; lists and mappings as JSON text.
+
+    Why JSON rather than an index: trials.csv and the table then show the value itself.
+    """
+    if all(isinstance(v, _PRIMITIVE) for v in values):
+        return list(values)
+    return [json.dumps(v, sort_keys=True) for v in values]
+
+
+def _encode_params(spec: Spec, values: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for path, v in values.items():
+        d = spec.tune.space[path]
+        out[path] = _encode_choices(d.values)[d.values.index(v)] if isinstance(d, ChoiceDist) else v
+    return out
+
+
+def _values_in_space(spec: Spec) -> dict[str, Any] | None:
+    """The spec's own values at the tuned paths, where every one lies inside its range."""
+    values = {}
+    for path, d in spec.tune.space.items():
+        v = get_value(spec, path)
+        if isinstance(d, ChoiceDist):
+            if v not in d.values:
+                return None
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not d.low <= v <= d.high:
+            return None
+        elif isinstance(d, IntDist) and (v != int(v) or (int(v) - d.low) % d.step):
+            return None
+        values[path] = v
+    return values
+
+
+def _trial_values(ft, spec: Spec) -> dict[str, Any]:
+    """A finished trial's values by path (the user attr, else decoded from its params)."""
+    if isinstance(ft.user_attrs.get("values"), dict):
+        return dict(ft.user_attrs["values"])
+    values = {}
+    for path, p in ft.params.items():
+        d = spec.tune.space.get(path)
+        if isinstance(d, ChoiceDist):
+            enc = _encode_choices(d.values)
+            values[path] = d.values[enc.index(p)] if p in enc else p
+        else:
+            values[path] = p
+    return values
+
+
+def _training_interrupted():
+    from ..training.errors import TrainingInterrupted
+
+    return TrainingInterrupted

@@ -1,0 +1,375 @@
+"""The training data pipeline on real (small) data: sources, classes, bad images, split, cache, stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convspec.compiler.data.loading import (
+    Dataset,
+    default_cache_dir,
+    load_dataset,
+)
+from convspec.compiler.data.split import make_split, read_split, save_split
+from convspec.runtime.datasets import DataError
+from convspec.runtime.images import ImageError
+from convspec.specs import spec_from_dict
+
+
+def make_spec(
+    source,
+    *,
+    base_dir="/",
+    channels=1,
+    size=(16, 16),
+    resize="stretch",
+    task="multiclass",
+    classes="auto",
+    split=None,
+    cache="none",
+    on_bad_image="skip",
+):
+    data = {"source": source, "cache": cache, "on_bad_image": on_bad_image}
+    if split is not None:
+        data["split"] = split
+    return spec_from_dict(
+        {
+            "version": 1,
+            "task": task,
+            "classes": classes,
+            "data": data,
+            "input": {"channels": channels, "size": list(size), "resize": resize},
+            "model": {"layers": [{"type": "flatten"}]},
+        },
+        base_dir=str(base_dir),
+    )
+
+
+class Log(list):
+    def __call__(self, line):
+        self.append(line)
+
+    def warnings(self):
+        return [m for m in self if m.startswith("warning:")]
+
+
+DIGITS = {"type": "builtin", "name": "digits"}
+
+
+def digits_uint8():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.rint(d.images * 255.0 / 16.0).astype(np.uint8), d.target
+
+
+# ----------------------------------------------------------------- builtin
+
+
+def test_digits_at_16x16():
+    t0 = time.perf_counter()
+    ds = load_dataset(make_spec(DIGITS), log=Log())
+    took = time.perf_counter() - t0
+    pixels, target = digits_uint8()
+    assert isinstance(ds, Dataset)
+    assert ds.images.shape == (1797, 1, 16, 16) and ds.images.dtype == np.uint8
+    assert ds.class_names == [str(i) for i in range(10)]
+    assert np.array_equal(ds.labels, target) and ds.labels.dtype == np.int64
+    assert ds.files[17] == "digits:17" and ds.root is None
+    assert not ds.images.flags.writeable
+    assert took < 20, f"loading digits at 16x16 took {took:.1f} s"
+
+
+def test_digits_pixels_map_0_16_to_uint8():
+    ds = load_dataset(make_spec(DIGITS, size=(8, 8)), log=Log())
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images
+    assert np.array_equal(ds.images[:, 0], np.rint(raw * 255 / 16).astype(np.uint8))
+    assert ds.images.max() == 255 and set(np.unique(ds.images[:, 0][raw == 8])) == {128}
+
+
+def test_digit_png_equals_builtin_pixels(digits_folder):
+    builtin = load_dataset(make_spec(DIGITS, size=(8, 8)), log=Log())
+    folder = load_dataset(make_spec({"type": "folder", "path": str(digits_folder)}, size=(8, 8)), log=Log())
+    assert len(folder) == len(list(digits_folder.glob("*/*.png"))) >= 100
+    assert folder.class_names == builtin.class_names
+    for i, path in enumerate(folder.files):
+        index = int(os.path.splitext(os.path.basename(path))[0])
+        assert np.array_equal(folder.images[i], builtin.images[index])
+        assert folder.labels[i] == builtin.labels[index]
+
+
+def test_digits_class_subset_and_rgb():
+    ds = load_dataset(make_spec({**DIGITS, "classes": [8, 3]}, task="binary", channels=3), log=Log())
+    _, target = digits_uint8()
+    assert ds.class_names == ["3", "8"]
+    assert len(ds) == int(((target == 3) | (target == 8)).sum())
+    assert np.array_equal(ds.labels, (target[np.isin(target, [3, 8])] == 8).astype(np.int64))
+    assert ds.images.shape[1:] == (3, 16, 16)
+    assert np.array_equal(ds.images[:, 0], ds.images[:, 2])
+
+
+def test_explicit_class_order_relabels():
+    order = [str(i) for i in reversed(range(10))]
+    ds = load_dataset(make_spec(DIGITS, classes=order), log=Log())
+    _, target = digits_uint8()
+    assert ds.class_names == order
+    assert np.array_equal(ds.labels, 9 - target)
+
+
+# -------------------------------------------------------- classes vs data
+
+
+def test_classes_that_do_not_match_the_data(tmp_path):
+    root = tmp_path / "data"  # created after validation: only load time can check
+    spec = make_spec({"type": "folder", "path": str(root)}, classes=["cat", "dog"])
+    binary = make_spec({"type": "folder", "path": str(root)}, task="binary")
+    count = make_spec({"type": "folder", "path": str(root)}, classes=2)
+    for name in ("cat", "emu", "fox"):
+        (root / name).mkdir(parents=True)
+        Image.new("L", (4, 4)).save(root / name / "1.png")
+    with pytest.raises(
+        DataError,
+        match=(
+            r"classes must match the data's classes \(in the data but not listed: emu, fox; listed but not in the "
+            r"data: dog\)"
+        ),
+    ):
+        load_dataset(spec, log=Log())
+    with pytest.raises(DataError, match=r"task: binary needs exactly 2 classes; the data has 3 \(cat, emu, fox\)"):
+        load_dataset(binary, log=Log())
+    with pytest.raises(DataError, match="classes: 2, but the data has 3 classes"):
+        load_dataset(count, log=Log())
+
+
+# ------------------------------------------------------------- bad images
+
+
+@pytest.fixture
+def dirty_shapes(tmp_path, shapes_folder):
+    root = tmp_path / "shapes"
+    shutil.copytree(shapes_folder, root)
+    raw = (root / "circle" / "00.png").read_bytes()
+    (root / "circle" / "truncated.png").write_bytes(raw[: len(raw) // 2])
+    (root / "square" / "empty.jpg").write_bytes(b"")
+    (root / "triangle" / "text.png").write_text("this is not a PNG")
+    (root / "triangle" / "notes.txt").write_text("ignored: not an image name")
+    return root
+
+
+def test_bad_images_are_skipped_and_named(dirty_shapes):
+    log = Log()
+    ds = load_dataset(make_spec({"type": "folder", "path": str(dirty_shapes)}, channels=3, size=(24, 24)), log=log)
+    assert len(ds) == 36 and ds.images.shape == (36, 3, 24, 24)
+    bad = dict(ds.bad_files)
+    assert bad == {
+        str(dirty_shapes / "circle" / "truncated.png"): "cannot decode image (truncated file)",
+        str(dirty_shapes / "square" / "empty.jpg"): "empty file (0 bytes)",
+        str(dirty_shapes / "triangle" / "text.png"): "not an image (unrecognised format)",
+    }
+    text = "\n".join(log)
+    assert "warning: skipped 3 unreadable images" in text
+    assert all(path in text for path in bad)
+    assert not any(f.endswith(("truncated.png", "empty.jpg", "text.png")) for f in ds.files)
+    assert ds.counts()["train"]["circle"] + ds.counts()["val"]["circle"] + ds.counts()["test"]["circle"] == 12
+
+
+def test_on_bad_image_error_raises(dirty_shapes):
+    spec = make_spec({"type": "folder", "path": str(dirty_shapes)}, on_bad_image="error")
+    with pytest.raises(ImageError, match="truncated.png: cannot decode image"):
+        load_dataset(spec, log=Log())
+
+
+def test_a_class_with_only_bad_images_is_an_error(tmp_path, shapes_folder):
+    root = tmp_path / "d"
+    shutil.copytree(shapes_folder / "circle", root / "circle")
+    (root / "junk").mkdir()
+    (root / "junk" / "a.png").write_text("x")
+    with pytest.raises(DataError, match="every image of class junk failed to load"):
+        load_dataset(make_spec({"type": "folder", "path": str(root)}), log=Log())
+
+
+# --------------------------------------------------------------------- csv
+
+
+def test_csv_source(tmp_path, shapes_folder):
+    rows = ["path,label"] + [f"{s}/{k:02d}.png,{s}" for s in ("circle", "square") for k in range(12)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    spec = make_spec(
+        {"type": "csv", "path": "labels.csv", "root": str(shapes_folder)},
+        base_dir=tmp_path,
+        channels=3,
+        size=(20, 20),
+        resize="letterbox",
+    )
+    ds = load_dataset(spec, log=Log())
+    assert ds.class_names == ["circle", "square"] and len(ds) == 24
+    assert ds.root == str(shapes_folder) and ds.file_ids()[0] == "circle/00.png"
+    assert ds.labels.tolist() == [0] * 12 + [1] * 12
+
+
+def test_csv_unknown_columns_and_labels(tmp_path, shapes_folder):
+    shutil.copytree(shapes_folder, tmp_path / "img")
+    (tmp_path / "cols.csv").write_text("path,label,weight\nimg/circle/00.png,circle,1\n")
+    with pytest.raises(DataError, match=r"columns must be path,label \(unknown: weight"):
+        load_dataset(make_spec({"type": "csv", "path": "cols.csv"}, base_dir=tmp_path), log=Log())
+    # validation reads the CSV too; write it after, so the check at load time is the one tested
+    spec = make_spec({"type": "csv", "path": "labels.csv"}, base_dir=tmp_path, classes=["circle", "square"])
+    (tmp_path / "labels.csv").write_text("path,label\nimg/circle/00.png,circle\nimg/square/00.png,squar\n")
+    with pytest.raises(DataError, match="in the data but not listed: squar; listed but not in the data: square"):
+        load_dataset(spec, log=Log())
+
+
+# ------------------------------------------------------------------- split
+
+
+def test_split_is_reproducible_stratified_and_disjoint():
+    spec = make_spec(DIGITS, size=(8, 8), split={"train": 0.7, "val": 0.15, "test": 0.15, "seed": 3})
+    a = load_dataset(spec, log=Log())
+    b = load_dataset(spec, log=Log())
+    n = len(a)
+    for s in ("train", "val", "test"):
+        assert np.array_equal(a.splits[s], b.splits[s])
+    every = np.concatenate([a.splits[s] for s in ("train", "val", "test")])
+    assert np.array_equal(np.sort(every), np.arange(n))
+    assert len(a.splits["test"]) == round(0.15 * n) and len(a.splits["val"]) == round(0.15 * n)
+    overall = np.bincount(a.labels, minlength=10) / n
+    for s in ("train", "val", "test"):
+        share = np.bincount(a.labels[a.splits[s]], minlength=10) / len(a.splits[s])
+        assert np.abs(share - overall).max() < 0.02  # stratified
+    other = make_split(a.file_ids(), [a.class_names[i] for i in a.labels], train=0.7, val=0.15, test=0.15, seed=4)
+    assert not np.array_equal(other["test"], a.splits["test"])
+
+
+def test_split_depends_on_ids_not_on_order():
+    ids = [f"img/{i:03d}.png" for i in range(60)]
+    labels = ["a" if i % 3 else "b" for i in range(60)]
+    base = make_split(ids, labels, train=0.6, val=0.2, test=0.2, seed=0, log=Log())
+    perm = np.random.default_rng(1).permutation(60)
+    shuffled = make_split(
+        [ids[i] for i in perm], [labels[i] for i in perm], train=0.6, val=0.2, test=0.2, seed=0, log=Log()
+    )
+    for s in base:
+        assert sorted(ids[i] for i in base[s]) == sorted(ids[perm[i]] for i in shuffled[s])
+
+
+def test_split_without_val_or_test_and_unstratifiable():
+    ids = [str(i) for i in range(20)]
+    labels = ["a"] * 19 + ["b"]  # b has one image: cannot be stratified
+    log = Log()
+    sp = make_split(ids, labels, train=0.8, val=0.2, test=0.0, seed=0, log=log)
+    assert len(sp["test"]) == 0 and len(sp["val"]) == 4 and len(sp["train"]) == 16
+    assert any("cannot stratify the val split" in m for m in log.warnings())
+    with pytest.raises(DataError, match="too few"):
+        make_split(["a", "b"], ["x", "y"], train=0.5, val=0.25, test=0.25)
+
+
+def test_split_saved_and_reused_exactly(tmp_path, digits_folder):
+    spec = make_spec({"type": "folder", "path": str(digits_folder)}, size=(8, 8))
+    ds = load_dataset(spec, log=Log())
+    path = save_split(ds, tmp_path / "run" / "split.json")
+    doc = read_split(path)
+    assert doc["class_names"] == ds.class_names and doc["root"] == str(digits_folder)
+    assert doc["splits"]["test"]["files"][0].count("/") == 1  # "<class>/<index>.png", portable
+    other_seed = make_spec(
+        {"type": "folder", "path": str(digits_folder)},
+        size=(8, 8),
+        split={"train": 0.5, "val": 0.25, "test": 0.25, "seed": 9},
+    )
+    again = load_dataset(other_seed, split_file=path, log=Log())
+    for s in ("train", "val", "test"):
+        assert np.array_equal(again.splits[s], ds.splits[s])
+
+
+def test_split_file_with_missing_files(tmp_path, digits_folder):
+    root = tmp_path / "digits"
+    shutil.copytree(digits_folder, root)
+    spec = make_spec({"type": "folder", "path": str(root)}, size=(8, 8))
+    ds = load_dataset(spec, log=Log())
+    path = save_split(ds, tmp_path / "split.json")
+    gone = ds.file_ids()[ds.splits["test"][0]]
+    os.unlink(root / gone)
+    with pytest.raises(DataError, match=f"1 files of the saved split are not in the data: {gone}"):
+        load_dataset(spec, split_file=path, log=Log())
+    with pytest.raises(DataError, match="split file not found"):
+        load_dataset(spec, split_file=tmp_path / "none.json", log=Log())
+    (tmp_path / "bad.json").write_text(json.dumps({"version": 1}))
+    with pytest.raises(DataError, match="not a convspec split file"):
+        read_split(tmp_path / "bad.json")
+
+
+def test_split_from_folders(tmp_path, shapes_folder):
+    for split, ks in (("train", range(0, 8)), ("val", range(8, 10)), ("test", range(10, 12))):
+        for shape in ("circle", "square"):
+            (tmp_path / split / shape).mkdir(parents=True)
+            for k in ks:
+                shutil.copy(shapes_folder / shape / f"{k:02d}.png", tmp_path / split / shape)
+    spec = make_spec({"type": "folder", "path": str(tmp_path)}, split={"from": "folders"})
+    ds = load_dataset(spec, log=Log())
+    assert {s: len(v) for s, v in ds.splits.items()} == {"train": 16, "val": 4, "test": 4}
+    assert all(ds.file_ids()[i].startswith("val/") for i in ds.splits["val"])
+    assert ds.counts()["test"] == {"circle": 2, "square": 2}
+
+
+# ------------------------------------------------------------------- cache
+
+
+def test_disk_cache_second_load_is_a_memmap(tmp_path, dirty_shapes):
+    spec = make_spec({"type": "folder", "path": str(dirty_shapes)}, channels=3, size=(20, 20), cache="disk")
+    first = load_dataset(spec, cache_dir=tmp_path / "cache", log=Log())
+    log = Log()
+    second = load_dataset(spec, cache_dir=tmp_path / "cache", log=log)
+    assert isinstance(second.images, np.memmap)
+    assert any("from the disk cache" in m for m in log)
+    assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
+    assert second.bad_files == first.bad_files and len(second.bad_files) == 3
+    assert second.files == first.files and np.array_equal(second.labels, first.labels)
+    assert len(list((tmp_path / "cache" / "images").glob("*.npy"))) == 1
+    # a changed file misses the cache
+    path = dirty_shapes / "circle" / "00.png"
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    log = Log()
+    load_dataset(spec, cache_dir=tmp_path / "cache", log=log)
+    assert not any("from the disk cache" in m for m in log)
+    with pytest.raises(ImageError):  # a cached bad file still raises under on_bad_image: error
+        load_dataset(
+            make_spec(
+                {"type": "folder", "path": str(dirty_shapes)},
+                channels=3,
+                size=(20, 20),
+                cache="disk",
+                on_bad_image="error",
+            ),
+            cache_dir=tmp_path / "cache",
+            log=Log(),
+        )
+
+
+def test_memory_cache_decodes_once_per_process(shapes_folder):
+    spec = make_spec({"type": "folder", "path": str(shapes_folder)}, size=(12, 12), cache="memory")
+    first = load_dataset(spec, log=Log())
+    log = Log()
+    second = load_dataset(spec, log=log)
+    assert any("from memory" in m for m in log)
+    assert second.images is first.images and not second.images.flags.writeable
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVSPEC_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("CONVSPEC_CACHE")
+    assert default_cache_dir().parts[-2:] == (".cache", "convspec")
+
+
+def test_arrays_are_writable_copies():
+    ds = load_dataset(make_spec({**DIGITS, "classes": [0, 1]}, size=(8, 8)), log=Log())
+    x, y = ds.arrays("val")
+    assert x.shape == (len(ds.splits["val"]), 1, 8, 8) and x.flags.writeable
+    assert np.array_equal(y, ds.labels[ds.splits["val"]])
