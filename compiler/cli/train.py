@@ -35,12 +35,17 @@ def train(
     ] = None,
     nproc: Annotated[int, typer.Option("--nproc", help="Processes (devices) for DDP; launches torchrun.")] = 1,
     no_export: Annotated[bool, typer.Option("--no-export", help="Skip writing model.onnx.")] = False,
+    folds: Annotated[
+        int | None, typer.Option("--folds", help="K-fold cross-validation: runs/NAME/fold-1..K/ and cv.json.")
+    ] = None,
 ) -> None:
     """Train a spec: writes runs/NAME/ with checkpoints, metrics, plots, report and model.onnx."""
     if spec_path is None and resume is None:
         raise ConvspecError("give a SPEC file, or --resume RUN")
     if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
         raise ConvspecError(f"--device {device}: must be auto, cpu, cuda or cuda:N (as training.device)")
+    if folds is not None:
+        return _train_folds(spec_path, folds, set_, out_dir, resume, device, nproc)
     if nproc > 1:
         from ..training.launch import launch_torchrun
 
@@ -48,6 +53,19 @@ def train(
     from ..training.loop import train as run_training
 
     run_training(spec_path, out=out_dir, overrides=set_, resume=resume, device=device, export=not no_export)
+
+
+def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, nproc: int) -> None:
+    if resume is not None or nproc != 1 or spec_path is None:
+        raise ConvspecError("--folds K trains a SPEC from the start, in one process (not with --resume or --nproc)")
+    if folds < 2:
+        raise ConvspecError(f"--folds {folds}: must be at least 2")
+    from convspec.specs import load_spec
+
+    from ..training.folds import train_folds
+
+    spec = load_spec(spec_path, overrides=set_)
+    train_folds(spec, folds, out_dir, device=device, log=lambda m: err.print(m, markup=False))
 
 
 @user_errors

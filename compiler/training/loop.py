@@ -19,6 +19,7 @@ from pathlib import Path
 from convspec.runtime.files import atomic_write_text
 from convspec.specs import ConvspecError, Spec, load_spec
 
+from ..data.dataset import Dataset
 from ..data.loading import load_dataset
 from ..data.split import save_split
 from ..run import checkpoint
@@ -45,14 +46,14 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    dataset: Dataset | None = None,
 ) -> Run:
-    """Train a spec (a Spec or a spec file) and write its run folder under ``out``.
+    """Train a spec (a Spec or a spec file) and write its run folder under ``out``; return the Run.
 
-    ``resume`` continues a run folder from its ``last.pt``; ``device`` overrides
-    ``training.device`` without changing the given Spec; ``test=False`` never looks at the test
-    split (tuning trials); ``on_epoch`` gets each epoch's record (tuning prunes there).
-    Returns the Run; test metrics are in ``run.read_results()``. Raises a ConvspecError for a bad
-    spec, bad data, an unusable checkpoint, a diverged loss or Ctrl-C (TrainingInterrupted).
+    ``resume``: continue a run from its ``last.pt``. ``device``: overrides ``training.device`` (the
+    given Spec is not changed). ``test=False``: never look at the test split (tuning trials).
+    ``on_epoch``: gets each epoch's record. ``dataset``: decoded data with its split (k-fold).
+    Raises a ConvspecError for bad input, a diverged loss or Ctrl-C (TrainingInterrupted).
     """
     dd = distributed.from_env()
     log = (log or stderr_log()) if dd.is_main else silent  # under torchrun, rank 0 speaks
@@ -65,7 +66,7 @@ def train(
 
     # data first: bad data must leave no run folder behind
     split_file = str(run.split) if run is not None and run.split.exists() else None
-    data = load_dataset(spec, split_file=split_file, log=log)
+    data = dataset or load_dataset(spec, split_file=split_file, log=log)
     run = run or _new_run_folder(out, spec, data, dd)
     t_data = time.perf_counter() - t_start
 

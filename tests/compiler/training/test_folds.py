@@ -1,0 +1,64 @@
+"""K-fold cross-validation: five folds of digits, the same test split in each, cv.json with mean +- std."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convspec.compiler.data.loading import load_dataset
+from convspec.compiler.training.folds import fold_splits
+from convspec.specs import ConvspecError, load_spec
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_fold_splits_keep_test_fixed_and_rotate_validation():
+    spec = load_spec(REPO / "examples" / "digits.yaml")
+    data = load_dataset(spec, log=lambda _m: None)
+    splits = fold_splits(data, 5, seed=0)
+    assert len(splits) == 5
+    pool = np.concatenate([data.splits["train"], data.splits["val"]])
+    vals = np.concatenate([s["val"] for s in splits])
+    assert sorted(vals) == sorted(pool), "every non-test image validates exactly once"
+    for s in splits:
+        assert np.array_equal(s["test"], data.splits["test"])
+        assert not set(s["train"]) & set(s["val"]) and not set(s["train"]) & set(s["test"])
+        assert len(np.unique(data.labels[s["val"]])) == 10  # stratified
+    assert splits[0]["val"].tolist() != fold_splits(data, 5, seed=1)[0]["val"].tolist()
+    with pytest.raises(ConvspecError, match="--folds 2000"):
+        fold_splits(data, 2000, seed=0)
+
+
+@pytest.mark.slow
+def test_train_folds_cli_writes_five_folds_and_cv_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from convspec.compiler.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["train", str(REPO / "examples" / "digits.yaml"), "--folds", "5", "--out", str(tmp_path),
+         "--set", "training.epochs=1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    parent = tmp_path / "digits-cnn"
+    cv = json.loads((parent / "cv.json").read_text())
+    assert cv["folds"] == 5 and cv["runs"] == [f"fold-{i}" for i in range(1, 6)]
+    tests = []
+    for i in range(1, 6):
+        split = json.loads((parent / f"fold-{i}" / "split.json").read_text())
+        tests.append(split["splits"]["test"]["files"])
+    assert all(t == tests[0] for t in tests) and tests[0]
+    acc = cv["test"]["accuracy"]
+    per_fold = [json.loads((parent / f"fold-{i}" / "results.json").read_text())["test"]["metrics"]["accuracy"]
+                for i in range(1, 6)]  # fmt: skip
+    assert acc["values"] == per_fold
+    assert acc["mean"] == pytest.approx(statistics.fmean(per_fold)) and acc["std"] == pytest.approx(
+        statistics.stdev(per_fold)
+    )
+    assert (parent / "model.onnx").is_file() and (parent / f"fold-{cv['best_fold']}" / "model.onnx").is_file()
+    assert "+-" in result.stderr
