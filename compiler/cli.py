@@ -162,6 +162,10 @@ app.command("export")(export)
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
 
+from convspec.compiler.cli_serve import serve  # noqa: E402  (torch-free; FastAPI inside the command)
+
+app.command("serve")(serve)
+
 
 def main() -> None:
     app()
