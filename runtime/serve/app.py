@@ -11,7 +11,7 @@ FastAPI, uvicorn and prometheus-client are the ``serve`` extra, imported inside
 :func:`create_app` (``pip install "convspec[serve]"``).
 """
 
-# Why no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime.
+from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -91,7 +91,7 @@ def create_app(
 
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1 (got {max_bytes})")
-    predictor = Predictor(model_path, intra_op_threads=intra_op_threads)
+    predictor = Predictor(model_path, intra_op_threads=intra_op_threads, spinning=False)
     info = predictor.info
     channels, size, resize = info.channels, info.size, info.resize
     classes = predictor.classes
@@ -118,7 +118,14 @@ def create_app(
     def run_batch(batch: np.ndarray) -> np.ndarray:
         return predictor.class_probabilities(predictor.predict_arrays(batch))
 
-    batcher = Batcher(run_batch, max_batch=max_batch, max_delay=max_delay_ms / 1000.0, on_batch=m_batch.observe)
+    arriving = [0]  # requests inside POST /predict that have not queued their images yet
+    batcher = Batcher(
+        run_batch,
+        max_batch=max_batch,
+        max_delay=max_delay_ms / 1000.0,
+        on_batch=m_batch.observe,
+        arriving=lambda: arriving[0],
+    )
     decode_pool = ThreadPoolExecutor(
         max_workers=min(8, (os.cpu_count() or 1) + 2), thread_name_prefix="convspec-decode"
     )
@@ -248,19 +255,25 @@ def create_app(
 
     # -- endpoints
 
-    @app.post("/predict")
+    # Why Starlette routes (app.add_route) and not FastAPI's decorators: the endpoints take the raw
+    # Request and build their own responses, and FastAPI's per-request dependency solving and
+    # response validation cost about as much CPU as the model itself on small images.
+
     async def predict(request: Request):
-        k = top_k_of(request)
-        items = await uploads(request, await read_body(request))
-        arrays = await decode(items)
+        arriving[0] += 1
+        try:
+            k = top_k_of(request)
+            items = await uploads(request, await read_body(request))
+            arrays = await decode(items)
+        finally:
+            arriving[0] -= 1
         rows = await batcher.submit(arrays)
         m_images.inc(len(rows))
         # Why the private method: the same Prediction (and so the same JSON) as Predictor.predict.
         preds = [predictor._prediction(src, row, k).to_dict() for (src, _), row in zip(items, rows)]
         return JSONResponse({"predictions": preds})
 
-    @app.get("/health")
-    async def health():
+    async def health(_request: Request):
         return JSONResponse({"status": "ok"})
 
     meta = {
@@ -276,19 +289,22 @@ def create_app(
         "max_bytes": max_bytes,
     }
 
-    @app.get("/metadata")
-    async def metadata():
+    async def metadata(_request: Request):
         return JSONResponse(meta)
 
-    @app.get("/metrics")
-    async def metrics():
+    async def metrics(_request: Request):
         return Response(prom.generate_latest(registry), media_type=prom.CONTENT_TYPE_LATEST)
 
     page = page_html()
 
-    @app.get("/")
-    async def index():
+    async def index(_request: Request):
         return HTMLResponse(page)
+
+    app.add_route("/predict", predict, methods=["POST"])
+    app.add_route("/health", health, methods=["GET"])
+    app.add_route("/metadata", metadata, methods=["GET"])
+    app.add_route("/metrics", metrics, methods=["GET"])
+    app.add_route("/", index, methods=["GET"])
 
     app.add_middleware(_Count, requests=m_requests, latency=m_latency)
     return app

@@ -27,6 +27,9 @@ class Batcher:
         max_batch: the most images per run.
         max_delay: seconds the first image of a batch waits for company.
         on_batch: called with each batch's size (metrics).
+        arriving: how many requests are on their way (being read or decoded); when it says 0
+            and the queue is empty, a batch runs at once instead of waiting out ``max_delay``
+            (a lone client pays no delay; under load, images queue while a batch runs).
 
     The batching task starts with the first :meth:`submit` in a running event loop (and
     again in a new loop, as a test client may use one per request).
@@ -39,6 +42,7 @@ class Batcher:
         max_batch: int = 32,
         max_delay: float = 0.005,
         on_batch: Callable[[int], None] | None = None,
+        arriving: Callable[[], int] | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
@@ -48,6 +52,7 @@ class Batcher:
         self.max_batch = int(max_batch)
         self.max_delay = float(max_delay)
         self.on_batch = on_batch
+        self.arriving = arriving
         # Why one thread: one ORT session runs one batch at a time and uses every core inside.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convspec-ort")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,12 +93,15 @@ class Batcher:
         while True:
             items = [await queue.get()]
             deadline = loop.time() + self.max_delay
+            await asyncio.sleep(0)  # Why: let requests whose bytes are already here reach the queue
             while len(items) < self.max_batch:
                 try:
                     items.append(queue.get_nowait())
                     continue
                 except asyncio.QueueEmpty:
                     pass
+                if self.arriving is not None and self.arriving() == 0:
+                    break  # nobody else is coming: waiting would only add latency
                 left = deadline - loop.time()
                 if left <= 0:
                     break
