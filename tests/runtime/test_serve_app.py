@@ -12,6 +12,7 @@ import io
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import httpx
@@ -261,3 +262,30 @@ def test_serve_without_the_extra_names_it(model):
     proc = subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and 'pip install "convspec[serve]"' in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_lone_request_does_not_wait_out_max_delay(model):
+    """With nobody else on the way, the batch runs at once (max_delay 3 s would show)."""
+    with TestClient(create_app(model, max_delay_ms=3000)) as c:
+        c.post("/predict", content=band_png(0))
+        start = time.perf_counter()
+        for j in range(3):
+            assert c.post("/predict", content=band_png(j)).json()["predictions"][0]["label"] == "abc"[j]
+        assert time.perf_counter() - start < 2.5
+
+
+def test_load_image_bytes_gives_load_image_pixels(tmp_path):
+    """The server's decoder is the file loader: same pixels for PNG, JPEG (drafted) and WebP uploads."""
+    from convspec.runtime.images import ImageTooLarge, load_image, load_image_bytes
+
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    for fmt, ext in (("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp")):
+        path = tmp_path / f"p.{ext}"
+        Image.fromarray(photo).save(path, format=fmt)
+        for channels, size, how in ((1, (12, 12), "stretch"), (3, (32, 48), "letterbox"), (3, (40, 40), "crop")):
+            want = load_image(path, channels, size, how)
+            got = load_image_bytes(path.read_bytes(), "upload", channels, size, how)
+            assert got.dtype == np.uint8 and np.array_equal(got, want), (fmt, channels, size, how)
+    with pytest.raises(ImageTooLarge, match="^upload: image is too large"):
+        load_image_bytes(png_bomb(20_000, 20_000), "upload", 1, (8, 8))
