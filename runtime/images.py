@@ -33,6 +33,7 @@ pixels and for transparent pixels that hold leftover colour.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -49,9 +50,11 @@ from convspec.specs.errors import ConvspecError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageError",
+    "ImageTooLarge",
     "decode_into",
     "is_image_file",
     "load_image",
+    "load_image_bytes",
     "load_images",
     "prepare_array",
 ]
@@ -86,6 +89,10 @@ class ImageError(ConvspecError):
         return f"{self.path}: {self.reason}"
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (``Image.MAX_IMAGE_PIXELS``): a decompression bomb, or just too big."""
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     """Whether the name has an image extension (case-insensitive). Says nothing about the content."""
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
@@ -117,7 +124,34 @@ def load_image(
     """
     _check_args(channels, size, resize)
     name = os.fspath(path)
-    im = _open(name)
+    return _decode(name, _open(name), channels, size, resize)
+
+
+def load_image_bytes(
+    data: bytes,
+    name: str,
+    channels: int,
+    size: Sequence[int],
+    resize: str = "stretch",
+) -> np.ndarray:
+    """Decode an encoded image held in memory (an upload) exactly as :func:`load_image` decodes a file.
+
+    Args:
+        data: the encoded file's bytes.
+        name: how errors name it (an upload's file name, ``"body"``).
+        channels, size, resize: as :func:`load_image`.
+
+    Raises:
+        ImageError: as :func:`load_image` (:class:`ImageTooLarge` over the pixel limit).
+    """
+    _check_args(channels, size, resize)
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    return _decode(name, _open(name, io.BytesIO(data)), channels, size, resize)
+
+
+def _decode(name: str, im: Image.Image, channels: int, size: Sequence[int], resize: str) -> np.ndarray:
+    """An opened image -> ``(C, H, W)`` uint8: draft, full decode, orientation, mode, resize."""
     try:
         if im.format in ("JPEG", "MPO"):
             _draft(im, int(size[0]), int(size[1]), resize)
@@ -304,28 +338,23 @@ def _check_args(channels: int, size: Sequence[int], resize: str) -> None:
         raise ValueError(f"resize must be one of {', '.join(_RESIZE_MODES)} (got {resize!r})")
 
 
-def _open(name: str) -> Image.Image:
-    """Open (header only) with the size limit as an error, and turn OS errors into reasons."""
-    try:
-        if os.path.isdir(name):
-            raise ImageError(name, "is a folder, not an image file")
-        if os.path.getsize(name) == 0:
-            raise ImageError(name, "empty file (0 bytes)")
-    except FileNotFoundError:
-        reason = "broken link (target not found)" if os.path.islink(name) else "file not found"
-        raise ImageError(name, reason) from None
-    except OSError as e:
-        raise ImageError(name, f"cannot read file ({e.strerror or e})") from None
+def _open(name: str, data: io.BytesIO | None = None) -> Image.Image:
+    """Open (header only) with the size limit as an error, and turn OS errors into reasons.
+
+    ``data``: the encoded bytes in memory (then ``name`` only names them in errors).
+    """
+    if data is None:
+        _check_path(name)
     limit = Image.MAX_IMAGE_PIXELS
     try:
         with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(name)
+            im = Image.open(name if data is None else data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         m = re.search(r"\((\d+) pixels\)", str(e))
         pixels = m.group(1) if m else "?"
-        raise ImageError(name, f"image is too large: {pixels} pixels, limit {limit}") from None
+        raise ImageTooLarge(name, f"image is too large: {pixels} pixels, limit {limit}") from None
     except UnidentifiedImageError:
         hint = "; ".join(str(w.message) for w in caught if "opening failed" not in str(w.message))
         raise ImageError(name, "not an image (unrecognised format" + (f": {hint}" if hint else "") + ")") from None
@@ -338,8 +367,22 @@ def _open(name: str) -> Image.Image:
         raise ImageError(name, f"unsupported image format {im.format} (supported: PNG, JPEG, BMP, GIF, TIFF, WebP)")
     if limit is not None and im.width * im.height > limit:  # Why: plugins with error_only checks
         im.close()
-        raise ImageError(name, f"image is too large: {im.width * im.height} pixels, limit {limit}")
+        raise ImageTooLarge(name, f"image is too large: {im.width * im.height} pixels, limit {limit}")
     return im
+
+
+def _check_path(name: str) -> None:
+    """A readable, non-empty file, or an ImageError saying what it is instead."""
+    try:
+        if os.path.isdir(name):
+            raise ImageError(name, "is a folder, not an image file")
+        if os.path.getsize(name) == 0:
+            raise ImageError(name, "empty file (0 bytes)")
+    except FileNotFoundError:
+        reason = "broken link (target not found)" if os.path.islink(name) else "file not found"
+        raise ImageError(name, reason) from None
+    except OSError as e:
+        raise ImageError(name, f"cannot read file ({e.strerror or e})") from None
 
 
 def _draft(im: Image.Image, h: int, w: int, how: str) -> None:

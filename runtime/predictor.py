@@ -86,6 +86,8 @@ class Predictor:
         providers: ``"auto"`` (CUDA first where usable, CPU fallback), ``"cpu"``, ``"cuda"``,
             or a list of ORT provider names.
         intra_op_threads: ORT's intra-op thread count (default: ORT's choice, all cores).
+        spinning: let ORT's idle threads busy-wait for the next run (fastest for back-to-back
+            batches; a server turns it off, see :func:`~convspec.runtime.session.session_options`).
 
     Thread-safe: ``predict`` and ``predict_arrays`` may be called from many threads at once
     (ORT's ``run`` is thread-safe and the predictor holds no mutable state).
@@ -104,9 +106,11 @@ class Predictor:
         path: str | os.PathLike | bytes,
         providers: str | Sequence[str] = "auto",
         intra_op_threads: int | None = None,
+        *,
+        spinning: bool = True,
     ):
         self.path = "<model bytes>" if isinstance(path, bytes) else os.fspath(path)
-        self.session = open_session(path, providers, intra_op_threads)
+        self.session = open_session(path, providers, intra_op_threads, spinning=spinning)
         if isinstance(providers, str) and providers.lower() == "cuda" and CUDA not in self.session.get_providers():
             raise ModelError(f"{self.path}: providers='cuda' but onnxruntime could not start CUDA; use 'auto' or 'cpu'")
         self._input, self._output, shape = _check_io(self.session, self.path)

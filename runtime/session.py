@@ -98,8 +98,12 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
     return list(providers)
 
 
-def session_options(intra_op_threads: int | None = None):
-    """Full graph optimization; ORT's per-session warnings kept off the user's screen."""
+def session_options(intra_op_threads: int | None = None, *, spinning: bool = True):
+    """Full graph optimization; ORT's per-session warnings kept off the user's screen.
+
+    ``spinning=False``: ORT's idle worker threads sleep instead of busy-waiting for the next
+    run (a server between requests, sharing its cores with decoding and HTTP).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -107,11 +111,17 @@ def session_options(intra_op_threads: int | None = None):
     so.log_severity_level = 3  # Why: e.g. "some nodes were not assigned to the preferred EP" on CUDA
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
 def open_session(
-    model: str | os.PathLike | bytes, providers: str | Sequence[str] = "auto", intra_op_threads: int | None = None
+    model: str | os.PathLike | bytes,
+    providers: str | Sequence[str] = "auto",
+    intra_op_threads: int | None = None,
+    *,
+    spinning: bool = True,
 ):
     """An ORT ``InferenceSession`` for a model file (or serialized bytes), with clear errors.
 
@@ -129,7 +139,9 @@ def open_session(
         source = name
     try:
         return ort.InferenceSession(
-            source, sess_options=session_options(intra_op_threads), providers=resolve_providers(providers)
+            source,
+            sess_options=session_options(intra_op_threads, spinning=spinning),
+            providers=resolve_providers(providers),
         )
     except ModelError:
         raise

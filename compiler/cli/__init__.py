@@ -1,7 +1,7 @@
 """The ``convspec`` command: one Typer app, every command registered explicitly here.
 
 Each group of commands lives in its own module, importable on its own: ``spec`` (validate,
-summary, schema) and ``deploy`` (predict, evaluate) never import torch; ``train`` (train,
+summary, schema), ``deploy`` (predict, evaluate) and ``serve`` never import torch; ``train`` (train,
 tune, export) imports it inside the commands.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from . import deploy, spec, train
+from . import deploy, serve, spec, train
 
 app = typer.Typer(
     name="convspec",
@@ -27,6 +27,7 @@ app.command("tune")(train.tune)
 app.command("export")(train.export)
 app.command("predict")(deploy.predict)
 app.command("evaluate")(deploy.evaluate)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""Serve an exported model over HTTP: ``convspec serve MODEL.onnx`` (the ``serve`` extra).
+
+>>> from convspec.runtime.serve import create_app, run
+>>> app = create_app("runs/digits-cnn/model.onnx")      # a FastAPI app (tests, other ASGI servers)
+>>> run("runs/digits-cnn/model.onnx", port=8000)         # uvicorn, until Ctrl-C
+
+Endpoints (``../shared/SPEC.md``, "Serving"): ``POST /predict`` (one image as the body,
+source ``"body"``; or several multipart ``file`` fields, source = each part's file name;
+``?top_k=K``) answers ``{"predictions": [...]}``, each item what ``convspec predict
+--format json`` prints for that image; ``GET /health``, ``/metadata``, ``/metrics``
+(Prometheus text) and ``/`` (a page to try images). Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from convspec.specs.extras import require
+
+from .app import BODY, ENV, ClientError, create_app
+
+__all__ = ["BODY", "ClientError", "create_app", "run"]
+
+
+def run(
+    model_path: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 32,
+    max_delay_ms: float = 5.0,
+    max_bytes: int = 20_000_000,
+    workers: int = 1,
+) -> None:
+    """Serve ``model_path`` with uvicorn until interrupted.
+
+    Args:
+        model_path: the ``.onnx`` file.
+        host, port: where to listen (``127.0.0.1`` is this machine only; ``0.0.0.0`` every interface).
+        max_batch, max_delay_ms, max_bytes: see :func:`create_app`.
+        workers: processes, each with its own model session and batcher, sharing the port;
+            ORT's threads are divided among them.
+
+    Raises:
+        MissingExtra: the ``serve`` extra is not installed.
+        ModelError: the model cannot be used (checked before listening).
+    """
+    uvicorn = require("uvicorn", "serve", "convspec serve")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 (got {workers})")
+    path = os.fspath(model_path)
+    common = dict(host=host, port=port, access_log=False, log_level="info", timeout_graceful_shutdown=5)
+    if workers == 1:
+        app = create_app(path, max_batch=max_batch, max_delay_ms=max_delay_ms, max_bytes=max_bytes)
+        uvicorn.run(app, **common)
+        return
+    from ..metadata import read_metadata
+
+    read_metadata(path)  # Why: a bad model fails here, once, with its message, not in N workers
+    # Why divide: N sessions each taking every core would fight over them.
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ[ENV] = json.dumps(
+        dict(
+            model_path=os.path.abspath(path),
+            max_batch=max_batch,
+            max_delay_ms=max_delay_ms,
+            max_bytes=max_bytes,
+            intra_op_threads=threads,
+        )
+    )
+    uvicorn.run("convspec.runtime.serve.app:app_from_env", factory=True, workers=workers, **common)
