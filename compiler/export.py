@@ -337,9 +337,9 @@ def ort_probabilities(blob: bytes, images: np.ndarray) -> np.ndarray:
 
 
 def _top1(probs: np.ndarray, task: str) -> np.ndarray:
-    if task == "binary" or probs.shape[1] == 1:
-        return (probs[:, 0] >= 0.5).astype(np.int64)
-    return probs.argmax(axis=1)
+    from convspec.runtime.metrics import predictions
+
+    return predictions(probs, "binary" if task == "binary" or probs.shape[1] == 1 else task)
 
 
 def _parity(model: torch.nn.Module, blob: bytes, images: np.ndarray, task: str) -> dict:
