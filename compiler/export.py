@@ -258,7 +258,10 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         version = importlib.metadata.version("convspec")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    metrics = _read_results(run).get("test", {}).get("metrics", {})
+    from convspec.runtime.threshold import threshold_from_results
+
+    results = _read_results(run)
+    metrics = results.get("test", {}).get("metrics", {})
     info = ModelInfo(
         classes=tuple(class_names),
         task=spec.task,
@@ -267,8 +270,9 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         resize=spec.input.resize,
         spec=spec.to_yaml(),
         version=version,
-        test_metrics={k: v for k, v in metrics.items() if v == v},
-    )  # drop NaN
+        test_metrics={k: v for k, v in metrics.items() if v == v},  # drop NaN
+        threshold=threshold_from_results(results) if spec.task == "binary" else None,
+    )
     props = info.to_props()
     keep = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
