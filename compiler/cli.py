@@ -162,6 +162,10 @@ app.command("export")(export)
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
 
+from convspec.compiler.cli_compare import compare  # noqa: E402  (torch-free)
+
+app.command("compare")(compare)
+
 
 def main() -> None:
     app()
