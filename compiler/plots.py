@@ -82,7 +82,7 @@ def plot_errors(
         return _save(fig, path)
     cols = min(8, len(worst))
     rows = math.ceil(len(worst) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(1.6 * cols, 4.8), 1.9 * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (i, pred, p) in zip(axes.ravel(), worst, strict=False):
@@ -93,7 +93,8 @@ def plot_errors(
             ax.imshow(np.transpose(img, (1, 2, 0)), interpolation="nearest")
         true = class_names[int(np.asarray(y_true)[i])]
         ax.set_title(f"{true} -> {class_names[pred]}\np={p:.3f}", fontsize=8)
-    fig.suptitle(f"worst {len(worst)} mistakes (true -> predicted, its probability)", fontsize=10)
+    n = len(worst)
+    fig.suptitle(f"worst {n} mistake{'s' if n != 1 else ''}: true -> predicted, its probability", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -154,7 +155,7 @@ def plot_pr(y: np.ndarray, probs: np.ndarray, class_names: Sequence[str], task: 
         ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"chance ({prevalence:.2f})")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    title = "precision-recall" + (f", mean AP {np.mean(aps):.4f}" if len(aps) > 1 else "")
+    title = "precision-recall" + (f", {'mean AP' if len(aps) > 1 else 'AP'} {np.mean(aps):.4f}" if aps else "")
     ax.set_title(title if curves else "precision-recall: the split holds a single class")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.05)
