@@ -68,12 +68,16 @@ class Comparison:
         return [m for m in METRIC_ORDER if m in found] + sorted(found - set(METRIC_ORDER))
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per run: name, path, differs (``{dotted key: value}``), metrics, epochs, train_s, images_per_s."""
+        """One dict per run: name, path, differs, metrics, epochs, train_s, images_per_s.
+
+        ``differs`` maps each differing dotted key that the run's spec has to its value (a key
+        only other runs have is left out).
+        """
         return [
             {
                 "name": r.name,
                 "path": str(r.path),
-                "differs": {k: r.spec.get(k) for k in self.differing},
+                "differs": {k: r.spec[k] for k in self.differing if k in r.spec},  # absent keys left out
                 "metrics": {m: r.test.get(m) for m in self.metrics},
                 "epochs": r.epochs_run,
                 "train_s": r.train_s,
@@ -93,7 +97,7 @@ class Comparison:
             w.writerow(
                 [
                     row["name"],
-                    *(_cell(v) for v in row["differs"].values()),
+                    *(_cell(row["differs"].get(k)) for k in self.differing),
                     *(_cell(v) for v in row["metrics"].values()),
                     _cell(row["epochs"]),
                     _cell(row["train_s"]),
@@ -176,6 +180,7 @@ def plot_compare(comparison: Comparison, path: str | os.PathLike, curves: tuple[
 
     matplotlib.use("Agg")  # Why: headless servers; never open a window
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4.2), squeeze=False)
     for ax, key in zip(axes[0], curves, strict=True):
@@ -189,6 +194,7 @@ def plot_compare(comparison: Comparison, path: str | os.PathLike, curves: tuple[
                 ax.plot(epochs, ys, "-o", markersize=3, label=label)
                 shown = True
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         ax.grid(alpha=0.3)
         if shown:
