@@ -170,6 +170,9 @@ class Training(Strict):
     seed: int = 0
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     compile: bool = False
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        [], description="experiment trackers: TensorBoard events in RUN/tensorboard/, an MLflow run"
+    )
 
 
 # ---------------------------------------------------------------------- tune
