@@ -61,3 +61,34 @@ def test_binary_curves_and_degenerate_splits(tmp_path):
     x = np.zeros((3, 3, 8, 8), np.uint8)  # RGB tiles, and a split without mistakes
     plot_errors(x, np.array([0, 1, 1]), np.array([[0.1], [0.9], [0.8]]), ["ok", "defect"], tmp_path / "none.png")
     assert len(list(tmp_path.glob("*.png"))) == 6
+
+
+def test_report_links_the_pictures_and_the_threshold(tmp_path):
+    from convspec.compiler.report import write_report
+
+    for name in ("errors", "roc", "calibration"):  # pr.png missing: not linked
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{name}.png")
+    results = {
+        "name": "screen",
+        "task": "binary",
+        "classes": ["ok", "defect"],
+        "counts": {"test": {"ok": 5, "defect": 5}},
+        "epochs_run": 1,
+        "epochs": 1,
+        "device": "cpu",
+        "precision": "fp32",
+        "timings": {"data_s": 0.1, "train_s": 1.0, "images_per_s": 10.0},
+        "test": {
+            "metrics": {"accuracy": 0.9},
+            "per_class": {"classes": {}, "confusion": [[5, 0], [1, 4]]},
+        },
+        "threshold": {
+            "value": 0.31,
+            "rule": {"recall": 0.95},
+            "test": {"sensitivity": 0.96, "specificity": 0.8},
+        },
+    }
+    write_report(tmp_path / "report.md", results)
+    text = (tmp_path / "report.md").read_text()
+    assert "![errors](errors.png)" in text and "![calibration](calibration.png)" in text and "pr.png" not in text
+    assert "Operating threshold 0.3100 (recall 0.95, chosen on validation): test sensitivity 0.9600" in text
