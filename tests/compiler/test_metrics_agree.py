@@ -22,6 +22,16 @@ from convspec.runtime.evaluate import evaluate_arrays
 from convspec.specs import load_spec, load_spec_text
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def digits_uint8():
+    """scikit-learn's digits as uint8 ``(1797, 8, 8)`` (x 255 / 16, rounded) and targets (as tests/conftest.py)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.rint(d.images * 255.0 / 16.0).astype(np.uint8), d.target
+
+
 QUIET = {"progress": False, "log": lambda _m: None}
 KEYS = ("accuracy", "precision", "recall", "f1", "auc")
 METRICS = "training.metrics=[accuracy, precision, recall, f1, auc]"
@@ -83,7 +93,6 @@ def test_multiclass_run_one_f1_everywhere(tmp_path):
 @pytest.mark.slow
 def test_multiclass_with_a_class_absent_from_test(tmp_path):
     from convspec.compiler.split import make_split
-    from tests.conftest import digits_uint8
 
     pixels, target = digits_uint8()
     root = tmp_path / "data"

@@ -7,7 +7,14 @@ import pytest
 from PIL import Image
 
 from convspec.compiler.plots import plot_calibration, plot_errors, plot_pr, plot_results, plot_roc, worst_mistakes
-from tests.conftest import digits_uint8
+
+
+def digits_uint8():
+    """scikit-learn's digits as uint8 ``(1797, 8, 8)`` (x 255 / 16, rounded) and targets (as tests/conftest.py)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.rint(d.images * 255.0 / 16.0).astype(np.uint8), d.target
 
 
 @pytest.fixture

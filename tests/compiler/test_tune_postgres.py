@@ -22,8 +22,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.compiler.test_tune import write_spec
-
+# Threes against eights at 8x8, one tiny conv: a trial trains in about a second (as test_tune.py's).
+TINY = """\
+version: 1
+name: tiny
+task: binary
+data:
+  source: {type: builtin, name: digits, classes: [3, 8]}
+  split: {train: 0.6, val: 0.2, test: 0.2, seed: 0}
+input: {channels: 1, size: [8, 8]}
+model:
+  layers:
+    - {type: conv, filters: 4, kernel: 3, activation: relu}
+    - {type: max_pool, size: 2}
+    - {type: global_avg_pool}
+training: {epochs: 1, batch_size: 32, optimizer: {type: adam, lr: 0.01}}
+tune:
+  sampler: random
+  pruner: none
+  space:
+    training.optimizer.lr: {type: float, low: 0.001, high: 0.05, log: true}
+"""
 PG_USER = "postgres"  # the distribution's server account (Debian's postgresql package creates it)
 
 
@@ -107,11 +126,8 @@ def postgres_url():
 def test_two_workers_share_one_postgres_study(tmp_path, postgres_url):
     import optuna
 
-    path = write_spec(
-        tmp_path,
-        "tune:\n  sampler: random\n  pruner: none\n  space:\n"
-        "    training.optimizer.lr: {type: float, low: 0.001, high: 0.05, log: true}\n",
-    )
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CONVSPEC_CACHE": str(tmp_path / "cache")}
     asked = [2, 3]
     procs = [
