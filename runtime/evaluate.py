@@ -3,11 +3,12 @@
 Torch-free. The data is an ImageFolder tree (one sub-folder per class) or a CSV
 (``path,label``); its class names are matched to the model's by name, so the data may hold
 a subset of the model's classes in any order, but never a class the model does not know.
-Metrics are computed with numpy (a confusion matrix is all they need).
+Metrics come from :mod:`convspec.runtime.metrics`, the definitions training uses.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import metrics
 from .datasets import DataError, list_csv, list_folder
 from .images import load_images
 from .predictor import Predictor
@@ -24,18 +26,23 @@ CHUNK = 1024  # images decoded at a time: bounds memory on large folders
 
 @dataclass
 class EvalResult:
-    """Scores of a model on labelled images.
+    """Scores of a model on labelled images (definitions: :mod:`convspec.runtime.metrics`).
 
     Attributes:
         classes: the model's class names (rows and columns of ``confusion``).
         confusion: ``(K, K)`` int64, rows true class, columns predicted class.
         accuracy: fraction of images predicted right.
-        per_class: ``{name: {"precision", "recall", "f1", "support"}}`` for every model class.
-        precision, recall, f1: macro averages over the classes present in the data.
+        per_class: ``{name: {"precision", "recall", "f1", "support", "auc"}}`` for every model class.
+        precision, recall, f1: binary: of the positive (second) class; multiclass: macro averages
+            over every class of the model (absent ones count, with 0).
         images: number of images scored.
         failures: ``(path, reason)`` of images that could not be read (skipped).
         y_true, y_pred: class indices per scored image (into ``classes``).
         probabilities: ``(N, K)`` class probabilities per scored image.
+        task: ``binary`` or ``multiclass``.
+        auc: binary ROC AUC, or one-vs-rest macro over the classes present (NaN without probabilities).
+        ece: expected calibration error, 15 bins (NaN without probabilities).
+        threshold: the binary operating threshold the labels were decided with (None: multiclass).
     """
 
     classes: list[str]
@@ -50,68 +57,101 @@ class EvalResult:
     y_true: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     y_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    task: str = "multiclass"
+    auc: float = math.nan
+    ece: float = math.nan
+    threshold: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def metrics(self) -> dict[str, float]:
+        """accuracy, precision, recall, f1, auc, ece: the keys of results.json's test metrics."""
         return {
-            "images": self.images,
             "accuracy": self.accuracy,
             "precision": self.precision,
             "recall": self.recall,
             "f1": self.f1,
-            "classes": self.classes,
-            "per_class": self.per_class,
-            "confusion": self.confusion.tolist(),
-            "failures": [list(f) for f in self.failures],
+            "auc": self.auc,
+            "ece": self.ece,
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(v: float) -> float | None:
+            return None if isinstance(v, float) and math.isnan(v) else v  # Why: JSON has no NaN
+
+        out: dict[str, Any] = {"images": self.images, "task": self.task}
+        out.update({k: num(v) for k, v in self.metrics.items()})
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        out.update(
+            {
+                "classes": self.classes,
+                "per_class": {n: {k: num(v) for k, v in c.items()} for n, c in self.per_class.items()},
+                "confusion": self.confusion.tolist(),
+                "failures": [list(f) for f in self.failures],
+            }
+        )
+        return out
 
 
 def scores(
     y_true: np.ndarray,
-    y_pred: np.ndarray,
+    y_pred: np.ndarray | None,
     classes: Sequence[str],
     probabilities: np.ndarray | None = None,
     failures: list | None = None,
+    *,
+    task: str = "multiclass",
+    threshold: float | None = None,
 ) -> EvalResult:
-    """:class:`EvalResult` from true and predicted class indices (into ``classes``)."""
+    """:class:`EvalResult` from true class indices (into ``classes``) and predictions.
+
+    Args:
+        y_true: true class indices.
+        y_pred: predicted class indices; None: decided from ``probabilities`` (binary:
+            ``p >= threshold``, default 0.5; multiclass: argmax).
+        classes: the model's class names.
+        probabilities: ``(N, K)`` class probabilities (binary: ``(N, 2)`` or ``(N, 1)``); AUC and
+            ECE need them.
+        failures: unreadable images, passed through.
+        task: ``binary`` (precision/recall/F1 of the second class) or ``multiclass`` (macro).
+        threshold: binary operating threshold, recorded in the result.
+    """
     k = len(classes)
     y_true = np.asarray(y_true, np.int64)
+    has_probs = probabilities is not None and len(probabilities) == len(y_true) and len(y_true) > 0
+    if y_pred is None:
+        if probabilities is None:
+            raise ValueError("scores needs y_pred or probabilities")
+        y_pred = metrics.predictions(probabilities, task, threshold)
     y_pred = np.asarray(y_pred, np.int64)
-    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
-        recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    present = support > 0
-    per_class = {
-        name: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(classes)
-    }
-
-    def macro(v: np.ndarray) -> float:
-        return float(v[present].mean()) if present.any() else 0.0
-
     n = len(y_true)
+    zero = dict.fromkeys(("accuracy", "precision", "recall", "f1"), 0.0)
+    label = metrics.label_metrics(y_true, y_pred, task, k) if n else zero
+    detail = metrics.per_class(classes, y_true, probabilities if has_probs else None, task, pred=y_pred)
+    per_class = detail["classes"]
+    if not has_probs:
+        for c in per_class.values():
+            c.pop("auc", None)
+    probs = (
+        metrics.class_probabilities(probabilities, task) if probabilities is not None and len(probabilities) else None
+    )
     return EvalResult(
         classes=list(classes),
-        confusion=cm,
-        accuracy=float(tp.sum() / n) if n else 0.0,
+        confusion=np.asarray(detail["confusion"], np.int64).reshape(k, k),
+        accuracy=label["accuracy"],
         per_class=per_class,
-        precision=macro(precision),
-        recall=macro(recall),
-        f1=macro(f1),
+        precision=label["precision"],
+        recall=label["recall"],
+        f1=label["f1"],
         images=n,
         failures=list(failures or []),
         y_true=y_true,
         y_pred=y_pred,
-        probabilities=probabilities if probabilities is not None else np.zeros((0, k)),
+        probabilities=probs if probs is not None else np.zeros((0, k)),
+        task=task,
+        auc=metrics.auc(y_true, probabilities, task) if has_probs else math.nan,
+        ece=metrics.expected_calibration_error(y_true, probabilities, task) if has_probs else math.nan,
+        threshold=(0.5 if threshold is None else float(threshold)) if task == "binary" else None,
     )
 
 
@@ -175,7 +215,9 @@ def evaluate_files(
         )
     p = np.concatenate(probs)
     y = np.concatenate(kept_labels)
-    return scores(y, predictor.decide(p), predictor.classes, p, failures)
+    return scores(
+        y, predictor.decide(p), predictor.classes, p, failures, task=predictor.task, threshold=predictor.threshold
+    )
 
 
 def evaluate_arrays(
@@ -187,7 +229,14 @@ def evaluate_arrays(
         for i in range(0, len(images), batch_size)
     ]
     p = np.concatenate(probs) if probs else np.zeros((0, len(predictor.classes)))
-    return scores(np.asarray(labels), predictor.decide(p), predictor.classes, p)
+    return scores(
+        np.asarray(labels),
+        predictor.decide(p),
+        predictor.classes,
+        p,
+        task=predictor.task,
+        threshold=predictor.threshold,
+    )
 
 
 def _samples(data: Any) -> tuple[list[str], list[str]]:

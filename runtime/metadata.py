@@ -15,6 +15,7 @@
 | ``convspec.spec`` | the resolved spec (YAML) |
 | ``convspec.version`` | the convspec version that exported it |
 | ``convspec.test_metrics`` | JSON of the run's test metrics (absent without a test split) |
+| ``convspec.threshold`` | binary models: the operating threshold on the positive class's probability (absent: 0.5) |
 
 A model without them (exported by another tool) still runs: labels are numbered from the
 output width, channels and size come from the input shape, and a warning says so.
@@ -45,6 +46,7 @@ KEYS = (
     "spec",
     "version",
     "test_metrics",
+    "threshold",
 )
 
 
@@ -66,6 +68,8 @@ class ModelInfo:
         version: the convspec version that exported it ("" when absent).
         test_metrics: the run's test metrics at export time ({} when absent).
         has_metadata: whether the model carries convspec metadata.
+        threshold: binary models: label the positive class when its probability is >= this
+            (None: 0.5, the default). Probabilities are never changed by it.
     """
 
     classes: tuple[str, ...]
@@ -77,6 +81,7 @@ class ModelInfo:
     version: str = ""
     test_metrics: dict[str, Any] = field(default_factory=dict)
     has_metadata: bool = True
+    threshold: float | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -99,6 +104,8 @@ class ModelInfo:
         }
         if self.test_metrics:
             props["test_metrics"] = json.dumps(self.test_metrics)
+        if self.threshold is not None:
+            props["threshold"] = repr(float(self.threshold))
         return {PREFIX + k: v for k, v in props.items()}
 
 
@@ -128,8 +135,11 @@ def from_props(
             size = tuple(int(v) for v in json.loads(ours["input_size"]))
             channels = int(ours["channels"])
             metrics = json.loads(ours["test_metrics"]) if ours.get("test_metrics") else {}
+            threshold = float(ours["threshold"]) if ours.get("threshold") else None
         except (ValueError, TypeError) as e:
             raise ValueError(f"{source}: malformed convspec metadata ({e})") from None
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"{source}: malformed convspec metadata (threshold {threshold} is not in [0, 1])")
         if len(size) != 2 or channels not in (1, 3) or len(classes) < 2:
             raise ValueError(
                 f"{source}: malformed convspec metadata (channels {channels}, "
@@ -145,6 +155,7 @@ def from_props(
             spec=ours.get("spec", ""),
             version=ours.get("version", ""),
             test_metrics=metrics,
+            threshold=threshold if task == "binary" else None,
         )
 
     # No convspec metadata: read what the graph says.

@@ -22,6 +22,7 @@ import numpy as np
 
 from .images import ImageError, load_image, prepare_array
 from .metadata import ModelInfo, session_info
+from .metrics import predictions
 from .session import CPU, CUDA, ModelError, cuda_usable, open_session, resolve_providers  # noqa: F401  (re-exported)
 
 
@@ -129,6 +130,7 @@ class Predictor:
         self._fixed_batch = n if isinstance(n, int) and n > 0 else None
         self._classes = list(self.info.classes)
         self._binary = self.info.task == "binary"
+        self._threshold = 0.5 if self.info.threshold is None else float(self.info.threshold)
 
     # -- what the model is
 
@@ -149,6 +151,11 @@ class Predictor:
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image."""
         return self.info.input_shape
+
+    @property
+    def threshold(self) -> float | None:
+        """Binary models: the operating threshold from the metadata (0.5 without one); None for multiclass."""
+        return self._threshold if self._binary else None
 
     def __repr__(self) -> str:
         return (
@@ -189,10 +196,8 @@ class Predictor:
         return probs
 
     def decide(self, class_probs: np.ndarray) -> np.ndarray:
-        """Predicted class indices of ``(N, K)`` class probabilities (binary: ``p >= 0.5``, as in training)."""
-        if self._binary:
-            return (class_probs[:, 1] >= 0.5).astype(np.int64)
-        return class_probs.argmax(axis=1)
+        """Predicted class indices of ``(N, K)`` class probabilities (binary: ``p >= threshold``, as in training)."""
+        return predictions(class_probs, self.info.task, self._threshold)
 
     def predict(
         self,
@@ -272,7 +277,7 @@ class Predictor:
 
     def _prediction(self, source: str, p: np.ndarray, k: int) -> Prediction:
         if self._binary:
-            order = [1, 0][:k] if p[1] >= 0.5 else [0, 1][:k]
+            order = [1, 0][:k] if p[1] >= self._threshold else [0, 1][:k]
         else:
             order = np.argsort(-p, kind="stable")[:k]
         top = [(self._classes[j], float(p[j])) for j in order]

@@ -10,7 +10,7 @@ from .errors import Issue
 
 def check_rules(spec) -> list[Issue]:
     issues: list[Issue] = []
-    for rule in (_split, _source, _classes, _loss, _monitors):
+    for rule in (_split, _source, _classes, _loss, _monitors, _threshold):
         issues.extend(rule(spec))
     return issues
 
@@ -101,6 +101,21 @@ def _monitors(spec) -> list[Issue]:
     if no_val and spec.tune is not None:
         issues.append(Issue("tuning is judged on the validation split, but data.split.val is 0", ("tune",)))
     return issues
+
+
+def _threshold(spec) -> list[Issue]:
+    t = spec.export.threshold
+    if spec.task != "binary" and t != 0.5:
+        return [
+            Issue(
+                "is for binary tasks only (a multiclass model labels by the most probable class)",
+                ("export", "threshold"),
+            )
+        ]
+    no_val = spec.data.split.from_ == "fractions" and spec.data.split.val == 0
+    if no_val and not isinstance(t, (int, float)):
+        return [Issue("is chosen on the validation split, but data.split.val is 0", ("export", "threshold"))]
+    return []
 
 
 def resolve_paths(spec, base_dir: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
 
 from .base import DEVICE_PATTERN, ClassName, Pair, PosInt, Strict
 from .layers import Layer
@@ -170,6 +170,9 @@ class Training(Strict):
     seed: int = 0
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     compile: bool = False
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        [], description="experiment trackers: TensorBoard events in RUN/tensorboard/, an MLflow run"
+    )
 
 
 # ---------------------------------------------------------------------- tune
@@ -215,11 +218,53 @@ class Tune(Strict):
         return "minimize" if self.metric.endswith("loss") else "maximize"
 
 
+class MetricThreshold(Strict):
+    """The threshold of the best validation F1 (positive class) or Youden's J."""
+
+    metric: Literal["f1", "youden"]
+
+
+class RecallThreshold(Strict):
+    """The highest threshold whose validation recall (sensitivity) is at least ``recall``."""
+
+    recall: Annotated[float, Field(gt=0, le=1)]
+
+
+class PrecisionThreshold(Strict):
+    """The lowest threshold whose validation precision is at least ``precision``."""
+
+    precision: Annotated[float, Field(gt=0, le=1)]
+
+
+def _threshold_kind(value: Any) -> str | None:
+    """Which form of ``export.threshold`` a value is (None: none; pydantic then reports the expected forms)."""
+    if isinstance(value, dict):
+        return next((k for k in ("metric", "recall", "precision") if k in value), None)
+    if isinstance(value, (MetricThreshold, RecallThreshold, PrecisionThreshold)):
+        return next(iter(type(value).model_fields))
+    return "fixed"
+
+
+# Why a callable discriminator: a plain union reports every branch's failure (4 lines for one typo)
+Threshold = Annotated[
+    Annotated[Annotated[float, Field(ge=0, le=1)], Tag("fixed")]
+    | Annotated[MetricThreshold, Tag("metric")]
+    | Annotated[RecallThreshold, Tag("recall")]
+    | Annotated[PrecisionThreshold, Tag("precision")],
+    Discriminator(
+        _threshold_kind,
+        custom_error_type="threshold_form",
+        custom_error_message="expected a number in [0, 1], {metric: f1 | youden}, {recall: R} or {precision: P}",
+    ),
+]
+
+
 class Export(Strict):
     opset: Annotated[int, Field(ge=17, le=23)] = 18
     dynamic_batch: bool = True
     quantize: Literal["none", "int8"] = "none"
     calibration_images: PosInt = 256
+    threshold: Threshold = Field(0.5, description="binary only: the operating threshold, chosen on validation")
 
 
 # ---------------------------------------------------------------------- spec

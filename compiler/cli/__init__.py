@@ -1,7 +1,7 @@
 """The ``convspec`` command: one Typer app, every command registered explicitly here.
 
 Each group of commands lives in its own module, importable on its own: ``spec`` (validate,
-summary, schema), ``deploy`` (predict, evaluate) and ``serve`` never import torch; ``train`` (train,
+summary, schema), ``deploy`` (predict, evaluate), ``serve`` and ``compare`` never import torch; ``train`` (train,
 tune, export) imports it inside the commands.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from . import deploy, serve, spec, train
+from . import compare, deploy, serve, spec, train
 
 app = typer.Typer(
     name="convspec",
@@ -28,6 +28,7 @@ app.command("export")(train.export)
 app.command("predict")(deploy.predict)
 app.command("evaluate")(deploy.evaluate)
 app.command("serve")(serve.serve)
+app.command("compare")(compare.compare)
 
 
 def main() -> None:

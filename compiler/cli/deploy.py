@@ -194,9 +194,11 @@ def evaluate(
     if fmt == EvalFormat.json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=1) + "\n")
         return
+    avg = f"{result.classes[1]} (positive class)" if result.task == "binary" else "macro"
     out.print(
-        f"{what}: {result.images} images, accuracy {result.accuracy * 100:.2f} %, macro precision "
-        f"{result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}",
+        f"{what}: {result.images} images, accuracy {result.accuracy * 100:.2f} %, {avg} precision "
+        f"{result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}, AUC {result.auc:.4f}, "
+        f"ECE {result.ece:.4f}" + (f", threshold {result.threshold:g}" if result.threshold is not None else ""),
         markup=False,
     )
     table = Table(title_justify="left")

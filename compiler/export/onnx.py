@@ -255,7 +255,10 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         version = importlib.metadata.version("convspec")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    metrics = _read_results(run).get("test", {}).get("metrics", {})
+    from convspec.runtime.threshold import threshold_from_results
+
+    results = _read_results(run)
+    metrics = results.get("test", {}).get("metrics", {})
     info = ModelInfo(
         classes=tuple(class_names),
         task=spec.task,
@@ -264,8 +267,9 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         resize=spec.input.resize,
         spec=spec.to_yaml(),
         version=version,
-        test_metrics={k: v for k, v in metrics.items() if v == v},
-    )  # drop NaN
+        test_metrics={k: v for k, v in metrics.items() if v == v},  # drop NaN
+        threshold=threshold_from_results(results) if spec.task == "binary" else None,
+    )
     props = info.to_props()
     keep = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
@@ -334,9 +338,9 @@ def ort_probabilities(blob: bytes, images: np.ndarray) -> np.ndarray:
 
 
 def _top1(probs: np.ndarray, task: str) -> np.ndarray:
-    if task == "binary" or probs.shape[1] == 1:
-        return (probs[:, 0] >= 0.5).astype(np.int64)
-    return probs.argmax(axis=1)
+    from convspec.runtime.metrics import predictions
+
+    return predictions(probs, "binary" if task == "binary" or probs.shape[1] == 1 else task)
 
 
 def _parity(model: torch.nn.Module, blob: bytes, images: np.ndarray, task: str) -> dict:

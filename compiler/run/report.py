@@ -102,6 +102,18 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
         for name, c in test["per_class"]["classes"].items():
             lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
         lines += ["", "![confusion](confusion.png)", ""]
+        lines += [
+            f"![{n}]({n}.png)" for n in ("errors", "roc", "pr", "calibration") if (path.parent / f"{n}.png").exists()
+        ]
+        if isinstance(r.get("threshold"), dict) and "test" in r["threshold"]:
+            t = r["threshold"]
+            rule = ", ".join(f"{k} {v}" for k, v in t["rule"].items()) if isinstance(t["rule"], dict) else "fixed"
+            lines += [
+                "",
+                f"Operating threshold {t['value']:.4f} ({rule}, chosen on validation): test sensitivity "
+                f"{_fmt(t['test']['sensitivity'])}, specificity {_fmt(t['test']['specificity'])}.",
+                "",
+            ]
     else:
         lines += ["No test split (data.split.test is 0).", ""]
     lines += ["![curves](curves.png)", ""]

@@ -149,6 +149,7 @@ def evaluate(
     out = {"loss": loss, "metrics": metrics.compute(names, y_np, probs, spec.task), "probs": probs, "labels": y_np}
     if detail:
         out["per_class"] = metrics.per_class(class_names, y_np, probs, spec.task)
+        out["metrics"]["ece"] = metrics.expected_calibration_error(y_np, probs, spec.task)
     model.train(was_training)
     return out
 

@@ -357,6 +357,11 @@ def _storage(url: str | None, folder: Path):
         raise TuneError(
             f"--storage {url}: not a database URL ({e}); use sqlite:///study.db or postgresql://user:password@host/db"
         ) from None
+    if parsed.drivername == "postgresql" and _psycopg3_only():
+        # Why: SQLAlchemy's plain postgresql:// means psycopg2; with only psycopg 3 installed
+        # (convspec's dev extra) the same server is reached as postgresql+psycopg://
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
     shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -399,6 +404,13 @@ def _storage(url: str | None, folder: Path):
             break
     text = str(getattr(last, "orig", None) or last).strip().splitlines()
     raise TuneError(f"--storage {shown}: cannot open the study database: {text[0] if text else type(last).__name__}")
+
+
+def _psycopg3_only() -> bool:
+    """Whether psycopg (3) is installed and psycopg2 is not."""
+    import importlib.util
+
+    return importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None
 
 
 def _create_or_join(optuna, store, study_name: str, direction: str) -> bool:

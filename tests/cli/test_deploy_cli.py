@@ -163,13 +163,22 @@ def test_export_needs_a_run(tmp_path):
     no_traceback(result)
 
 
-# Why None: a module set to None in sys.modules makes ``import torch`` raise ImportError.
+# Why a finder, not sys.modules["torch"] = None: any "import torch" raises ImportError as if torch
+# were not installed, while "torch" stays out of sys.modules (scipy, under scikit-learn's metrics,
+# reads sys.modules["torch"] when present and fails on a None there).
 TORCH_FREE = """
-import sys
-sys.modules["torch"] = None
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError(f"No module named {name!r}")
+sys.meta_path.insert(0, NoTorch())
 from convspec.compiler.cli import main
 sys.argv = ["convspec", *sys.argv[1:]]
-main()
+try:
+    main()
+finally:
+    assert "torch" not in sys.modules
 """
 
 

@@ -130,7 +130,7 @@ def photo_crops(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def shapes_model(tmp_path_factory, shapes_folder) -> Path:
     """A 1-epoch RGB shapes run (3 classes, 32x32): just trained enough to be a real model."""
-    from convspec.compiler.training import train
+    from convspec.compiler.training.loop import train
     from convspec.specs import load_spec
 
     base = tmp_path_factory.mktemp("serve-shapes-run")

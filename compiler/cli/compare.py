@@ -1,0 +1,71 @@
+"""``convspec compare RUN...``: runs side by side (spec differences, test metrics, time) and compare.png.
+
+Torch-free: the work is :mod:`convspec.runtime.compare`.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import err, out, user_errors
+
+
+class CompareFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.0f}"
+    return str(v)
+
+
+@user_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run folders written by convspec train.")],
+    fmt: Annotated[CompareFormat, typer.Option("--format", help="table, json or csv.")] = CompareFormat.table,
+    out_png: Annotated[
+        Path | None, typer.Option("--out", help="Where to draw the validation curves (default: compare.png).")
+    ] = None,
+) -> None:
+    """Compare runs: what differs in their specs, test metrics, epochs, time, images/s; draw compare.png."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from convspec.runtime.compare import compare_runs, plot_compare
+
+    comparison = compare_runs(runs)
+    png = plot_compare(comparison, out_png or Path("compare.png"))
+    if fmt == CompareFormat.json:
+        sys.stdout.write(comparison.to_json())
+    elif fmt == CompareFormat.csv:
+        sys.stdout.write(comparison.to_csv())
+    else:
+        table = Table(title=f"{len(comparison.runs)} runs", title_justify="left")
+        table.add_column("run", overflow="fold")
+        table.add_column("differs" if comparison.differing else "differs (nothing)", overflow="fold")
+        for m in comparison.metrics:
+            table.add_column(f"test {m}", justify="right")
+        for col in ("epochs", "train s", "images/s"):
+            table.add_column(col, justify="right")
+        for row in comparison.rows():
+            differs = "\n".join(f"{k}={v}" for k, v in row["differs"].items())
+            table.add_row(
+                escape(row["name"]),
+                escape(differs),  # Why escape: keys and values are user data, not Rich markup
+                *(_fmt(v) for v in row["metrics"].values()),
+                _fmt(row["epochs"]),
+                _fmt(row["train_s"]),
+                _fmt(row["images_per_s"]),
+            )
+        out.print(table)
+    err.print(f"wrote {png}", markup=False)

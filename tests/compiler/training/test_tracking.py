@@ -1,0 +1,177 @@
+"""Trackers: TensorBoard events read back with EventAccumulator, MLflow runs found with MlflowClient."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convspec.compiler.training.tracking import Tracker, make_trackers, tracking_uri
+from convspec.runtime.compare import flatten
+from convspec.specs import load_spec
+from convspec.specs.extras import MissingExtra
+
+REPO = Path(__file__).resolve().parents[3]
+EPOCHS = 3
+
+
+def _spec(loggers: str = "[tensorboard, mlflow]", *extra: str):
+    return load_spec(REPO / "examples" / "digits.yaml", overrides=[f"training.loggers={loggers}", *extra])
+
+
+def _events(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _fake_run(tracker: Tracker, run: Path) -> None:
+    for epoch in range(1, EPOCHS + 1):
+        tracker.log_epoch(
+            {
+                "epoch": epoch,
+                "lr": 0.001,
+                "train_loss": 1 / epoch,
+                "val_loss": 1.1 / epoch,
+                "val_accuracy": 0.5 + 0.1 * epoch,
+                "val_auc": math.nan,
+            },
+            epoch,
+        )
+    tracker.log_test({"accuracy": 0.93, "f1": 0.92})
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(run / "roc.png")
+    (run / "model.onnx").write_bytes(b"onnx")
+    (run / "report.md").write_text("# report\n")
+    tracker.log_image("roc", run / "roc.png")
+    tracker.log_artifacts([run / "model.onnx", run / "report.md", run / "missing.png"])
+
+
+@pytest.fixture
+def local_store(tmp_path, monkeypatch):
+    """The default local MLflow store: ./mlruns in a fresh working directory."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_tracker_logs_epochs_test_images_and_artifacts(local_store):
+    from mlflow import MlflowClient
+
+    spec = _spec()
+    run = local_store / "runs" / "digits-cnn"
+    run.mkdir(parents=True)
+    with make_trackers(spec, run, rank0=True) as tracker:
+        tracker.log_params(flatten(spec.to_dict()))
+        _fake_run(tracker, run)
+        run_id = tracker.mlflow_run_id
+
+    acc = _events(run / "tensorboard")
+    for tag in ("train_loss", "val_loss", "val_accuracy", "lr"):
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3], tag  # one scalar per epoch per metric
+    assert [e.value for e in acc.Scalars("val_accuracy")] == pytest.approx([0.6, 0.7, 0.8])
+    assert "val_auc" not in acc.Tags()["scalars"]  # NaN is not logged
+    assert acc.Scalars("test_accuracy")[0].value == pytest.approx(0.93)
+    assert "roc" in acc.Tags()["images"]
+    assert any(t.startswith("spec") for t in acc.Tags()["tensors"])  # the spec as text
+
+    assert tracking_uri().startswith("sqlite:///") and (local_store / "mlruns" / "mlflow.db").is_file()
+    client = MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name("digits-cnn")
+    (found,) = client.search_runs([exp.experiment_id])
+    assert found.info.run_id == run_id and found.info.status == "FINISHED" and found.info.run_name == "digits-cnn"
+    assert found.data.params["training.epochs"] == str(spec.training.epochs)
+    assert found.data.params["model.layers.0.filters"] == "32"
+    assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2, 3]
+    assert found.data.metrics["test_accuracy"] == pytest.approx(0.93)
+    names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {"model.onnx", "report.md", "plots/roc.png"} <= names
+
+
+@pytest.mark.slow
+def test_trials_nest_under_the_study(local_store):
+    from mlflow import MlflowClient
+
+    spec = _spec()
+    study_dir = local_store / "runs" / "digits-cnn-tune"
+    study_dir.mkdir(parents=True)
+    with make_trackers(spec, study_dir, rank0=True) as study:
+        for k in range(2):
+            trial = study_dir / "trials" / f"digits-cnn-trial-{k}"
+            trial.mkdir(parents=True)
+            with make_trackers(spec, trial, rank0=True, nested_under=study) as t:
+                t.log_epoch({"val_accuracy": 0.5 + k}, 1)
+                assert t.tensorboard_dir == study_dir / "tensorboard" / trial.name
+    client = MlflowClient(tracking_uri=tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name("digits-cnn").experiment_id])
+    parent = [r for r in runs if r.info.run_name == "digits-cnn-tune"][0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["digits-cnn-trial-0", "digits-cnn-trial-1"]
+    for k in range(2):
+        acc = _events(study_dir / "tensorboard" / f"digits-cnn-trial-{k}")
+        assert acc.Scalars("val_accuracy")[0].value == pytest.approx(0.5 + k)
+
+
+def test_no_loggers_or_not_rank0_log_nothing(tmp_path):
+    assert not make_trackers(_spec("[]"), tmp_path, rank0=True).enabled
+    tracker = make_trackers(_spec(), tmp_path, rank0=False)
+    assert not tracker.enabled
+    tracker.log_epoch({"val_loss": 1.0}, 1)
+    tracker.close()
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_loggers_key_is_validated():
+    from convspec.specs import SpecError
+
+    assert _spec("[tensorboard]").training.loggers == ["tensorboard"]
+    with pytest.raises(SpecError, match="training.loggers"):
+        _spec("[wandb]")
+
+
+def test_missing_library_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(MissingExtra, match=r'pip install "convspec\[track\]"'):
+        make_trackers(_spec("[mlflow]"), tmp_path, rank0=True)
+
+
+@pytest.mark.slow
+def test_a_real_training_run_through_the_on_epoch_hook(local_store):
+    """A real (1-epoch... 2-epoch) training run, the tracker fed by train()'s on_epoch hook."""
+    from mlflow import MlflowClient
+
+    from convspec.compiler.training.loop import train
+
+    spec = _spec("[tensorboard, mlflow]", "training.epochs=2", "input.size=[8, 8]")
+    run_dir = local_store / "runs" / "digits-cnn"
+    run_dir.mkdir(parents=True)
+    with make_trackers(spec, run_dir, rank0=True) as tracker:
+        tracker.log_params(flatten(spec.to_dict()))
+        # Why out=run_dir.parent and a pre-made folder: train() numbers its folder (digits-cnn-2); the
+        # tracker only needs to know where to write, which the lead's wiring passes from inside train()
+        run = train(
+            spec,
+            out=local_store / "train",
+            progress=False,
+            log=lambda _m: None,
+            on_epoch=lambda r: tracker.log_epoch(r, r["epoch"]),
+        )
+        tracker.log_test(run.read_results()["test"]["metrics"])
+        tracker.log_image("confusion", run.confusion)
+        tracker.log_artifacts([run.onnx, run.report])
+        run_id = tracker.mlflow_run_id
+    history = run.history()
+    acc = _events(run_dir / "tensorboard")
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
+        assert [e.value for e in acc.Scalars(key)] == pytest.approx([h[key] for h in history]), key
+    client = MlflowClient(tracking_uri=tracking_uri())
+    assert [m.value for m in client.get_metric_history(run_id, "val_loss")] == pytest.approx(
+        [h["val_loss"] for h in history]
+    )
+    assert "model.onnx" in {a.path for a in client.list_artifacts(run_id)}
