@@ -13,8 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CLI_MODULES = sorted(f"convspec.compiler.cli.{m.name}" for m in pkgutil.iter_modules([str(REPO / "compiler" / "cli")]))
-TORCH_FREE_CLI = ["convspec.compiler.cli", "convspec.compiler.cli._common", "convspec.compiler.cli.spec",
-                  "convspec.compiler.cli.deploy", "convspec.compiler.cli.serve", "convspec.compiler.cli.compare"]  # fmt: skip
+TORCH_FREE_CLI = [f"convspec.compiler.cli{m}" for m in ("", "._common", ".spec", ".deploy", ".serve", ".compare")]
 # Why a finder and not sys.modules[name] = None: scipy (under sklearn) probes sys.modules["torch"]
 # and breaks on None; a finder makes ``import torch`` fail exactly as on a machine without torch.
 BLOCK_TORCH = """
