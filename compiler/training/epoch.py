@@ -125,7 +125,7 @@ def eval_batch_size(image_shape: tuple[int, ...]) -> int:
 
 @torch.inference_mode()
 def evaluate(
-    setup: Setup, model: torch.nn.Module, split: str, *, detail: bool = False, class_names=None
+    setup: Setup, model: torch.nn.Module, split: str, *, detail: bool = False, class_names=None, threshold: float = 0.5
 ) -> dict[str, Any]:
     """Loss and metrics of ``model`` on one split, in eval mode (restored afterwards)."""
     spec, place = setup.spec, setup.place
@@ -146,9 +146,10 @@ def evaluate(
     probs = (torch.sigmoid(logits) if spec.task == "binary" else torch.softmax(logits, 1)).cpu().numpy()
     y_np = y.cpu().numpy()
     names = list(dict.fromkeys(["accuracy", *spec.training.metrics]))
-    out = {"loss": loss, "metrics": metrics.compute(names, y_np, probs, spec.task), "probs": probs, "labels": y_np}
+    scores = metrics.compute(names, y_np, probs, spec.task, threshold=threshold)
+    out = {"loss": loss, "metrics": scores, "probs": probs, "labels": y_np}
     if detail:
-        out["per_class"] = metrics.per_class(class_names, y_np, probs, spec.task)
+        out["per_class"] = metrics.per_class(class_names, y_np, probs, spec.task, threshold=threshold)
         out["metrics"]["ece"] = metrics.expected_calibration_error(y_np, probs, spec.task)
     model.train(was_training)
     return out

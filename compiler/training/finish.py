@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+from convspec.runtime.threshold import threshold_record
 
 from ..data.dataset import Dataset
 from ..run import checkpoint, report
 from ..run.folder import Run
+from ..run.plots import plot_results
 from .epoch import Setup, evaluate
 from .progress import Log
+from .records import EpochLog
 from .state import TrainState
 
 
@@ -22,10 +27,11 @@ class Timings:
 
 
 def finish(
-    run: Run, setup: Setup, state: TrainState, data: Dataset, timings: Timings, *,
+    run: Run, setup: Setup, state: TrainState, data: Dataset, timings: Timings, epoch_log: EpochLog, *,
     stopped_early: bool, test: bool, export: bool, log: Log,
 ) -> dict:  # fmt: skip
-    """Load ``best.pt``, score the test split, write results.json, plots and report.md, export ONNX.
+    """Load ``best.pt``, choose a binary threshold on validation, score the test split, write
+    results.json, the pictures and report.md, export ONNX, and hand all of it to the trackers.
 
     Only rank 0 writes. Returns the results (as written to ``results.json``).
     """
@@ -54,21 +60,50 @@ def finish(
     }
     if not setup.dd.is_main:
         return results
-    if test and len(data.splits["test"]):
-        tested = evaluate(setup, model, "test", detail=True, class_names=data.class_names)
-        results["test"] = {"loss": tested["loss"], "metrics": tested["metrics"], "per_class": tested["per_class"]}
+    tested = _test(setup, model, data, results) if test and len(data.splits["test"]) else None
     run.write_json(run.results, results)
-    if state.history:
-        report.plot_curves(state.history, run.curves)
-    if "test" in results:
-        confusion = results["test"]["per_class"]["confusion"]
-        report.plot_confusion(confusion, data.class_names, run.confusion, f"{spec.name}: test split")
+    pictures = _pictures(run, setup, state, data, results, tested)
     report.write_report(run.report, results)
     if export:
         from ..export.onnx import export_onnx
 
         export_onnx(run, log=log)
+    epoch_log.finish(results, pictures)
     acc = results.get("test", {}).get("metrics", {}).get("accuracy")
     tail = f" (test accuracy {acc * 100:.2f} %)" if acc is not None else ""
     log(f"done in {time.perf_counter() - timings.t_start:.1f} s: {run}{tail}")
     return results
+
+
+def _test(setup: Setup, model, data: Dataset, results: dict) -> dict:
+    """Test metrics into ``results`` (binary: at the threshold chosen on validation); the raw scores."""
+    spec = setup.spec
+    tested = evaluate(setup, model, "test", detail=True, class_names=data.class_names)
+    if spec.task == "binary":
+        val = evaluate(setup, model, "val") if len(data.splits["val"]) else {"labels": [], "probs": []}
+        record = threshold_record(spec.export.threshold, val["labels"], val["probs"], tested["labels"], tested["probs"])
+        results["threshold"] = record
+        if record["value"] != 0.5:
+            tested = evaluate(
+                setup, model, "test", detail=True, class_names=data.class_names, threshold=record["value"]
+            )
+    results["test"] = {"loss": tested["loss"], "metrics": tested["metrics"], "per_class": tested["per_class"]}
+    return tested
+
+
+def _pictures(run: Run, setup: Setup, state: TrainState, data: Dataset, results: dict, tested) -> list[Path]:
+    """curves.png, confusion.png and (with a test split) errors, roc, pr and calibration pictures."""
+    drawn = []
+    if state.history:
+        report.plot_curves(state.history, run.curves)
+        drawn.append(run.curves)
+    if tested is None:
+        return drawn
+    confusion = results["test"]["per_class"]["confusion"]
+    report.plot_confusion(confusion, data.class_names, run.confusion, f"{setup.spec.name}: test split")
+    drawn.append(run.confusion)
+    threshold = results.get("threshold", {}).get("value")
+    images, _ = data.arrays("test")  # (n, C, H, W) uint8, the pixels the model saw
+    drawn += plot_results(run.path, images, tested["labels"], tested["probs"], data.class_names, setup.spec.task,
+                          threshold=threshold).values()  # fmt: skip
+    return [Path(p) for p in drawn if p is not None]

@@ -9,7 +9,6 @@ then per epoch: ``train_epoch`` (augment on the device, autocast, clip, step, ``
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -30,6 +29,7 @@ from .epoch import train_epoch, validate
 from .errors import TrainingDiverged, TrainingInterrupted
 from .finish import Timings, finish
 from .progress import Progress, silent, stderr_log
+from .records import EpochLog
 from .resume import open_checkpoint, resume_spec
 from .setup import setup_training
 
@@ -71,6 +71,7 @@ def train(
     t_data = time.perf_counter() - t_start
 
     setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None)
+    epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch)
 
     def save(path: Path) -> None:
         if dd.is_main:
@@ -96,22 +97,20 @@ def train(
                 if state.monitor.update(record):
                     save(run.best)
                 save(run.last)
-                if dd.is_main:
-                    atomic_write_text(run.metrics, "".join(json.dumps(h) + "\n" for h in state.history))
                 bar.end_epoch(record)
-                if on_epoch is not None:
-                    on_epoch(record)
+                epoch_log(state.history)
                 if distributed.broadcast(dd, state.monitor.should_stop):
                     stopped_early = True
                     log(f"early stopping: {state.monitor.describe()}")
                     break
     except KeyboardInterrupt:
+        epoch_log.fail("KILLED")
         raise TrainingInterrupted(
             f"interrupted; {run.last} holds epoch {state.epoch}. Continue with: convspec train --resume {run}"
         ) from None
     timings = Timings(t_start, t_data, time.perf_counter() - t_train, seen)
 
-    finish(run, setup, state, data, timings, stopped_early=stopped_early, test=test, export=export, log=log)
+    finish(run, setup, state, data, timings, epoch_log, stopped_early=stopped_early, test=test, export=export, log=log)
     distributed.shutdown(dd)
     return run
 

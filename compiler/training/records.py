@@ -1,0 +1,45 @@
+"""Where each epoch's record goes: ``metrics.jsonl`` (rank 0), the trackers, the caller's callback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from convspec.runtime.compare import flatten
+from convspec.runtime.files import atomic_write_text
+from convspec.specs import Spec
+
+from ..run.folder import Run
+from .tracking import Tracker, make_trackers
+
+
+class EpochLog:
+    """Writes ``metrics.jsonl`` whole after every epoch and forwards the record to the trackers
+    (``training.loggers``) and to ``on_epoch``. Only rank 0 writes or logs."""
+
+    def __init__(self, spec: Spec, run: Run, *, is_main: bool, on_epoch: Callable[[dict], None] | None = None):
+        self.run, self.is_main, self.on_epoch = run, is_main, on_epoch
+        self.tracker: Tracker = make_trackers(spec, run.path, rank0=is_main)
+        self.tracker.log_params(flatten(spec.to_dict()))
+
+    def __call__(self, history: list[dict]) -> None:
+        record = history[-1]
+        if self.is_main:
+            atomic_write_text(self.run.metrics, "".join(json.dumps(h) + "\n" for h in history))  # small; whole
+        self.tracker.log_epoch(record, record["epoch"])
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+
+    def finish(self, results: dict, pictures: list) -> None:
+        """The test metrics, the pictures and the run's files to the trackers; close them."""
+        if not self.tracker.enabled:
+            return
+        self.tracker.log_test(results.get("test", {}).get("metrics", {}))
+        for path in pictures:
+            if path.exists():
+                self.tracker.log_image(path.stem, path)
+        self.tracker.log_artifacts([p for p in (self.run.onnx, self.run.report, self.run.results) if p.exists()])
+        self.tracker.close("FINISHED")
+
+    def fail(self, status: str = "FAILED") -> None:
+        self.tracker.close(status)
