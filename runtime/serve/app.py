@@ -311,12 +311,8 @@ def create_app(
 
 
 def _threshold(predictor: Predictor) -> float | None:
-    """``convspec.threshold`` from the model's metadata when it has one (binary models), else None."""
-    raw = dict(predictor.session.get_modelmeta().custom_metadata_map).get("convspec.threshold")
-    try:
-        return float(raw) if raw is not None else None
-    except ValueError:
-        return None
+    """The model's operating threshold (``convspec.threshold`` metadata, binary models), else None."""
+    return predictor.threshold
 
 
 class _Count:
