@@ -169,7 +169,7 @@ def load_dataset(
             samples, data_names = list_folder(src.path, log=log)
             root = src.path
         else:
-            samples, data_names = list_csv(src.path, src.root)
+            samples, data_names = list_csv(src.path, src.root, allow_outside_root=src.allow_outside_root)
             root = src.root or os.path.dirname(os.path.abspath(src.path))
         _resolve_classes(spec, data_names)  # Why here too: fail before minutes of decoding
         all_files = [p for p, _ in samples]
