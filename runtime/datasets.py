@@ -52,8 +52,8 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     Symbolic links are followed; a link back to a folder above it (a loop) is skipped with
     a warning. Folders convspec wrote (run folders, ``runs/``, tune folders: see
     :func:`convspec.specs.classes.is_run_folder`) are skipped with a warning, and so are the
-    plots (``curves.png``...) of a run folder given as ``folder`` itself. A broken link with an image extension is kept, so it is reported as a bad
-    image by path rather than vanishing.
+    plots (``curves.png``...) of a run folder given as ``folder`` itself. A broken link with
+    an image extension is kept, so it is reported as a bad image by path rather than vanishing.
 
     Args:
         folder: where to look.
