@@ -56,7 +56,7 @@ __all__ = ["DataError", "Dataset", "default_cache_dir", "load_dataset"]
 
 AUTO_MEMORY_LIMIT = 2 << 30  # bytes: ``cache: auto`` keeps smaller data sets in RAM
 # Bump when decoding or resizing changes the pixels: old disk caches then miss.
-LOADER_VERSION = 1
+LOADER_VERSION = 2  # 2: grey models decode a JPEG's luma plane (draft "L"); pixels moved by <= 1 level
 
 Log = Callable[[str], None]
 
