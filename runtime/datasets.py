@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from convspec.specs.classes import OUTPUT_IMAGES, folder_classes, is_run_folder, sort_names
 from convspec.specs.errors import ConvspecError
-from convspec.specs.readfile import FileReadError, check_regular, read_text
+from convspec.specs.readfile import FileReadError, check_regular, describe_mode, read_text
 
 from .images import is_image_file
 
@@ -320,6 +320,10 @@ def list_csv(
         raise DataError(f"{key}: {len(problems)} bad rows in {csv_path}:\n  " + "\n  ".join(problems[:_SHOW]) + more)
     if not samples_named:
         raise DataError(f"{key}: {csv_path} has a header but no rows")
+    odd = [p for p, _ in samples_named if not os.path.isfile(p) and os.path.exists(p)]
+    if odd:  # a folder, a FIFO, a device listed as an image: say what it is, never "missing"
+        shown = [f"{os.path.relpath(p, root)} ({describe_mode(os.stat(p).st_mode)})" for p in odd]
+        raise DataError(f"{key}: {len(odd)} paths listed in {name} are not regular files: {short_list(shown)}")
     missing = [p for p, _ in samples_named if not os.path.isfile(p)]
     if missing:
         shown = [os.path.relpath(p, root) for p in missing]
