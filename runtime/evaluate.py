@@ -123,6 +123,7 @@ def evaluate(
     batch_size: int = 64,
     *,
     progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Score a model on labelled images.
 
@@ -132,6 +133,8 @@ def evaluate(
             ``path,label`` (paths relative to the CSV's folder), or ``(path, label)`` pairs.
         batch_size: images per ORT run.
         progress: called with the number of images finished since the last call.
+        log: receives warnings (``warning: ...``: folders convspec wrote, skipped); None
+            uses :func:`warnings.warn`.
 
     Returns:
         The :class:`EvalResult`; unreadable images are left out and listed in ``failures``.
@@ -142,7 +145,7 @@ def evaluate(
         ModelError: an unusable model file.
     """
     predictor = model if isinstance(model, Predictor) else Predictor(model)
-    paths, names = _samples(data)
+    paths, names = _samples(data, log)
     index = match_classes(sorted(set(names)), predictor.classes, data)
     labels = np.array([index[n] for n in names], np.int64)
     return evaluate_files(predictor, paths, labels, batch_size=batch_size, progress=progress)
@@ -192,14 +195,14 @@ def evaluate_arrays(
     return scores(np.asarray(labels), predictor.decide(p), predictor.classes, p)
 
 
-def _samples(data: Any) -> tuple[list[str], list[str]]:
+def _samples(data: Any, log: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
     """``(paths, class names)`` of a folder, a CSV or ``(path, label)`` pairs."""
     if isinstance(data, (str, os.PathLike)):
         root = os.fspath(data)
         # Why min_classes=1: scoring on some of the model's classes is fine (match_classes checks
         # that each is one the model knows); "a classifier needs 2 classes" is a training rule.
         if os.path.isdir(root):
-            samples, classes = list_folder(root, key=root, min_classes=1)
+            samples, classes = list_folder(root, key=root, min_classes=1, log=log)
         elif not os.path.exists(root):
             raise DataError(f"{root}: not found (expected an ImageFolder folder or a CSV file path,label)")
         elif not os.path.isfile(root):  # a FIFO, a device: say what it is, never open it
