@@ -61,8 +61,11 @@ def ensure_folder(folder: str | os.PathLike) -> Path:
         WriteError: the folder cannot be made, or the path is a file.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise WriteError(folder, "it is a file, not a folder")
+    for above in (folder, *folder.parents):  # name the file in the way, not the folder below it
+        if above.exists() or above.is_symlink():
+            if not above.is_dir():
+                raise WriteError(above, "it is a file, not a folder")
+            break
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

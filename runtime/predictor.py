@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -182,9 +183,8 @@ class Predictor:
         try:
             out = self.session.run([self._output], {self._input: batch})[0]
         except Exception as e:  # ORT's Fail / RuntimeException / InvalidArgument: a graph that cannot run
-            text = " ".join(str(e).split())
             raise ModelError(
-                f"{self.path}: the model failed when run on a batch of {len(batch)}: {text[:300]}"
+                f"{self.path}: the model failed when run on a batch of {len(batch)}: {ort_message(e)}"
             ) from None
         want = 1 if self._binary else len(self._classes)
         if not isinstance(out, np.ndarray) or out.ndim != 2 or out.shape != (len(batch), want):
@@ -313,6 +313,15 @@ class Predictor:
                 f"got {tuple(batch.shape)}; use Predictor.predict to load and resize images"
             )
         return np.ascontiguousarray(batch)
+
+
+def ort_message(e: Exception, limit: int = 300) -> str:
+    """ORT's exception text without its error-code prefix and C++ source locations."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"/\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)  # "file.h:84 Fn(args) cond was false."
+    text = re.sub(r"/\S*onnxruntime\S*\.(?:h|cc|cpp):\d+ ", "", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_items(items: Any) -> list:

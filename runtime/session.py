@@ -119,7 +119,10 @@ def session_options(intra_op_threads: int | None = None):
     quiet_ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # Why: e.g. "some nodes were not assigned to the preferred EP" on CUDA
+    # Why 4 (fatal only): warnings ("some nodes were not assigned to the preferred EP" on CUDA)
+    # are noise, and every error ORT logs while loading or running also comes back as the
+    # exception that becomes one ModelError line; the log line would be a raw second copy.
+    so.log_severity_level = 4
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
     return so
