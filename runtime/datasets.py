@@ -305,10 +305,12 @@ def list_csv(
             continue
         full = os.path.normpath(os.path.join(root, os.path.expanduser(path)))
         if not allow_outside_root and not _inside(full, root):
-            problems.append(
-                f"{name}:{n}: {path} is outside the CSV's root {root} (set data.source.allow_outside_root: true "
-                "to allow it)"
+            hint = (
+                "set data.source.allow_outside_root: true to allow it"
+                if key.startswith("data.source")
+                else "list paths relative to the CSV's folder, inside it"
             )
+            problems.append(f"{name}:{n}: {path} is outside the CSV's root {root} ({hint})")
             continue
         if full in first_line:
             problems.append(f"{name}:{n}: {path} is listed twice (first on line {first_line[full]})")
