@@ -26,7 +26,7 @@ MB = 1 << 20
 # Why these numbers: generous for real files (a 100k-row CSV is ~5 MB, a 24 MP PNG ~40 MB),
 # finite so that a mistake cannot read until the kernel kills the process.
 LIMITS: dict[str, int] = {
-    "spec": 16 * MB,
+    "spec": 16 * MB,  # the loader's own limit is smaller (yamlio.MAX_BYTES, 1 MB), with a FILE:1:1 message
     "csv": 512 * MB,
     "split": 512 * MB,
     "json": 64 * MB,

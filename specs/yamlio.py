@@ -124,13 +124,14 @@ def check_tags(doc: Any, file: str) -> None:
         SpecError: at the first tagged node, in document order.
     """
 
-    def walk(node: Any, pos: tuple[int, int]) -> None:
+    def walk(node: Any, pos: tuple[int, int], path: tuple) -> None:
         tag = _tag_of(node)
         if tag is not None and tag not in _PLAIN_TAGS:
             shown = "!!" + tag[len(_CORE) :] if tag.startswith(_CORE) else tag
             raise SpecError(
                 Issue(
                     f"unknown YAML tag {shown}; a spec holds plain values (text, numbers, lists, mappings), no tags",
+                    path,
                     file=file,
                     line=pos[0],
                     col=pos[1],
@@ -142,16 +143,16 @@ def check_tags(doc: Any, file: str) -> None:
                     line, col = node.lc.value(key)
                 except (KeyError, TypeError, AttributeError):
                     line, col = pos[0] - 1, pos[1] - 1
-                walk(child, (line + 1, col + 1))
+                walk(child, (line + 1, col + 1), path + (str(key),))
         elif isinstance(node, CommentedSeq):
             for i, child in enumerate(node):
                 try:
                     line, col = node.lc.item(i)
                 except (KeyError, TypeError, AttributeError):
                     line, col = pos[0] - 1, pos[1] - 1
-                walk(child, (line + 1, col + 1))
+                walk(child, (line + 1, col + 1), path + (i,))
 
-    walk(doc, (1, 1))
+    walk(doc, (1, 1), ())
 
 
 def check_flow_depth(text: str, file: str) -> None:
