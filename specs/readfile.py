@@ -10,17 +10,28 @@ Example:
     >>> text = read_text("labels.csv", "csv")          # str, at most LIMITS["csv"] bytes
     >>> with open_regular("cat.png", "image") as f:     # a binary file object, size checked
     ...     header = f.read(8)
+    >>> doc = read_json("runs/x/split.json", "split")  # parsed, "is not valid JSON (line 3, ...)"
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import ConvspecError
 
-__all__ = ["LIMITS", "FileReadError", "check_regular", "describe_mode", "open_regular", "read_bytes", "read_text"]
+__all__ = [
+    "LIMITS",
+    "FileReadError",
+    "check_regular",
+    "describe_mode",
+    "open_regular",
+    "read_bytes",
+    "read_json",
+    "read_text",
+]
 
 MB = 1 << 20
 # Why these numbers: generous for real files (a 100k-row CSV is ~5 MB, a 24 MP PNG ~40 MB),
@@ -186,3 +197,20 @@ def read_text(path: str | os.PathLike, kind: str = "file", limit: int | None = N
         raise FileReadError(
             os.fspath(path), f"is not {label} text (byte 0x{data[e.start]:02x} at offset {e.start})"
         ) from None
+
+
+def read_json(path: str | os.PathLike, kind: str = "json", limit: int | None = None) -> Any:
+    """The file parsed as JSON (UTF-8), within the size limit of ``kind`` (``split`` for split.json).
+
+    Raises:
+        FileReadError: as :func:`read_text`, or not JSON (``is not valid JSON (line 3, column 7: ...)``).
+    """
+    text = read_text(path, kind, limit)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileReadError(
+            os.fspath(path), f"is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+        ) from None
+    except RecursionError:
+        raise FileReadError(os.fspath(path), "is not valid JSON (nested too deeply)") from None

@@ -14,7 +14,7 @@ import pytest
 
 from convspec.runtime.datasets import DataError, list_csv
 from convspec.specs import readfile
-from convspec.specs.readfile import FileReadError, read_bytes, read_text
+from convspec.specs.readfile import FileReadError, read_bytes, read_json, read_text
 
 from .conftest import cli, image_folder, probe_model, tiny_spec, user_error, write
 
@@ -145,3 +145,13 @@ def test_reader_messages(tmp_path, hostile):
     write(tmp_path / "latin1.csv", "path,label\n\xe9.png,a\n".encode("latin-1"))
     with pytest.raises(FileReadError, match=r"is not UTF-8 text \(byte 0xe9 at offset 11\)"):
         read_text(tmp_path / "latin1.csv", "csv")
+
+
+def test_read_json_names_the_position_and_refuses_fifos(tmp_path, hostile):
+    assert read_json(write(tmp_path / "ok.json", '{"a": [1, 2]}'), "split") == {"a": [1, 2]}
+    with pytest.raises(FileReadError, match=r"bad.json: is not valid JSON \(line 2, column 1: "):
+        read_json(write(tmp_path / "bad.json", '{"a":\n}'), "split")
+    with pytest.raises(FileReadError, match=r"nested too deeply"):
+        read_json(write(tmp_path / "deep.json", "[" * 100_000), "json")
+    with pytest.raises(FileReadError, match=r"is a FIFO"):
+        read_json(hostile["fifo"], "split")
