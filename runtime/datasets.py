@@ -10,12 +10,14 @@ is checked when they are loaded, and a file that does not is reported by path th
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from collections.abc import Callable
 
-from convspec.specs.classes import folder_classes, sort_names
+from convspec.specs.classes import OUTPUT_IMAGES, folder_classes, is_run_folder, sort_names
 from convspec.specs.errors import ConvspecError
+from convspec.specs.readfile import FileReadError, check_regular, describe_mode, read_text
 
 from .images import is_image_file
 
@@ -48,8 +50,10 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped.
 
     Symbolic links are followed; a link back to a folder above it (a loop) is skipped with
-    a warning. A broken link with an image extension is kept, so it is reported as a bad
-    image by path rather than vanishing.
+    a warning. Folders convspec wrote (run folders, ``runs/``, tune folders: see
+    :func:`convspec.specs.classes.is_run_folder`) are skipped with a warning, and so are the
+    plots (``curves.png``...) of a run folder given as ``folder`` itself. A broken link with
+    an image extension is kept, so it is reported as a bad image by path rather than vanishing.
 
     Args:
         folder: where to look.
@@ -79,6 +83,9 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
                     st = os.stat(entry.path)
                 except OSError:
                     continue
+                if is_run_folder(entry.path):
+                    _warn(log, f"{entry.path}: skipped, a folder convspec wrote (a run or tune folder), not data")
+                    continue
                 ident = (st.st_dev, st.st_ino)
                 # Why ancestors, not all seen: two links to one folder are fine. Why the real
                 # path too: a link to a folder above ``folder`` (``cat/up -> ..``) is a loop
@@ -88,6 +95,8 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
                     continue
                 walk(entry.path, child, ancestors | {ident})
             elif is_image_file(entry.name):
+                if not rel and top_is_run and entry.name in OUTPUT_IMAGES:
+                    continue  # a plot convspec wrote into the run folder given: not an input
                 try:
                     usable = entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
                 except OSError:
@@ -99,6 +108,7 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
         raise DataError(f"folder not found: {folder}")
     st = os.stat(folder)
     top = os.path.realpath(folder)
+    top_is_run = is_run_folder(folder)
     walk(folder, "", frozenset({(st.st_dev, st.st_ino)}))
     found.sort()
     return [os.path.join(folder, *rel.split("/")) for rel in found]
@@ -134,6 +144,9 @@ def list_folder(
     """
     _check_folder(root, key)
     classes = folder_classes(root)
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        if not e.name.startswith(".") and e.is_dir() and e.name not in classes:
+            _warn(log, f"{e.path}: skipped, a folder convspec wrote (a run or tune folder), not a class")
     if not classes:
         loose = [e.name for e in os.scandir(root) if e.is_file() and is_image_file(e.name)]
         hint = f" (it holds {len(loose)} images directly; move them into one sub-folder per class)" if loose else ""
@@ -205,7 +218,12 @@ def list_split_folders(
 
 
 def list_csv(
-    csv_path: str, root: str | None = None, *, key: str = "data.source.path", min_classes: int = 2
+    csv_path: str,
+    root: str | None = None,
+    *,
+    key: str = "data.source.path",
+    min_classes: int = 2,
+    allow_outside_root: bool = False,
 ) -> tuple[Samples, list[str]]:
     """List images from a CSV with a header row and columns ``path,label``.
 
@@ -215,28 +233,39 @@ def list_csv(
         key: how errors name the setting ``csv_path`` came from (``root``'s is derived:
             ``data.source.path`` -> ``data.source.root``).
         min_classes: fewer labels is an error (2 for training; 1 suits evaluation).
+        allow_outside_root: accept paths that leave ``root`` (``../x.png``, absolute paths);
+            by default each such row is an error naming its line.
 
     Returns:
         ``(samples, class_names)`` in the CSV's row order; paths joined to ``root``.
 
     Raises:
-        DataError: missing file, missing header, unknown or missing columns, rows with the
+        DataError: missing file, not a regular file (a FIFO, a device), larger than
+            ``LIMITS["csv"]``, missing header, paths outside ``root``, unknown or missing columns, rows with the
             wrong number of fields, empty paths or labels, a file listed twice, files that
             do not exist (all listed), or fewer than ``min_classes`` labels.
     """
-    if not os.path.isfile(csv_path):
-        what = "is a folder, not a CSV file" if os.path.isdir(csv_path) else "CSV file not found"
-        raise DataError(f"{key}: {what}: {csv_path}")
+    try:
+        check_regular(csv_path, "csv")
+    except FileReadError as e:
+        if e.reason == "file not found":
+            raise DataError(f"{key}: CSV file not found: {csv_path}") from None
+        if os.path.isdir(csv_path):
+            raise DataError(f"{key}: is a folder, not a CSV file: {csv_path}") from None
+        raise DataError(f"{key}: {e}") from None
     root = os.path.dirname(os.path.abspath(csv_path)) if root is None else root
     root_key = key[: -len(".path")] + ".root" if key.endswith(".path") else key
     if not os.path.isdir(root):
         raise DataError(f"{root_key}: folder not found: {root}")
     name = os.path.basename(csv_path)
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
-    except UnicodeDecodeError:
-        raise DataError(f"{key}: {csv_path} is not UTF-8 text") from None
+        text = read_text(csv_path, "csv", encoding="utf-8-sig")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        rows = [(n, row) for n, row in enumerate(reader, start=1) if any(c.strip() for c in row)]
+    except FileReadError as e:
+        if "not UTF-8" in e.reason:
+            raise DataError(f"{key}: {csv_path} is not UTF-8 text") from None
+        raise DataError(f"{key}: {e}") from None
     except csv.Error as e:
         raise DataError(f"{key}: {csv_path} is not a readable CSV ({e})") from None
     if not rows:
@@ -275,6 +304,14 @@ def list_csv(
             problems.append(f"{name}:{n}: empty label for {path}")
             continue
         full = os.path.normpath(os.path.join(root, os.path.expanduser(path)))
+        if not allow_outside_root and not _inside(full, root):
+            hint = (
+                "set data.source.allow_outside_root: true to allow it"
+                if key.startswith("data.source")
+                else "list paths relative to the CSV's folder, inside it"
+            )
+            problems.append(f"{name}:{n}: {path} is outside the CSV's root {root} ({hint})")
+            continue
         if full in first_line:
             problems.append(f"{name}:{n}: {path} is listed twice (first on line {first_line[full]})")
             continue
@@ -285,6 +322,10 @@ def list_csv(
         raise DataError(f"{key}: {len(problems)} bad rows in {csv_path}:\n  " + "\n  ".join(problems[:_SHOW]) + more)
     if not samples_named:
         raise DataError(f"{key}: {csv_path} has a header but no rows")
+    odd = [p for p, _ in samples_named if not os.path.isfile(p) and os.path.exists(p)]
+    if odd:  # a folder, a FIFO, a device listed as an image: say what it is, never "missing"
+        shown = [f"{os.path.relpath(p, root)} ({describe_mode(os.stat(p).st_mode)})" for p in odd]
+        raise DataError(f"{key}: {len(odd)} paths listed in {name} are not regular files: {short_list(shown)}")
     missing = [p for p, _ in samples_named if not os.path.isfile(p)]
     if missing:
         shown = [os.path.relpath(p, root) for p in missing]
@@ -297,6 +338,13 @@ def list_csv(
         raise DataError(f"{key}: {name} has only one label ({class_names[0]}); a classifier needs at least 2 classes")
     index = {c: i for i, c in enumerate(class_names)}
     return [(p, index[label]) for p, label in samples_named], class_names
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether the normalised ``path`` is ``root`` or below it (by name: links inside are the user's)."""
+    base = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.abspath(path))
+    return full == base or full.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def _check_folder(root: str, key: str) -> None:

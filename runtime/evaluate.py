@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from convspec.specs.readfile import FileReadError, check_regular
+
 from . import metrics
 from .datasets import DataError, list_csv, list_folder
 from .images import load_images
@@ -161,6 +163,7 @@ def evaluate(
     batch_size: int = 64,
     *,
     progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Score a model on labelled images.
 
@@ -170,6 +173,8 @@ def evaluate(
             ``path,label`` (paths relative to the CSV's folder), or ``(path, label)`` pairs.
         batch_size: images per ORT run.
         progress: called with the number of images finished since the last call.
+        log: receives warnings (``warning: ...``: folders convspec wrote, skipped); None
+            uses :func:`warnings.warn`.
 
     Returns:
         The :class:`EvalResult`; unreadable images are left out and listed in ``failures``.
@@ -180,7 +185,7 @@ def evaluate(
         ModelError: an unusable model file.
     """
     predictor = model if isinstance(model, Predictor) else Predictor(model)
-    paths, names = _samples(data)
+    paths, names = _samples(data, log)
     index = match_classes(sorted(set(names)), predictor.classes, data)
     labels = np.array([index[n] for n in names], np.int64)
     return evaluate_files(predictor, paths, labels, batch_size=batch_size, progress=progress)
@@ -239,16 +244,24 @@ def evaluate_arrays(
     )
 
 
-def _samples(data: Any) -> tuple[list[str], list[str]]:
+def _samples(data: Any, log: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
     """``(paths, class names)`` of a folder, a CSV or ``(path, label)`` pairs."""
     if isinstance(data, (str, os.PathLike)):
         root = os.fspath(data)
+        # Why min_classes=1: scoring on some of the model's classes is fine (match_classes checks
+        # that each is one the model knows); "a classifier needs 2 classes" is a training rule.
         if os.path.isdir(root):
-            samples, classes = list_folder(root, key=root)
-        elif os.path.isfile(root) and root.lower().endswith((".csv", ".tsv", ".txt")):
-            samples, classes = list_csv(root, key=root)
+            samples, classes = list_folder(root, key=root, min_classes=1, log=log)
         elif not os.path.exists(root):
             raise DataError(f"{root}: not found (expected an ImageFolder folder or a CSV file path,label)")
+        elif not os.path.isfile(root):  # a FIFO, a device: say what it is, never open it
+            try:
+                check_regular(root, "csv")
+            except FileReadError as e:
+                raise DataError(f"{e}; expected an ImageFolder folder or a CSV file path,label") from None
+            samples, classes = list_csv(root, key=root, min_classes=1)  # it became a file meanwhile
+        elif root.lower().endswith((".csv", ".tsv", ".txt")):
+            samples, classes = list_csv(root, key=root, min_classes=1)
         else:
             raise DataError(
                 f"{root}: expected an ImageFolder folder (one sub-folder per class) or a CSV file path,label"
@@ -261,7 +274,15 @@ def _samples(data: Any) -> tuple[list[str], list[str]]:
 
 
 def match_classes(data_classes: list[str], model_classes: list[str], data: Any) -> dict[str, int]:
-    """Map the data's class names to the model's output indices; unknown names are an error."""
+    """Map the data's class names to the model's output indices; unknown names are an error.
+
+    The data may hold any subset of the model's classes (one class too): the scores are over
+    the images given, with every model class a possible prediction; per-class precision,
+    recall and F1 are listed for all classes and the macro averages cover the classes present.
+
+    Raises:
+        DataError: a class the model does not know, naming it and the model's classes.
+    """
     index = {c: i for i, c in enumerate(model_classes)}
     unknown = [c for c in data_classes if c not in index]
     if unknown:

@@ -33,6 +33,7 @@ pixels and for transparent pixels that hold leftover colour.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -41,11 +42,13 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convspec.specs.errors import ConvspecError
+from convspec.specs.readfile import FileReadError, open_regular
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -65,6 +68,68 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", "
 _FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "WEBP")
 _RESAMPLE = Image.Resampling.BILINEAR
 _RESIZE_MODES = ("stretch", "letterbox", "crop")
+
+# Images above this many pixels are converted to 8 bits a strip of rows at a time (the same
+# pixels as in one go; see _convert_in_strips), strips of about _STRIP_PIXELS pixels.
+STREAM_PIXELS = 1 << 22
+_STRIP_PIXELS = 1 << 20
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+class DecodeBudget:
+    """Bytes of decoded images in flight across every thread of the process.
+
+    A decode waits while others hold more than ``limit`` bytes; one image larger than the
+    limit runs alone. Why in the loader, not in each pool: training's decode pool, the
+    Predictor's and a server's request threads all decode through :func:`load_image`, so one
+    budget bounds them all, whatever their thread counts.
+
+    Args:
+        limit: bytes; default ``CONVSPEC_DECODE_MB`` (MB) from the environment, else 1024 MB.
+    """
+
+    def __init__(self, limit: int | None = None):
+        if limit is None:
+            limit = int(float(os.environ.get("CONVSPEC_DECODE_MB", "1024")) * (1 << 20))
+        self.limit = max(1, int(limit))
+        self.in_flight = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int):
+        """Wait until ``nbytes`` fit (or nothing else is in flight), hold them for the block."""
+        with self._cond:
+            while self.in_flight and self.in_flight + nbytes > self.limit:
+                self._cond.wait()
+            self.in_flight += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= nbytes
+                self._cond.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget()
+
+# Why 64 MB blocks: Pillow allocates large images in blocks (16 MB by default); glibc serves
+# blocks under its 32 MB mmap ceiling from per-thread arenas and keeps them after a free, so
+# every decode thread kept its largest image's worth (three 9400x9400 PNGs one after another:
+# 527 MB, against 375 MB with 64 MB blocks, which are mmapped and given back when freed).
+# Small images are unaffected (one block of their own size). PILLOW_BLOCK_SIZE still wins.
+if "PILLOW_BLOCK_SIZE" not in os.environ:
+    with contextlib.suppress(AttributeError, ValueError):
+        Image.core.set_block_size(64 << 20)
+
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "RGB": 3}
+
+
+def decoded_bytes(im: Image.Image) -> int:
+    """About how much memory decoding and converting ``im`` takes (its size after any draft)."""
+    per = _BYTES_PER_PIXEL.get(im.mode, 4)  # RGBA, CMYK, I, F, ...: 4 bytes a pixel
+    # Why + 3: the decoded image plus its 8-bit RGB copy (strip conversion keeps no other).
+    return im.width * im.height * (per + 3)
+
 
 # Why a lock: the DecompressionBombWarning -> error filter needs ``warnings.catch_warnings``,
 # which swaps a process-global list and is not thread-safe. Only ``Image.open`` (header
@@ -124,7 +189,8 @@ def load_image(
     """
     _check_args(channels, size, resize)
     name = os.fspath(path)
-    return _decode(name, _open(name), channels, size, resize)
+    im, fp = _open(name)
+    return _decode(name, im, fp, channels, size, resize)
 
 
 def load_image_bytes(
@@ -147,27 +213,36 @@ def load_image_bytes(
     _check_args(channels, size, resize)
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
-    return _decode(name, _open(name, io.BytesIO(data)), channels, size, resize)
+    fp = io.BytesIO(data)
+    return _decode(name, _open_fp(name, fp), fp, channels, size, resize)
 
 
-def _decode(name: str, im: Image.Image, channels: int, size: Sequence[int], resize: str) -> np.ndarray:
+def _decode(name: str, im: Image.Image, fp, channels: int, size: Sequence[int], resize: str) -> np.ndarray:
     """An opened image -> ``(C, H, W)`` uint8: draft, full decode, orientation, mode, resize."""
     try:
         if im.format in ("JPEG", "MPO"):
-            _draft(im, int(size[0]), int(size[1]), resize)
-        try:
-            im.load()  # Why: decode everything now; a truncated file must fail here, not later.
-        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib.error...
-            raise ImageError(name, _decode_reason(e)) from None
-        oriented = _orient(im)
-        try:
-            return _finish(oriented, channels, size, resize)
-        except ImageError:
-            raise
-        except Exception as e:
-            raise ImageError(name, _decode_reason(e)) from None
+            _draft(im, int(size[0]), int(size[1]), resize, "L" if channels == 1 else "RGB")
+        with DECODE_BUDGET.hold(decoded_bytes(im)):
+            try:
+                im.load()  # Why: decode everything now; a truncated file must fail here, not later.
+            except MemoryError:
+                raise ImageError(name, f"not enough memory to decode {im.width}x{im.height} pixels") from None
+            except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib.error...
+                raise ImageError(name, _decode_reason(e)) from None
+            oriented = _orient(im)
+            if oriented is not im:
+                im.close()  # Why now: free the decode as stored before the rotated copy is converted
+            try:
+                return _finish(oriented, channels, size, resize, owned=True)
+            except ImageError:
+                raise
+            except MemoryError:
+                raise ImageError(name, f"not enough memory to convert {im.width}x{im.height} pixels") from None
+            except Exception as e:
+                raise ImageError(name, _decode_reason(e)) from None
     finally:
         im.close()
+        fp.close()
 
 
 def prepare_array(
@@ -338,19 +413,34 @@ def _check_args(channels: int, size: Sequence[int], resize: str) -> None:
         raise ValueError(f"resize must be one of {', '.join(_RESIZE_MODES)} (got {resize!r})")
 
 
-def _open(name: str, data: io.BytesIO | None = None) -> Image.Image:
-    """Open (header only) with the size limit as an error, and turn OS errors into reasons.
+def _open(name: str) -> tuple[Image.Image, BinaryIO]:
+    """Open (header only) with the size limits as errors, and turn OS errors into reasons.
 
-    ``data``: the encoded bytes in memory (then ``name`` only names them in errors).
+    The file is opened by :func:`convspec.specs.readfile.open_regular`: a FIFO, a device or a
+    folder is refused before anything is read, and a file over ``LIMITS["image"]`` bytes too.
+    Returns the image and its file object; the caller closes both.
     """
-    if data is None:
-        _check_path(name)
+    try:
+        fp = open_regular(name, "image")
+    except FileReadError as e:
+        reason = "is a folder, not an image file" if e.reason == "is a folder, not a regular file" else e.reason
+        raise ImageError(name, reason) from None
+    try:
+        if os.fstat(fp.fileno()).st_size == 0:
+            raise ImageError(name, "empty file (0 bytes)")
+        return _open_fp(name, fp), fp
+    except BaseException:
+        fp.close()
+        raise
+
+
+def _open_fp(name: str, fp: BinaryIO) -> Image.Image:
     limit = Image.MAX_IMAGE_PIXELS
     try:
         with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(name if data is None else data)
+            im = Image.open(fp)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         m = re.search(r"\((\d+) pixels\)", str(e))
         pixels = m.group(1) if m else "?"
@@ -371,26 +461,14 @@ def _open(name: str, data: io.BytesIO | None = None) -> Image.Image:
     return im
 
 
-def _check_path(name: str) -> None:
-    """A readable, non-empty file, or an ImageError saying what it is instead."""
-    try:
-        if os.path.isdir(name):
-            raise ImageError(name, "is a folder, not an image file")
-        if os.path.getsize(name) == 0:
-            raise ImageError(name, "empty file (0 bytes)")
-    except FileNotFoundError:
-        reason = "broken link (target not found)" if os.path.islink(name) else "file not found"
-        raise ImageError(name, reason) from None
-    except OSError as e:
-        raise ImageError(name, f"cannot read file ({e.strerror or e})") from None
-
-
-def _draft(im: Image.Image, h: int, w: int, how: str) -> None:
+def _draft(im: Image.Image, h: int, w: int, how: str, mode: str = "RGB") -> None:
     """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when the result is still at least as
-    large as the resize needs (as ``Image.thumbnail`` does).
+    large as the resize needs (as ``Image.thumbnail`` does), and, for ``mode="L"``, decode a
+    colour JPEG's luma (Y) plane only.
 
-    Why: a 2000x1500 photo bound for 224x224 decodes about 5x faster; the pixels differ from
-    a full decode by about one grey level, and training and serving both take this path.
+    Why: a 2000x1500 photo bound for 224x224 decodes about 5x faster, in a quarter of the
+    memory or less; the pixels differ from a full decode by about one grey level, and training
+    and serving both take this path. Pillow's draft may be called once per image.
     """
     try:
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # stored sideways: swap the target
@@ -403,8 +481,9 @@ def _draft(im: Image.Image, h: int, w: int, how: str) -> None:
     else:
         scale = max(w / sw, h / sh) if how == "crop" else min(w / sw, h / sh)
         need = (max(1, math.ceil(sw * scale)), max(1, math.ceil(sh * scale)))
-    if 2 * need[0] <= sw and 2 * need[1] <= sh:
-        im.draft(None, need)
+    scaled = 2 * need[0] <= sw and 2 * need[1] <= sh
+    if scaled or mode == "L":
+        im.draft("L" if mode == "L" else None, need if scaled else None)
 
 
 def _orient(im: Image.Image) -> Image.Image:
@@ -429,48 +508,100 @@ def _short(e: Exception) -> str:
     return text[:200]
 
 
-def _finish(im: Image.Image, channels: int, size: Sequence[int], resize: str) -> np.ndarray:
-    """Decoded image -> 8-bit 'L'/'RGB' -> resized -> ``(C, H, W)`` uint8."""
-    im = _to_8bit(im)
+def _finish(im: Image.Image, channels: int, size: Sequence[int], resize: str, *, owned: bool = False) -> np.ndarray:
+    """Decoded image -> 8-bit 'L'/'RGB' -> resized -> ``(C, H, W)`` uint8.
+
+    ``owned``: ``im`` is this loader's own; a large one is closed (its memory freed) once
+    converted, before the resize.
+    """
     target = "L" if channels == 1 else "RGB"
+    plain = im.mode in ("L", target) and "transparency" not in im.info
+    if im.width * im.height > STREAM_PIXELS and not plain:
+        # Why grey stays grey until after the resize: resizing one band and copying it to three
+        # gives exactly the pixels of resizing three equal bands, in a third of the memory.
+        converted = _convert_in_strips(im, "L" if im.mode in _GREY_MODES else target)
+        if owned:
+            im.close()
+        im = converted
+    else:
+        im = _to_mode(im, target)
+    im = _resize(im, int(size[0]), int(size[1]), resize)
     if im.mode != target:
         im = im.convert(target)
-    im = _resize(im, int(size[0]), int(size[1]), resize)
     a = np.asarray(im)
     if channels == 1:
         return np.ascontiguousarray(a[None])  # (1, H, W)
     return np.ascontiguousarray(a.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 'L' or 'RGB' (transparency composited onto black)."""
+def _to_mode(im: Image.Image, target: str, float_scale: bool | None = None) -> Image.Image:
+    im = _to_8bit(im, float_scale)
+    return im if im.mode == target else im.convert(target)
+
+
+def _convert_in_strips(im: Image.Image, target: str) -> Image.Image:
+    """:func:`_to_mode` a strip of rows at a time: the same pixels, with no full-size temporary
+    beyond the result (a 9400x9400 16-bit PNG held an int64 copy of 700 MB and more at once).
+
+    Why only the conversion in strips, not the resize: the conversions are per pixel, so
+    strips give exactly the same pixels; Pillow's resize is then called on the whole 8-bit
+    image as before, so the pixels stay those of the one-piece path.
+    """
+    rows = max(1, _STRIP_PIXELS // max(1, im.width))
+    float_scale = None
+    if im.mode == "F":  # Why first: whether to scale by 255 depends on the whole image's maximum
+        top = max(
+            float(np.nan_to_num(np.asarray(im.crop((0, y, im.width, min(y + rows, im.height)))), posinf=255.0).max())
+            for y in range(0, im.height, rows)
+        )
+        float_scale = top <= 1.0
+    out = Image.new(target, im.size)
+    for y in range(0, im.height, rows):
+        out.paste(_to_mode(im.crop((0, y, im.width, min(y + rows, im.height))), target, float_scale), (0, y))
+    return out
+
+
+def _to_8bit(im: Image.Image, float_scale: bool | None = None) -> Image.Image:
+    """Any Pillow mode -> 'L' or 'RGB' (transparency composited onto black).
+
+    ``float_scale``: for mode 'F', whether values are multiplied by 255 (default: when the
+    image's maximum is <= 1); the streamed path decides it once for the whole image.
+    """
     mode = im.mode
     if mode in ("L", "RGB") and "transparency" not in im.info:
         return im
     if mode.startswith("I;16") or mode == "I":
-        a = np.asarray(im).astype(np.int64)
-        return Image.fromarray(_scale16(a), mode="L")
+        return Image.fromarray(_scale16(np.asarray(im)), mode="L")
     if mode == "F":
-        a = np.asarray(im, dtype=np.float64)
+        a = np.asarray(im, dtype=np.float32)
         a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
-        a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        if float_scale if float_scale is not None else (a.size and a.max() <= 1.0):
+            a = a.astype(np.float64) * 255.0
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
     if mode == "1":
         return im.convert("L")
     grey_alpha = mode in ("LA", "La") or (mode == "L" and "transparency" in im.info)
     colour_alpha = mode in ("RGBA", "RGBa", "PA") or (mode in ("P", "RGB") and "transparency" in im.info)
     if grey_alpha or colour_alpha:
-        a = np.asarray(im.convert("LA" if grey_alpha else "RGBA")).astype(np.uint16)
-        alpha = a[..., -1:]
-        onto_black = ((a[..., :-1] * alpha + 127) // 255).astype(np.uint8)  # round(c * a / 255)
+        a = np.asarray(im.convert("LA" if grey_alpha else "RGBA"))
+        colour = a[..., :-1].astype(np.uint16)  # Why uint16: c * alpha + 127 <= 65152 fits
+        colour *= a[..., -1:]
+        colour += 127
+        colour //= 255  # round(c * a / 255)
+        onto_black = colour.astype(np.uint8)
         return Image.fromarray(onto_black[..., 0] if grey_alpha else onto_black, mode="L" if grey_alpha else "RGB")
     return im.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
+# Why a table: 0-65535 -> 0-255 by one uint8 lookup per pixel, no int64 copy of the image.
+_LUT16 = ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def _scale16(a: np.ndarray) -> np.ndarray:
     """0-65535 -> 0-255, rounded (values outside are clipped)."""
-    a = np.clip(a.astype(np.int64), 0, 65535)
-    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+    if a.dtype != np.uint16:
+        a = np.clip(a, 0, 65535).astype(np.uint16)
+    return _LUT16[a]
 
 
 def _array_to_8bit_or_16bit(a: np.ndarray) -> np.ndarray:

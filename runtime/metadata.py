@@ -50,6 +50,13 @@ KEYS = (
 )
 
 
+RESIZE_MODES = ("stretch", "letterbox", "crop")
+# Why a bound: the loader allocates batch x C x H x W bytes; an input_size of [100000, 100000]
+# in a hand-made file would ask for gigabytes per image.
+MAX_SIDE = 8192
+MAX_JSON = 1 << 20
+
+
 class MetadataWarning(UserWarning):
     """A model without (complete) convspec metadata: numbered labels, shape from the graph."""
 
@@ -125,33 +132,57 @@ def from_props(
         source: how to name the model in warnings.
 
     Raises:
-        ValueError: metadata present but malformed, or a graph that tells neither
-            channels nor size (the caller turns it into a ModelError).
+        ValueError: metadata present but malformed (classes not a JSON list of unique names,
+            input_size not two sides 1..MAX_SIDE, an unknown task or resize mode, channels
+            not 1 or 3), an output width that differs from the class list, or a graph that
+            tells neither channels nor size (the caller turns it into a ModelError).
     """
     ours = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
     if "classes" in ours and "channels" in ours and "input_size" in ours:
+        classes = _classes(ours["classes"], source)
+        size = _size(ours["input_size"], source)
+        channels = _int(ours["channels"], "channels", source)
         try:
-            classes = tuple(str(c) for c in json.loads(ours["classes"]))
-            size = tuple(int(v) for v in json.loads(ours["input_size"]))
-            channels = int(ours["channels"])
-            metrics = json.loads(ours["test_metrics"]) if ours.get("test_metrics") else {}
             threshold = float(ours["threshold"]) if ours.get("threshold") else None
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{source}: malformed convspec metadata ({e})") from None
+        except ValueError:
+            raise ValueError(f"{source}: malformed convspec metadata: convspec.threshold is not a number") from None
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"{source}: malformed convspec metadata (threshold {threshold} is not in [0, 1])")
-        if len(size) != 2 or channels not in (1, 3) or len(classes) < 2:
+        if channels not in (1, 3):
             raise ValueError(
-                f"{source}: malformed convspec metadata (channels {channels}, "
-                f"input_size {list(size)}, {len(classes)} classes)"
+                f"{source}: malformed convspec metadata: convspec.channels must be 1 or 3 (got {channels})"
             )
         task = ours.get("task") or ("binary" if output_width == 1 else "multiclass")
+        if task not in ("binary", "multiclass"):
+            raise ValueError(
+                f"{source}: malformed convspec metadata: convspec.task must be binary or multiclass (got {task!r})"
+            )
+        resize = ours.get("resize") or "stretch"
+        if resize not in RESIZE_MODES:
+            raise ValueError(
+                f"{source}: malformed convspec metadata: convspec.resize must be one of {', '.join(RESIZE_MODES)} "
+                f"(got {_clip(resize)!r})"
+            )
+        if task == "binary" and len(classes) != 2:
+            raise ValueError(
+                f"{source}: malformed convspec metadata: a binary model has 2 classes (got {len(classes)})"
+            )
+        check_output_width(output_width, task, classes, source)
+        try:
+            metrics = json.loads(ours["test_metrics"]) if ours.get("test_metrics") else {}
+        except ValueError:
+            metrics = None
+        if not isinstance(metrics, dict):
+            warnings.warn(
+                f"{source}: convspec.test_metrics is not a JSON object; ignored", MetadataWarning, stacklevel=3
+            )
+            metrics = {}
         return ModelInfo(
             classes=classes,
             task=task,
             channels=channels,
-            size=size,  # type: ignore[arg-type]
-            resize=ours.get("resize", "stretch"),
+            size=size,
+            resize=resize,
             spec=ours.get("spec", ""),
             version=ours.get("version", ""),
             test_metrics=metrics,
@@ -181,6 +212,79 @@ def from_props(
         stacklevel=3,
     )
     return ModelInfo(classes=classes, task=task, channels=c, size=(h, w), has_metadata=False)
+
+
+def expected_width(task: str, classes: tuple[str, ...] | list[str]) -> int:
+    """The output width a model with this task and class list has: 1 (binary) or the class count."""
+    return 1 if task == "binary" else len(classes)
+
+
+def check_output_width(width: Any, task: str, classes, source: str) -> None:
+    """Raise ValueError when a fixed output width disagrees with the class list (symbolic widths pass)."""
+    if isinstance(width, int) and width > 0 and width != expected_width(task, classes):
+        want = expected_width(task, classes)
+        what = "a binary model has 1 output" if task == "binary" else f"{len(classes)} classes need {want} outputs"
+        raise ValueError(
+            f"{source}: the model's output has {width} values per image but its metadata lists {len(classes)} "
+            f"classes ({what}); the model file and its metadata do not belong together"
+        )
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json(text: str, key: str, source: str) -> Any:
+    if len(text) > MAX_JSON:
+        raise ValueError(f"{source}: malformed convspec metadata: convspec.{key} is {len(text):,} characters")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValueError(
+            f"{source}: malformed convspec metadata: convspec.{key} is not JSON (got {_clip(text)!r})"
+        ) from None
+
+
+def _int(text: str, key: str, source: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ValueError(
+            f"{source}: malformed convspec metadata: convspec.{key} must be an integer (got {_clip(str(text))!r})"
+        ) from None
+
+
+def _classes(text: str, source: str) -> tuple[str, ...]:
+    value = _json(text, "classes", source)
+    if not isinstance(value, list) or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in value):
+        raise ValueError(
+            f"{source}: malformed convspec metadata: convspec.classes must be a JSON list of names "
+            f"(got {_clip(text)!r})"
+        )
+    classes = tuple(str(c) for c in value)
+    if len(classes) < 2:
+        raise ValueError(
+            f"{source}: malformed convspec metadata: convspec.classes lists {len(classes)} class(es); at least 2"
+        )
+    if len(set(classes)) != len(classes):
+        dup = sorted({c for c in classes if classes.count(c) > 1})
+        raise ValueError(f"{source}: malformed convspec metadata: convspec.classes repeats {', '.join(dup[:5])}")
+    return classes
+
+
+def _size(text: str, source: str) -> tuple[int, int]:
+    value = _json(text, "input_size", source)
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not all(1 <= v <= MAX_SIDE for v in value)
+    ):
+        raise ValueError(
+            f"{source}: malformed convspec metadata: convspec.input_size must be [height, width], "
+            f"each 1..{MAX_SIDE} (got {_clip(text)!r})"
+        )
+    return int(value[0]), int(value[1])
 
 
 def read_metadata(model: Any) -> ModelInfo:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ class Predictor:
         """
         batch = self._check_batch(batch)
         if self._fixed_batch is None or len(batch) == self._fixed_batch:
-            return self.session.run([self._output], {self._input: batch})[0]
+            return self._run(batch)
         k = self._fixed_batch  # a model exported with dynamic_batch: false
         parts = []
         for i in range(0, len(batch), k):
@@ -185,8 +186,25 @@ class Predictor:
             n = len(chunk)
             if n < k:
                 chunk = np.concatenate([chunk, np.zeros((k - n, *chunk.shape[1:]), np.uint8)])
-            parts.append(self.session.run([self._output], {self._input: chunk})[0][:n])
+            parts.append(self._run(chunk)[:n])
         return np.concatenate(parts) if parts else np.zeros((0, 1 if self._binary else len(self._classes)), np.float32)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One ORT run; a graph that fails, or returns the wrong shape, is a ModelError naming the model."""
+        try:
+            out = self.session.run([self._output], {self._input: batch})[0]
+        except Exception as e:  # ORT's Fail / RuntimeException / InvalidArgument: a graph that cannot run
+            raise ModelError(
+                f"{self.path}: the model failed when run on a batch of {len(batch)}: {ort_message(e)}"
+            ) from None
+        want = 1 if self._binary else len(self._classes)
+        if not isinstance(out, np.ndarray) or out.ndim != 2 or out.shape != (len(batch), want):
+            got = list(getattr(out, "shape", ())) or type(out).__name__
+            raise ModelError(
+                f"{self.path}: the model returned {got} for a batch of {len(batch)}; its metadata lists "
+                f"{len(self._classes)} classes, so ({len(batch)}, {want}) was expected"
+            )
+        return out
 
     def class_probabilities(self, probs: np.ndarray) -> np.ndarray:
         """``(N, K)`` per class: binary ``(N, 1)`` outputs become ``[1 - p, p]``."""
@@ -304,6 +322,15 @@ class Predictor:
                 f"got {tuple(batch.shape)}; use Predictor.predict to load and resize images"
             )
         return np.ascontiguousarray(batch)
+
+
+def ort_message(e: Exception, limit: int = 300) -> str:
+    """ORT's exception text without its error-code prefix and C++ source locations."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"/\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)  # "file.h:84 Fn(args) cond was false."
+    text = re.sub(r"/\S*onnxruntime\S*\.(?:h|cc|cpp):\d+ ", "", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_items(items: Any) -> list:

@@ -17,10 +17,10 @@ import io
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from convspec.specs.errors import ConvspecError
+from convspec.specs.readfile import FileReadError, check_regular, open_regular
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -98,6 +98,20 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
     return list(providers)
 
 
+@functools.cache
+def quiet_ort() -> None:
+    """ORT's process-wide C++ logger to errors-and-above only (once per process).
+
+    Why: a graph that fails while loading or running logs its own ``[E:onnxruntime:...]``
+    lines to stderr before the exception; the exception becomes one ModelError line, so the
+    log line would be a second, raw copy of the same failure. Severity 4 (fatal) keeps those
+    off the terminal; the session options' own level (3) covers per-session warnings.
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+
+
 def session_options(intra_op_threads: int | None = None, *, spinning: bool = True):
     """Full graph optimization; ORT's per-session warnings kept off the user's screen.
 
@@ -106,9 +120,13 @@ def session_options(intra_op_threads: int | None = None, *, spinning: bool = Tru
     """
     import onnxruntime as ort
 
+    quiet_ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # Why: e.g. "some nodes were not assigned to the preferred EP" on CUDA
+    # Why 4 (fatal only): warnings ("some nodes were not assigned to the preferred EP" on CUDA)
+    # are noise, and every error ORT logs while loading or running also comes back as the
+    # exception that becomes one ModelError line; the log line would be a raw second copy.
+    so.log_severity_level = 4
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
     if not spinning:
@@ -150,12 +168,16 @@ def open_session(
 
 
 def _check_file(name: str) -> None:
-    path = Path(name)
-    if not path.exists():
-        raise ModelError(f"{name}: model file not found")
-    if path.is_dir():
-        raise ModelError(f"{name}: is a folder, not an .onnx model file")
-    if path.stat().st_size == 0:
+    """A regular file within ``LIMITS["model"]``: a FIFO or device would block or never end in ORT."""
+    try:
+        st = check_regular(name, "model")
+    except FileReadError as e:
+        if e.reason == "file not found":
+            raise ModelError(f"{name}: model file not found") from None
+        if e.reason == "is a folder, not a regular file":
+            raise ModelError(f"{name}: is a folder, not an .onnx model file") from None
+        raise ModelError(str(e)) from None
+    if st.st_size == 0:
         raise ModelError(f"{name}: empty file (0 bytes), not an ONNX model")
 
 
@@ -166,7 +188,7 @@ def _load_failure(name: str, source: Any, e: Exception) -> str:
     if isinstance(source, bytes):
         head = source[:8]
     else:
-        with contextlib.suppress(OSError), open(source, "rb") as f:
+        with contextlib.suppress(OSError, ConvspecError), open_regular(source, "model") as f:
             head = f.read(8)
     if head.startswith(b"PK"):
         return (

@@ -3,18 +3,103 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
+
+from .errors import Issue, SpecError
+from .readfile import FileReadError, read_text
 
 DIGITS = [str(i) for i in range(10)]
 
 
+# ---------------------------------------------------------------- convspec's own outputs
+
+#: The file training writes into every run folder (and tune into its study folder): a folder
+#: holding it is convspec's output, never data.
+RUN_MARKER = ".convspec-run"
+# Why a file pattern besides the marker: run folders written before the marker existed.
+_RUN_FILES = frozenset({"split.json", "metrics.jsonl", "last.pt", "best.pt", "results.json", "report.md"})
+_TUNE_FILES = frozenset({"study.db", "tune.json", "trials.csv"})
+#: The images convspec writes into run and tune folders (plots), by name.
+OUTPUT_IMAGES = frozenset(
+    {
+        "curves.png",
+        "confusion.png",
+        "errors.png",
+        "roc.png",
+        "pr.png",
+        "calibration.png",
+        "compare.png",
+        "history.png",
+        "importance.png",
+    }
+)
+
+
+def _names(path: str) -> set[str]:
+    try:
+        return {e.name for e in os.scandir(path)}
+    except OSError:
+        return set()
+
+
+def is_run_folder(path: str) -> bool:
+    """Whether ``path`` is a folder convspec wrote: a run folder, a tune folder, or ``runs/``.
+
+    The rule: the folder holds :data:`RUN_MARKER`; or ``spec.yaml`` (or ``best.yaml``) with
+    one of split.json, metrics.jsonl, last.pt, best.pt, results.json, report.md; or
+    study.db / tune.json / trials.csv with ``best.yaml`` or ``trials/``; or it holds at least
+    one such folder and, besides them, only sub-folders of that kind and no images (the
+    ``runs/`` folder that holds run folders).
+    """
+    names = _names(path)
+    if not names:
+        return False
+    if RUN_MARKER in names:
+        return True
+    if "spec.yaml" in names and names & _RUN_FILES:
+        return True
+    if names & _TUNE_FILES and ({"best.yaml", "trials"} & names):
+        return True
+    subdirs = [n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(path, n))]
+    if not subdirs or any(os.path.splitext(n)[1].lower() in _IMAGE_EXT for n in names):
+        return False
+    # Why one level only: ``runs/NAME/`` is the layout; deeper searches would cost a walk per folder.
+    return all(_is_run_leaf(os.path.join(path, n)) for n in subdirs)
+
+
+def _is_run_leaf(path: str) -> bool:
+    names = _names(path)
+    return (
+        RUN_MARKER in names
+        or ("spec.yaml" in names and bool(names & _RUN_FILES))
+        or bool(names & _TUNE_FILES and ({"best.yaml", "trials"} & names))
+    )
+
+
+_IMAGE_EXT = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
 def folder_classes(root: str) -> list[str]:
-    """Sorted names of the non-hidden sub-folders of ``root`` (ImageFolder layout)."""
-    return sort_names(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    """Sorted names of the non-hidden sub-folders of ``root`` (ImageFolder layout).
+
+    Folders convspec wrote (:func:`is_run_folder`: run folders, ``runs/``, tune folders)
+    are not classes.
+    """
+    return sort_names(
+        e.name
+        for e in os.scandir(root)
+        if e.is_dir() and not e.name.startswith(".") and not is_run_folder(os.path.join(root, e.name))
+    )
 
 
 def static_class_names(spec) -> list[str] | None:
-    """The data's class names, sorted; None when the source cannot be read here."""
+    """The data's class names, sorted; None when the source cannot be read here.
+
+    Raises:
+        SpecError: (at ``data.source.path``) a CSV that is a FIFO, a device, a folder, too
+            large or not UTF-8 text: reading it would hang or never end.
+    """
     src = spec.data.source
     try:
         if src.type == "builtin":
@@ -25,11 +110,16 @@ def static_class_names(spec) -> list[str] | None:
                 root = os.path.join(root, "train")
             return folder_classes(root) or None
         if src.type == "csv":
-            with open(src.path, newline="", encoding="utf-8") as f:
-                labels = {row.get("label") for row in csv.DictReader(f)}
-            labels.discard(None)
+            try:
+                text = read_text(src.path, "csv", encoding="utf-8-sig")
+            except FileReadError as e:
+                if e.reason == "file not found":
+                    return None  # Why: validate may run before the data exists; train reports it
+                raise SpecError(Issue(str(e), ("data", "source", "path"))) from None
+            labels = {(row.get("label") or "").strip() for row in csv.DictReader(io.StringIO(text, newline=""))}
+            labels.discard("")
             return sort_names(labels) or None
-    except (OSError, UnicodeDecodeError, csv.Error):
+    except (OSError, csv.Error):
         return None
     return None
 

@@ -28,6 +28,7 @@ class Issue:
         file: the spec file's name as the user gave it.
         line: 1-based line, or None when the position is unknown.
         col: 1-based column, or None.
+        what: shown after the key, in parentheses: the layer's type (``model.layers[5] (max_pool): ...``).
     """
 
     message: str
@@ -35,12 +36,15 @@ class Issue:
     file: str = "<spec>"
     line: int | None = None
     col: int | None = None
+    what: str = ""
 
     def __str__(self) -> str:
         where = self.file
         if self.line is not None:
             where += f":{self.line}:{self.col or 1}"
         key = format_path(self.path)
+        if key and self.what:
+            key += f" ({self.what})"
         return f"{where}: {key}: {self.message}" if key else f"{where}: {self.message}"
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,6 +14,7 @@ from ruamel.yaml.error import YAMLError
 from .errors import Issue, SpecError, format_path
 from .messages import describe, doc_path, valid_keys
 from .paths import PathError, has_path, set_path, split_path, with_values
+from .readfile import FileReadError, open_regular
 from .rules import check_rules, resolve_paths
 from .shapes import preprocess_issues, summarize
 from .spec import Spec
@@ -41,17 +44,16 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Sp
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
+        with open_regular(name, "spec", limit=1 << 62) as f:  # Why no limit here: MAX_BYTES, below, says it as FILE:1:1
             size = os.fstat(f.fileno()).st_size
             if size > MAX_BYTES:  # Why here: read no more than needed, and report the real size
                 raise SpecError(
                     Issue(f"file is {size:,} bytes; a spec is at most {MAX_BYTES:,}", file=name, line=1, col=1)
                 )
             raw = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise SpecError(Issue("no such file", file=name)) from None
-    except IsADirectoryError:
-        raise SpecError(Issue("is a folder, not a spec file", file=name)) from None
+    except FileReadError as e:
+        reason = "no such file" if e.reason == "file not found" else e.reason
+        raise SpecError(Issue(reason, file=name)) from None
     except OSError as e:
         raise SpecError(Issue(f"cannot read: {e.strerror}", file=name)) from None
     base = os.path.dirname(os.path.abspath(name))
@@ -75,10 +77,13 @@ def load_spec_text(
     def locate(issue: Issue, at_key: bool = False) -> Issue:
         for dotted, opath in overridden.items():
             if issue.path[: len(opath)] == opath:
-                return Issue(issue.message, issue.path, f"{name} (--set {dotted})")
-        pos = position(doc, issue.path, at_key=at_key)
-        return Issue(issue.message, issue.path, name, *(pos or (None, None)))
+                return replace(issue, file=f"{name} (--set {dotted})", line=None, col=None)
+        line, col = position(doc, issue.path, at_key=at_key) or (None, None)
+        return replace(issue, file=name, line=line, col=col)
 
+    non_finite = _non_finite(data)
+    if non_finite:
+        raise SpecError([locate(i) for i in non_finite])
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
@@ -89,7 +94,10 @@ def load_spec_text(
     resolve_paths(spec, base)
     spec._source, spec._base_dir = name, base
 
-    issues = check_rules(spec) + preprocess_issues(spec)
+    try:
+        issues = check_rules(spec) + preprocess_issues(spec)
+    except SpecError as e:  # a data source that cannot be read at all (a FIFO, a device)
+        issues = e.issues
     issues += _tune_issues(spec)
     if not any(i.path[:1] == ("preprocess",) for i in issues):
         try:
@@ -99,6 +107,21 @@ def load_spec_text(
     if issues:
         raise SpecError([locate(i) for i in issues])
     return spec
+
+
+def _non_finite(data: Any, path: tuple = ()) -> list[Issue]:
+    """Every float in the document that is infinite or NaN (``1e400``, ``.inf``, ``.nan``).
+
+    Why before Pydantic, for the whole document: ``lr: 1e400`` parses as infinity and passes
+    ``gt=0``; one walk covers every number field, present and future, and tune values too.
+    """
+    if isinstance(data, float) and not math.isfinite(data):
+        return [Issue(f"must be a finite number (got {data})", path)]
+    if isinstance(data, dict):
+        return [i for k, v in data.items() for i in _non_finite(v, path + (k,))]
+    if isinstance(data, list):
+        return [i for n, v in enumerate(data) for i in _non_finite(v, path + (n,))]
+    return []
 
 
 def _schema_issues(e: ValidationError, data: Any, locate) -> list[Issue]:

@@ -16,7 +16,15 @@ def split_path(dotted: str) -> tuple:
     """``"model.layers.0.filters"`` -> ``("model", "layers", 0, "filters")``."""
     if not dotted or any(not part for part in dotted.split(".")):
         raise PathError(f"{dotted!r} is not a dotted path like training.optimizer.lr")
-    return tuple(int(p) if p.lstrip("-").isdigit() else p for p in dotted.split("."))
+    parts = dotted.split(".")
+    for i, p in enumerate(parts):
+        if p.startswith("-") and p[1:].isdigit():
+            # Why refuse: Python's "last item" reading of -1 silently changed another layer than meant.
+            raise PathError(
+                f"{'.'.join(parts[: i + 1])}: negative index {p}; list items are numbered from 0 "
+                f"(e.g. {'.'.join(parts[:i] + ['0'] + parts[i + 1 :])})"
+            )
+    return tuple(int(p) if p.isdigit() else p for p in parts)
 
 
 def set_path(data: Any, path: tuple, value: Any, *, create: bool = True) -> None:
@@ -28,7 +36,7 @@ def set_path(data: Any, path: tuple, value: Any, *, create: bool = True) -> None
         if isinstance(node, list):
             if not isinstance(seg, int):
                 raise PathError(f"{where}: {'.'.join(map(str, path[:i]))} is a list; use an index")
-            if not -len(node) <= seg < len(node):
+            if not 0 <= seg < len(node):
                 raise PathError(f"{where}: index {seg} is out of range (the list has {len(node)} items)")
             if last:
                 node[seg] = value

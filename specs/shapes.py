@@ -261,7 +261,7 @@ def _infer_layers(layers, shape: Shape, path: Path, depth: int, rows: list[Row])
             try:
                 sc = residual_shortcut(layer, shape, out)
             except ShapeError as e:
-                raise _located(e, lpath) from None
+                raise _located(e, lpath, layer.type) from None
             if sc is not None:
                 rows.append(
                     Row(
@@ -279,7 +279,7 @@ def _infer_layers(layers, shape: Shape, path: Path, depth: int, rows: list[Row])
             try:
                 shape, params, macs = SHAPE_RULES[type(layer)](layer, shape)
             except ShapeError as e:
-                raise _located(e, lpath) from None
+                raise _located(e, lpath, layer.type) from None
             rows.append(Row(_label(layer), lpath, depth, shape, params, macs))
     return shape
 
@@ -305,12 +305,13 @@ def _label(layer) -> str:
 
 
 class _Located(Exception):
-    def __init__(self, message: str, path: Path):
-        self.message, self.path = message, path
+    def __init__(self, message: str, path: Path, what: str = ""):
+        self.message, self.path, self.what = message, path, what
 
 
-def _located(e: ShapeError, path: Path) -> _Located:
-    return _Located(str(e), path)
+def _located(e: ShapeError, path: Path, what: str = "") -> _Located:
+    """A shape error at ``path``; ``what`` is the layer's type as written (``max_pool``)."""
+    return _Located(str(e), path, what)
 
 
 def preprocess_shape(spec) -> Shape:
@@ -387,7 +388,7 @@ def summarize(spec) -> Summary:
     try:
         shape = _infer_layers(spec.model.layers, in_shape, ("model", "layers"), 0, rows)
     except _Located as e:
-        raise SpecError(Issue(e.message, e.path)) from None
+        raise SpecError(Issue(e.message, e.path, what=e.what)) from None
     if spec.model.head:
         units = spec.output_units()
         if len(shape) != 1:

@@ -29,11 +29,16 @@ class FolderSource(Strict):
 
 
 class CsvSource(Strict):
-    """A CSV with columns ``path,label``; paths relative to ``root`` (default: the CSV's folder)."""
+    """A CSV with columns ``path,label``; paths relative to ``root`` (default: the CSV's folder).
+
+    ``allow_outside_root``: paths that leave ``root`` (``../x.png``, absolute paths) are refused,
+    naming the row, unless this is true.
+    """
 
     type: Literal["csv"]
     path: str
     root: str | None = None
+    allow_outside_root: bool = False
 
 
 Source = Annotated[BuiltinSource | FolderSource | CsvSource, Field(discriminator="type")]

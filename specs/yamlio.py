@@ -100,7 +100,59 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
             )
         )
     check_size(doc, file)
+    check_tags(doc, file)
     return doc
+
+
+_CORE = "tag:yaml.org,2002:"
+_PLAIN_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "omap", "merge")}
+
+
+def _tag_of(node: Any) -> str | None:
+    tag = getattr(node, "tag", None)
+    value = getattr(tag, "value", tag)
+    return value if isinstance(value, str) and value else None
+
+
+def check_tags(doc: Any, file: str) -> None:
+    """Refuse YAML tags other than the core ones (``!!python/object``, ``!foo``), at their line:col.
+
+    Why: a tag turns a value into an object the schema can only call "not a string"; the
+    user wrote a tag, so the message names the tag.
+
+    Raises:
+        SpecError: at the first tagged node, in document order.
+    """
+
+    def walk(node: Any, pos: tuple[int, int], path: tuple) -> None:
+        tag = _tag_of(node)
+        if tag is not None and tag not in _PLAIN_TAGS:
+            shown = "!!" + tag[len(_CORE) :] if tag.startswith(_CORE) else tag
+            raise SpecError(
+                Issue(
+                    f"unknown YAML tag {shown}; a spec holds plain values (text, numbers, lists, mappings), no tags",
+                    path,
+                    file=file,
+                    line=pos[0],
+                    col=pos[1],
+                )
+            )
+        if isinstance(node, CommentedMap):
+            for key, child in node.items():
+                try:
+                    line, col = node.lc.value(key)
+                except (KeyError, TypeError, AttributeError):
+                    line, col = pos[0] - 1, pos[1] - 1
+                walk(child, (line + 1, col + 1), path + (str(key),))
+        elif isinstance(node, CommentedSeq):
+            for i, child in enumerate(node):
+                try:
+                    line, col = node.lc.item(i)
+                except (KeyError, TypeError, AttributeError):
+                    line, col = pos[0] - 1, pos[1] - 1
+                walk(child, (line + 1, col + 1), path + (i,))
+
+    walk(doc, (1, 1), ())
 
 
 def check_flow_depth(text: str, file: str) -> None:
@@ -211,6 +263,8 @@ def to_plain(node: Any) -> Any:
     if isinstance(node, list):
         return [to_plain(v) for v in node]
     name = type(node).__name__
+    if name == "TaggedScalar":  # ``!!str 5``: only core tags pass check_tags
+        return str(node.value) if _tag_of(node) == _CORE + "str" else node.value
     if name == "ScalarBoolean":
         return bool(node)
     if isinstance(node, bool) or node is None:

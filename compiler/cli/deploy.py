@@ -187,7 +187,7 @@ def evaluate(
         result = _run_test_split(data, predictor)
         what = f"{data} (test split)"
     else:
-        result = run_evaluate(predictor, data, batch_size=batch_size)
+        result = run_evaluate(predictor, data, batch_size=batch_size, log=lambda m: err.print(m, markup=False))
         what = str(data)
     for path, reason in result.failures:
         err.print(f"{path}: {reason} (skipped)", markup=False)

@@ -56,7 +56,7 @@ __all__ = ["DataError", "Dataset", "default_cache_dir", "load_dataset"]
 
 AUTO_MEMORY_LIMIT = 2 << 30  # bytes: ``cache: auto`` keeps smaller data sets in RAM
 # Bump when decoding or resizing changes the pixels: old disk caches then miss.
-LOADER_VERSION = 1
+LOADER_VERSION = 2  # 2: grey models decode a JPEG's luma plane (draft "L"); pixels moved by <= 1 level
 
 Log = Callable[[str], None]
 
@@ -116,7 +116,7 @@ def load_dataset(
             samples, data_names = list_folder(src.path, log=log)
             root = src.path
         else:
-            samples, data_names = list_csv(src.path, src.root)
+            samples, data_names = list_csv(src.path, src.root, allow_outside_root=src.allow_outside_root)
             root = src.root or os.path.dirname(os.path.abspath(src.path))
         _resolve_classes(spec, data_names)  # Why here too: fail before minutes of decoding
         all_files = [p for p, _ in samples]

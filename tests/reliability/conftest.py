@@ -204,3 +204,56 @@ def run_copy(digits_run, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(digits_run, dst)
     return dst
+
+
+def classifier_model(
+    path: Path,
+    classes=("a", "b"),
+    *,
+    width: int | str | None = None,
+    channels: int = 1,
+    size: tuple[int, int] = (8, 8),
+    props: dict[str, str] | None = None,
+    reshape_to: list[int] | None = None,
+) -> Path:
+    """A tiny ONNX classifier: uint8 (N, C, H, W) -> softmax over ``width`` outputs (default: one per class).
+
+    Output k scores the mean pixel times k, so brighter images go to later classes. ``width``
+    may be a name (a dynamic output width); ``props`` overrides or adds metadata entries
+    (values as strings, as hostile files hold them); ``reshape_to`` adds a Reshape to that
+    shape before the output, which fails at run time when it does not fit.
+    """
+    c, (h, w) = channels, size
+    k = len(classes) if width is None or isinstance(width, str) else width
+    weight = np.tile(np.arange(k, dtype=np.float32) / 255.0, (c * h * w, 1)) / (c * h * w)
+    nodes = [
+        helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Flatten", ["f"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["soft" if reshape_to else "probabilities"], axis=1),
+    ]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.flatten().tolist())]
+    if reshape_to:
+        nodes.append(helper.make_node("Reshape", ["soft", "shape"], ["probabilities"]))
+        inits.append(helper.make_tensor("shape", TensorProto.INT64, [len(reshape_to)], reshape_to))
+    out_width = width if isinstance(width, str) else k
+    graph = helper.make_graph(
+        nodes,
+        "classifier",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", c, h, w])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", out_width])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta = {
+        "convspec.classes": json.dumps(list(classes)),
+        "convspec.task": "multiclass",
+        "convspec.channels": str(c),
+        "convspec.input_size": json.dumps([h, w]),
+        "convspec.resize": "stretch",
+    }
+    meta.update(props or {})
+    helper.set_model_props(model, meta)
+    onnx.save(model, path)
+    return path

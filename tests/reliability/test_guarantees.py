@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convspec.runtime.files import atomic_write, atomic_write_text
+from convspec.runtime.files import WriteError, atomic_write, atomic_write_text
 
 from .conftest import DIGITS, probe_model, probe_pixels
 
@@ -27,7 +27,7 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path):
             f.write('{"new": tr')
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=r"results.json: cannot write \(disk full\)"):  # typed, one line
         atomic_write(target, half_then_fail)
     assert target.read_text() == '{"old": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

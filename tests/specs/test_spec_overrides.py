@@ -66,7 +66,7 @@ def test_set_with_a_bad_path_or_value_is_a_spec_error(override, words):
         ("model.layers.0.filters=many", "model.layers[0].filters", "must be an integer"),
         ("training.epoch=5", "training.epoch", "did you mean 'epochs'"),
         ("task=binary", "task", "exactly 2 classes"),
-        ("input.size=[1, 1]", "model.layers[1]", "too small"),
+        ("input.size=[1, 1]", "model.layers[1] (max_pool)", "too small"),
     ],
 )
 def test_overridden_values_are_validated_like_the_file(override, key, words):

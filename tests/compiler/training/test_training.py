@@ -211,7 +211,17 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
         "--set",
         "training.epochs=200",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Why preexec_fn: a shell that starts jobs in the background (nohup, CI runners, `cmd &`)
+    # starts children with SIGINT ignored, and the child would inherit that; the test sends
+    # SIGINT, so it sets the child's handling itself (Python then turns SIGINT into Ctrl-C).
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     metrics = tmp_path / "digits-cnn" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
