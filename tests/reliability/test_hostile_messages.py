@@ -105,7 +105,7 @@ def test_csv_containment_through_train_and_the_spec_key(tmp_path):
     spec = write(tmp_path / "s.yaml", tiny_spec("{type: csv, path: data/labels.csv}"))
     user_error(cli("train", spec, "--out", tmp_path / "runs"), "labels.csv:5: ../x.png is outside the CSV's root")
     assert not list((tmp_path / "runs").glob("*/last.pt"))
-    from convspec.compiler.data import load_dataset
+    from convspec.compiler.data.loading import load_dataset
     from convspec.specs import load_spec
 
     allowed = write(tmp_path / "ok.yaml", tiny_spec("{type: csv, path: data/labels.csv, allow_outside_root: true}"))

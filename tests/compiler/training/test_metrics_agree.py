@@ -92,7 +92,7 @@ def test_multiclass_run_one_f1_everywhere(tmp_path):
 
 @pytest.mark.slow
 def test_multiclass_with_a_class_absent_from_test(tmp_path):
-    from convspec.compiler.split import make_split
+    from convspec.compiler.data.split import make_split
 
     pixels, target = digits_uint8()
     root = tmp_path / "data"
