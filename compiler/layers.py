@@ -266,3 +266,6 @@ def build_residual(layer: Residual, in_shape: Shape) -> tuple[nn.Module, Shape]:
             proj["bn"] = nn.BatchNorm2d(sc.out_channels)
         shortcut = nn.Sequential(proj)
     return ResidualBlock(body, shortcut, activation(layer.activation)), out
+
+
+from . import backbone as _backbone  # noqa: E402, F401  (registers the backbone builder; it needs register above)

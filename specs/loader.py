@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from .backbone_rules import backbone_warnings
 from .errors import Issue, SpecError, format_path
 from .messages import describe, doc_path, valid_keys
 from .paths import PathError, has_path, set_path, split_path, with_values
@@ -98,6 +99,7 @@ def load_spec_text(
             issues += e.issues
     if issues:
         raise SpecError([locate(i) for i in issues])
+    spec._warnings = [locate(w) for w in backbone_warnings(spec)]
     return spec
 
 

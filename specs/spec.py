@@ -244,6 +244,7 @@ class Spec(Strict):
     # Where the spec came from; set by the loader, not part of the language.
     _source: str = PrivateAttr("<spec>")
     _base_dir: str = PrivateAttr(".")
+    _warnings: list = PrivateAttr(default_factory=list)
 
     @field_validator("classes")
     @classmethod
@@ -262,11 +263,20 @@ class Spec(Strict):
     def base_dir(self) -> str:
         return self._base_dir
 
-    def summary(self):
-        """Shapes, parameters and MACs per layer (see :class:`convspec.specs.shapes.Summary`)."""
+    @property
+    def warnings(self) -> list:
+        """Issues the loader found that do not make the spec invalid (``validate`` prints them)."""
+        return list(self._warnings)
+
+    def summary(self, measured: dict | None = None):
+        """Shapes, parameters and MACs per layer (see :class:`convspec.specs.shapes.Summary`).
+
+        Args:
+            measured: backbone name -> ``BackboneInfo`` measured with torch, for names outside the table.
+        """
         from .shapes import summarize
 
-        return summarize(self)
+        return summarize(self, measured)
 
     def num_classes(self) -> int | None:
         """Number of classes if known without reading images; None where the data is unreadable."""
