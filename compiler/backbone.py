@@ -34,8 +34,6 @@ from convspec.specs.errors import ConvspecError
 from convspec.specs.extras import require
 from convspec.specs.layers import Backbone
 
-from .layers import register
-
 Shape = tuple[int, ...]
 log = logging.getLogger("convspec.backbone")
 
@@ -213,14 +211,6 @@ def _reduction(model: nn.Module, in_chans: int, hw, size) -> tuple[int | None, s
     return (reduction, rounding) if rounding else (None, None)
 
 
-def backbone_info(layer: Backbone, in_shape: Shape) -> BackboneInfo:
-    """The table's entry for ``layer.name``, else one measured with torch at the layer's input size."""
-    info = lookup(layer.name)
-    if info is not None and in_shape[0] in info.stage_params:
-        return info
-    return probe(layer.name, in_shape[0], tuple(in_shape[1:]))
-
-
 # ------------------------------------------------------------------ weights
 
 
@@ -379,9 +369,11 @@ class BackboneModule(nn.Module):
         return f"output={self.output}, trainable={self.trainable}, stages={self.stages}"
 
 
-@register(Backbone)
 def build_backbone(layer: Backbone, in_shape: Shape) -> tuple[nn.Module, Shape]:
-    """The timm network of ``layer`` with its weights, freezing and output (see the module doc)."""
+    """The timm network of ``layer`` with its weights, freezing and output (see the module doc).
+
+    Registered as the builder of :class:`~convspec.specs.layers.Backbone` in ``compiler/layers.py``.
+    """
     c = in_shape[0]
     load = _LOAD_WEIGHTS.get()
     model = create_timm(layer.name, c, pretrained=load and layer.weights == "pretrained")

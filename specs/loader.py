@@ -15,7 +15,7 @@ from .messages import describe, doc_path, valid_keys
 from .paths import PathError, has_path, set_path, split_path, with_values
 from .rules import check_rules, resolve_paths
 from .shapes import preprocess_issues, summarize
-from .spec import Spec
+from .spec import Spec, Warnings
 from .yamlio import (
     MAX_BYTES,
     check_flow_depth,
@@ -99,7 +99,7 @@ def load_spec_text(
             issues += e.issues
     if issues:
         raise SpecError([locate(i) for i in issues])
-    spec._warnings = [locate(w) for w in backbone_warnings(spec)]
+    spec._warnings = Warnings(locate(w) for w in backbone_warnings(spec))
     return spec
 
 
