@@ -218,11 +218,19 @@ def test_validate_cli_prints_warnings_and_exits_0(tmp_path: Path):
     assert re.match(rf"{re.escape(str(path))}:\d+:\d+: warning: model\.layers\[0\]\.weights: ", line), line
 
 
-def test_validate_cli_unknown_name_exits_1(tmp_path: Path):
+@pytest.mark.parametrize(
+    "layers, words",
+    [
+        ([{"type": "backbone", "name": "mobilenetv3_smal_100"}], "did you mean mobilenetv3_small_100"),
+        ([{"type": "flatten"}, {"type": "backbone", "name": "resnet18"}], "must be the first layer"),
+    ],
+)
+def test_validate_cli_bad_backbone_exits_1(tmp_path: Path, layers, words):
     from convspec.compiler.cli import app
 
     path = tmp_path / "bb.yaml"
-    path.write_text(dump_yaml(spec_data([{"type": "backbone", "name": "mobilenetv3_smal_100"}])))
+    path.write_text(dump_yaml(spec_data(layers)))
     result = CliRunner().invoke(app, ["validate", str(path)], catch_exceptions=False)
     assert result.exit_code == 1
-    assert "model.layers[0].name: timm" in result.stderr and "did you mean mobilenetv3_small_100" in result.stderr
+    assert re.search(rf"^{re.escape(str(path))}:\d+:\d+: model\.layers\[\d\]", result.stderr), result.stderr
+    assert words in result.stderr and "Traceback" not in result.output
