@@ -47,6 +47,12 @@ class Issue:
             key += f" ({self.what})"
         return f"{where}: {key}: {self.message}" if key else f"{where}: {self.message}"
 
+    def as_warning(self) -> str:
+        """``FILE:LINE:COL: warning: key: message``: a problem that does not stop the spec."""
+        where = self.file + (f":{self.line}:{self.col or 1}" if self.line is not None else "")
+        key = format_path(self.path)
+        return f"{where}: warning: {key}: {self.message}" if key else f"{where}: warning: {self.message}"
+
 
 class ConvspecError(Exception):
     """A mistake in the user's input (spec, data, model file): shown as a message, exit code 1.

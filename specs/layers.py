@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import Field
+from pydantic import Strict as PydanticStrict
 
 from .base import Activation, IntOrPair, NonNegInt, PosInt, Strict
 
@@ -76,6 +77,29 @@ class ActivationLayer(Strict):
     fn: Activation
 
 
+class Backbone(Strict):
+    """A pretrained image network from timm (``convspec[timm]``); only as the first layer.
+
+    ``weights``: ``none`` (random), ``pretrained`` (timm's hub download) or a path to a
+    ``.safetensors`` / ``.pth`` state dict (relative to the spec file's folder).
+    ``trainable``: true, false (frozen, batch norm statistics included) or N (only the last
+    N stages train). ``output``: ``pooled`` (flat, one value per channel) or ``features``
+    (the last feature map).
+    """
+
+    type: Literal["backbone"]
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    weights: str = Field("none", min_length=1, description="none | pretrained | a path to a .safetensors or .pth file")
+    # Why a strict bool: in lax mode ``trainable: 1`` would read as true (all stages), not 1 stage.
+    trainable: Annotated[bool, PydanticStrict()] | PosInt = Field(True, union_mode="left_to_right")
+    output: Literal["pooled", "features"] = "pooled"
+
+    @property
+    def weights_file(self) -> str | None:
+        """The weights path, or None for ``none`` / ``pretrained``."""
+        return None if self.weights in ("none", "pretrained") else self.weights
+
+
 class Repeat(Strict):
     """``layers`` repeated ``times`` times, each copy with its own weights."""
 
@@ -93,7 +117,8 @@ class Residual(Strict):
 
 
 Layer = Annotated[
-    Conv
+    Backbone
+    | Conv
     | MaxPool
     | AvgPool
     | GlobalAvgPool

@@ -11,13 +11,14 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from .backbone_rules import backbone_warnings
 from .errors import Issue, SpecError, format_path
 from .messages import describe, doc_path, valid_keys
 from .paths import PathError, has_path, set_path, split_path, with_values
 from .readfile import FileReadError, open_regular
 from .rules import check_rules, resolve_paths
 from .shapes import preprocess_issues, summarize
-from .spec import Spec
+from .spec import Spec, Warnings
 from .yamlio import (
     MAX_BYTES,
     check_flow_depth,
@@ -106,6 +107,7 @@ def load_spec_text(
             issues += e.issues
     if issues:
         raise SpecError([locate(i) for i in issues])
+    spec._warnings = Warnings(locate(w) for w in backbone_warnings(spec))
     return spec
 
 

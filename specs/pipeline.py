@@ -11,17 +11,29 @@ from .base import NonNegInt, Pair, PosInt, Probability, Strict
 # ---------------------------------------------------------------- preprocess
 
 
+NAMED_STATS = ("imagenet", "backbone")
+
+
 class Normalize(Strict):
-    """``(x - mean) / std`` per channel, on pixels already scaled to [0, 1]."""
+    """``(x - mean) / std`` per channel, on pixels already scaled to [0, 1].
+
+    ``mean: auto`` computes both from the training split; ``imagenet`` is ImageNet's
+    (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225); ``backbone`` the backbone layer's own
+    pretrained statistics. With one channel, a named statistic is the mean of its three values.
+    """
 
     type: Literal["normalize"]
-    mean: list[float] | Literal["auto"]
-    std: list[Annotated[float, Field(gt=0)]] | Literal["auto"] | None = None
+    mean: list[float] | Literal["auto", "imagenet", "backbone"]
+    std: list[Annotated[float, Field(gt=0)]] | Literal["auto", "imagenet", "backbone"] | None = None
 
     @model_validator(mode="after")
     def _auto_together(self):
         if self.mean == "auto" and isinstance(self.std, list):
             raise ValueError("mean: auto computes std from the data too; write std: auto or leave std out")
+        if self.mean in NAMED_STATS and self.std not in (None, self.mean):
+            raise ValueError(f"mean: {self.mean} goes with std: {self.mean} (or std left out); got std: {self.std}")
+        if isinstance(self.std, str) and self.std in NAMED_STATS and self.mean != self.std:
+            raise ValueError(f"std: {self.std} goes with mean: {self.std}")
         if isinstance(self.mean, list) and not isinstance(self.std, list):
             raise ValueError("std: a list of one value per channel is required when mean is a list")
         return self

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
+from .backbone_rules import backbone_issues, resolve_backbone_paths
 from .classes import DIGITS, static_class_names
 from .errors import Issue
 
 
 def check_rules(spec) -> list[Issue]:
     issues: list[Issue] = []
-    for rule in (_split, _source, _classes, _loss, _monitors, _threshold):
+    for rule in (_split, _source, _classes, _loss, _monitors, _threshold, backbone_issues):
         issues.extend(rule(spec))
     return issues
 
@@ -125,3 +126,4 @@ def resolve_paths(spec, base_dir: str) -> None:
         src.path = os.path.normpath(os.path.join(base_dir, os.path.expanduser(src.path)))
     if src.type == "csv" and src.root is not None:
         src.root = os.path.normpath(os.path.join(base_dir, os.path.expanduser(src.root)))
+    resolve_backbone_paths(spec, base_dir)

@@ -11,11 +11,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .backbones import BackboneInfo, lookup
 from .base import pair
 from .errors import Issue, Path, SpecError
 from .layers import (
     ActivationLayer,
     AvgPool,
+    Backbone,
     BatchNorm,
     Conv,
     Dense,
@@ -36,6 +38,10 @@ class ShapeError(Exception):
     """Raised by a shape rule; turned into a SpecError at the layer's path."""
 
 
+class UnknownShape(Exception):
+    """A backbone outside the table, without torch: the shapes from here on are not known."""
+
+
 @dataclass
 class Row:
     """One line of the summary table."""
@@ -46,6 +52,7 @@ class Row:
     shape: Shape | None
     params: int = 0
     macs: int = 0
+    frozen: int = 0  # of ``params``, those that do not train (a frozen backbone or its early stages)
 
 
 @dataclass
@@ -56,20 +63,38 @@ class Summary:
     rows: list[Row] = field(default_factory=list)
     output_shape: Shape | None = None
     classes_note: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
+        """All parameters (trainable and frozen)."""
         return sum(r.params for r in self.rows if r.depth == 0)
+
+    @property
+    def frozen(self) -> int:
+        """Parameters that do not train (``trainable: false`` or ``N`` on a backbone)."""
+        return sum(r.frozen for r in self.rows if r.depth == 0)
+
+    @property
+    def trainable(self) -> int:
+        return self.params - self.frozen
 
     @property
     def macs(self) -> int:
         return sum(r.macs for r in self.rows if r.depth == 0)
 
     def __str__(self) -> str:
-        lines = [f"{'layer':<34}{'output':>16}{'params':>14}{'MACs':>16}"]
+        frozen = any(r.frozen for r in self.rows)
+        fz = f"{'frozen':>14}" if frozen else ""
+        lines = [f"{'layer':<34}{'output':>16}{'params':>14}{fz}{'MACs':>16}"]
         for r in self.rows:
-            lines.append(f"{'  ' * r.depth + r.name:<34}{fmt_shape(r.shape):>16}{r.params:>14,}{r.macs:>16,}")
-        lines.append(f"{'total':<34}{fmt_shape(self.output_shape):>16}{self.params:>14,}{self.macs:>16,}")
+            fz = f"{r.frozen:>14,}" if frozen else ""
+            lines.append(f"{'  ' * r.depth + r.name:<34}{fmt_shape(r.shape):>16}{r.params:>14,}{fz}{r.macs:>16,}")
+        fz = f"{self.frozen:>14,}" if frozen else ""
+        lines.append(f"{'total':<34}{fmt_shape(self.output_shape):>16}{self.params:>14,}{fz}{self.macs:>16,}")
+        if frozen:
+            lines.append(f"trainable parameters: {self.trainable:,} of {self.params:,}")
+        lines.extend(self.notes)
         if self.classes_note:
             lines.append(self.classes_note)
         return "\n".join(lines)
@@ -180,6 +205,38 @@ SHAPE_RULES: dict[type, Callable] = {
 }
 
 
+def backbone_rule(layer: Backbone, shape: Shape, info: BackboneInfo | None = None):
+    """Shape, parameters, MACs and frozen parameters of a backbone, from the table (or ``info``)."""
+    c, h, w = _need_image(shape, "backbone")
+    info = info or lookup(layer.name)
+    if info is None or c not in info.stage_params:
+        raise UnknownShape(layer.name)
+    if layer.output == "features" and info.feature_channels is None:
+        raise ShapeError(f"{layer.name} has no image feature map; use output: pooled")
+    if info.reduction is not None:
+        fh, fw = info.feature_hw(h, w)
+        if fh < 1 or fw < 1:
+            raise ShapeError(
+                f"{layer.name} needs an input of at least {info.reduction}x{info.reduction} pixels (it divides the "
+                f"size by {info.reduction}); the image is {h}x{w} here: use a larger input.size"
+            )
+    out = info.out_shape(layer.output, h, w)
+    params = info.params(c, layer.output)
+    frozen = min(info.frozen_params(c, layer.trainable, layer.output), params)
+    return out, params, info.macs_at(c, h, w, layer.output), frozen
+
+
+def backbone_label(layer: Backbone, info: BackboneInfo | None) -> str:
+    label = f"backbone {layer.name}"
+    if layer.output == "features":
+        label += " features"
+    if layer.trainable is False:
+        label += " (frozen)"
+    elif layer.trainable is not True:
+        label += f" (last {layer.trainable} stages train)"
+    return label
+
+
 def shortcut_stride(in_size: int, out_size: int) -> int | None:
     """Stride s of a 1x1 conv taking ``in_size`` to ``out_size``, or None if there is none."""
     for s in range(1, in_size + 1):
@@ -237,7 +294,7 @@ def residual_shortcut(layer: Residual, in_shape: Shape, out_shape: Shape) -> Sho
 # ------------------------------------------------------------------ walking
 
 
-def _infer_layers(layers, shape: Shape, path: Path, depth: int, rows: list[Row]) -> Shape:
+def _infer_layers(layers, shape: Shape, path: Path, depth: int, rows: list[Row], measured=None) -> Shape:
     for i, layer in enumerate(layers):
         lpath = path + (i,)
         if isinstance(layer, Repeat):
@@ -275,6 +332,17 @@ def _infer_layers(layers, shape: Shape, path: Path, depth: int, rows: list[Row])
                 )
             block.shape, block.params, block.macs = out, *_sum_children(rows[start:], depth + 1)
             shape = out
+        elif isinstance(layer, Backbone):
+            info = lookup(layer.name, measured)
+            try:
+                out, params, macs, frozen = backbone_rule(layer, shape, info)
+            except ShapeError as e:
+                raise _located(e, lpath) from None
+            except UnknownShape:
+                rows.append(Row(backbone_label(layer, None), lpath, depth, None))
+                raise _Unknown(layer, i) from None
+            shape = out
+            rows.append(Row(backbone_label(layer, info), lpath, depth, shape, params, macs, frozen))
         else:
             try:
                 shape, params, macs = SHAPE_RULES[type(layer)](layer, shape)
@@ -282,6 +350,11 @@ def _infer_layers(layers, shape: Shape, path: Path, depth: int, rows: list[Row])
                 raise _located(e, lpath, layer.type) from None
             rows.append(Row(_label(layer), lpath, depth, shape, params, macs))
     return shape
+
+
+class _Unknown(Exception):
+    def __init__(self, layer: Backbone, index: int):
+        self.layer, self.index = layer, index
 
 
 def _sum_children(rows: list[Row], depth: int) -> tuple[int, int]:
@@ -373,8 +446,12 @@ def preprocess_issues(spec) -> list[Issue]:
     return issues
 
 
-def summarize(spec) -> Summary:
+def summarize(spec, measured: dict[str, BackboneInfo] | None = None) -> Summary:
     """Infer every layer's output shape, parameters and MACs, head included.
+
+    A backbone outside the shipped table is measured with torch by the caller (``measured``,
+    as ``convspec summary`` does); without it, the shapes from the backbone on are unknown
+    (``None``) and a note says so.
 
     Raises:
         SpecError: a layer would shrink the image below 1 pixel, a dense layer gets a
@@ -386,9 +463,20 @@ def summarize(spec) -> Summary:
     if in_shape != summary.input_shape:
         rows.append(Row("preprocess", ("preprocess",), 0, in_shape))
     try:
-        shape = _infer_layers(spec.model.layers, in_shape, ("model", "layers"), 0, rows)
+        shape = _infer_layers(spec.model.layers, in_shape, ("model", "layers"), 0, rows, measured)
     except _Located as e:
         raise SpecError(Issue(e.message, e.path, what=e.what)) from None
+    except _Unknown as e:
+        summary.notes.append(
+            f"backbone {e.layer.name!r} is not in convspec's table: its shapes and counts need torch "
+            "(`convspec summary` measures them with timm where torch is installed)"
+        )
+        for j, layer in enumerate(spec.model.layers[e.index + 1 :], e.index + 1):
+            rows.append(Row(layer.type, ("model", "layers", j), 0, None))
+        if spec.model.head:
+            rows.append(Row("dense (head)", ("model",), 0, None))
+        return summary
+    _backbone_notes(spec, summary, measured)
     if spec.model.head:
         units = spec.output_units()
         if len(shape) != 1:
@@ -408,3 +496,20 @@ def summarize(spec) -> Summary:
             shape = (units,)
     summary.output_shape = shape
     return summary
+
+
+def _backbone_notes(spec, summary: Summary, measured) -> None:
+    layers = spec.model.layers
+    if not layers or not isinstance(layers[0], Backbone):
+        return
+    info = lookup(layers[0].name, measured)
+    if info is None:
+        return
+    h, w = preprocess_shape(spec)[1:]
+    if info.source == "torch":
+        summary.notes.append(f"backbone {layers[0].name}: measured with torch and timm (not in convspec's table)")
+    elif (h, w) != tuple(info.macs_size):
+        mh, mw = info.macs_size
+        summary.notes.append(
+            f"backbone {layers[0].name}: MACs scaled by pixel count from timm's count at {mh}x{mw} (approximate)"
+        )

@@ -275,6 +275,20 @@ class Export(Strict):
 # ---------------------------------------------------------------------- spec
 
 
+class Warnings(list):
+    """The loader's warnings (Issues) about a spec.
+
+    Why a list whose equality ignores positions: a spec loaded from its file and from its own
+    ``to_yaml()`` is the same spec, and gets the same warnings at other lines.
+    """
+
+    def __eq__(self, other):
+        key = lambda ws: [(w.message, w.path) for w in ws]  # noqa: E731
+        return isinstance(other, list) and key(self) == key(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Spec(Strict):
     """A whole convspec file. Build one with :func:`convspec.specs.load_spec`."""
 
@@ -294,6 +308,7 @@ class Spec(Strict):
     # Where the spec came from; set by the loader, not part of the language.
     _source: str = PrivateAttr("<spec>")
     _base_dir: str = PrivateAttr(".")
+    _warnings: list = PrivateAttr(default_factory=Warnings)
 
     @field_validator("classes")
     @classmethod
@@ -312,11 +327,20 @@ class Spec(Strict):
     def base_dir(self) -> str:
         return self._base_dir
 
-    def summary(self):
-        """Shapes, parameters and MACs per layer (see :class:`convspec.specs.shapes.Summary`)."""
+    @property
+    def warnings(self) -> list:
+        """Issues the loader found that do not make the spec invalid (``validate`` prints them)."""
+        return list(self._warnings)
+
+    def summary(self, measured: dict | None = None):
+        """Shapes, parameters and MACs per layer (see :class:`convspec.specs.shapes.Summary`).
+
+        Args:
+            measured: backbone name -> ``BackboneInfo`` measured with torch, for names outside the table.
+        """
         from .shapes import summarize
 
-        return summarize(self)
+        return summarize(self, measured)
 
     def num_classes(self) -> int | None:
         """Number of classes if known without reading images; None where the data is unreadable."""

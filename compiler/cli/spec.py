@@ -28,6 +28,8 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to che
             for issue in e.issues:
                 err.print(str(issue), markup=False)
             continue
+        for warning in spec.warnings:
+            err.print(warning.as_warning(), markup=False)
         n = spec.num_classes()
         out.print(
             f"{path}: OK ({spec.name}, {spec.task}, {n if n is not None else 'unknown number of'} classes)",
@@ -46,7 +48,9 @@ def summary(
     from convspec.specs import load_spec
 
     spec = load_spec(spec_path, overrides=set_)
-    s = spec.summary()
+    from ..model.backbone_summary import measured_backbones  # torch only for a backbone outside the table
+
+    s = spec.summary(measured_backbones(spec))
     from convspec.specs.shapes import fmt_shape
 
     table = Table(
@@ -55,13 +59,23 @@ def summary(
     table.add_column("layer")
     table.add_column("output", justify="right")
     table.add_column("params", justify="right")
+    frozen = any(r.frozen for r in s.rows)
+    if frozen:
+        table.add_column("frozen", justify="right")
     table.add_column("MACs", justify="right")
     for r in s.rows:
         style = "dim" if r.depth else None
-        table.add_row(escape("  " * r.depth + r.name), fmt_shape(r.shape), f"{r.params:,}", f"{r.macs:,}", style=style)
+        fz = [f"{r.frozen:,}"] if frozen else []
+        row = (escape("  " * r.depth + r.name), fmt_shape(r.shape), f"{r.params:,}", *fz, f"{r.macs:,}")
+        table.add_row(*row, style=style)
     table.add_section()
-    table.add_row("total", fmt_shape(s.output_shape), f"{s.params:,}", f"{s.macs:,}", style="bold")
+    fz = [f"{s.frozen:,}"] if frozen else []
+    table.add_row("total", fmt_shape(s.output_shape), f"{s.params:,}", *fz, f"{s.macs:,}", style="bold")
     out.print(table)
+    if frozen:
+        out.print(f"trainable parameters: {s.trainable:,} of {s.params:,}", markup=False)
+    for note in s.notes:
+        out.print(note, markup=False)
     if s.classes_note:
         out.print(s.classes_note, markup=False)
 

@@ -169,7 +169,10 @@ def _load_run(run: Run):
     text = run.spec.read_text(encoding="utf-8") if run.spec.exists() else state["spec"]
     spec = load_spec_text(text, str(run.spec))
     class_names = state.get("class_names")
-    model = build_model(spec, num_classes=len(class_names) if class_names else None, class_names=class_names)
+    from ..model.backbone import no_weight_loading
+
+    with no_weight_loading():  # Why: the checkpoint has every weight; no download, no weights file needed
+        model = build_model(spec, num_classes=len(class_names) if class_names else None, class_names=class_names)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

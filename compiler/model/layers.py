@@ -20,6 +20,7 @@ from convspec.specs.errors import Issue, SpecError
 from convspec.specs.layers import (
     ActivationLayer,
     AvgPool,
+    Backbone,
     BatchNorm,
     Conv,
     Dense,
@@ -32,6 +33,8 @@ from convspec.specs.layers import (
     Residual,
 )
 from convspec.specs.shapes import SHAPE_RULES, ShapeError, residual_shortcut, same_padding
+
+from .backbone import build_backbone
 
 Shape = tuple[int, ...]
 Builder = Callable[..., tuple[nn.Module, Shape]]
@@ -266,3 +269,7 @@ def build_residual(layer: Residual, in_shape: Shape) -> tuple[nn.Module, Shape]:
             proj["bn"] = nn.BatchNorm2d(sc.out_channels)
         shortcut = nn.Sequential(proj)
     return ResidualBlock(body, shortcut, activation(layer.activation)), out
+
+
+# Why at the end: the backbone builder lives in its own module (timm), which does not import this one.
+register(Backbone)(build_backbone)

@@ -215,6 +215,11 @@ def build_preprocess(spec) -> Preprocess:
         if isinstance(step, Rescale):
             steps.append(RescaleStep(step.scale, step.offset))
         elif isinstance(step, Normalize):
+            if isinstance(step.mean, str) and step.mean != "auto":  # imagenet | backbone
+                from .backbone import named_normalize
+
+                steps.append(NormalizeStep(*named_normalize(step.mean, spec, c), c))
+                continue
             auto = step.mean == "auto"
             steps.append(NormalizeStep(None if auto else list(step.mean), None if auto else list(step.std), c))
         elif isinstance(step, CenterCrop):

@@ -54,6 +54,14 @@ def leaf_layer() -> st.SearchStrategy[dict]:
         ),
         st.fixed_dictionaries({"type": st.just("dropout")}, optional={"rate": st.floats(-0.5, 1.5, allow_nan=False)}),
         st.fixed_dictionaries({"type": st.just("activation"), "fn": st.sampled_from(ACTIVATIONS)}),
+        st.fixed_dictionaries(
+            {"type": st.just("backbone"), "name": st.sampled_from(["resnet18", "convnext_atto", "resnet19", ""])},
+            optional={
+                "trainable": st.one_of(st.booleans(), st.integers(-1, 7)),
+                "output": st.sampled_from(["pooled", "features", "map"]),
+                "weights": st.sampled_from(["none", "pretrained", "w.safetensors", ""]),
+            },
+        ),
     )
 
 
@@ -75,6 +83,7 @@ layer_lists = st.recursive(
 
 def test_strategies_cover_every_layer_type():
     covered = {
+        "backbone",
         "conv",
         "max_pool",
         "avg_pool",

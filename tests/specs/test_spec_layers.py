@@ -14,7 +14,20 @@ SPEC_MD = Path(__file__).resolve().parents[2].parent / "shared" / "SPEC.md"
 
 # type -> (valid layer lists, invalid (layer list, words in the issue at the last layer))
 # Each list follows a (8, 16, 16) image made by a conv; the automatic head is appended.
+# A valid list that starts with a backbone has no conv in front (a backbone is only ever first).
 CASES: dict[str, tuple[list[list[dict]], list[tuple[list[dict], str]]]] = {
+    "backbone": (
+        [
+            [{"type": "backbone", "name": "resnet18"}],
+            [{"type": "backbone", "name": "mobilenetv3_small_100", "trainable": 2, "output": "features"}],
+        ],
+        [
+            ([{"type": "backbone", "name": "resnet18"}], "must be the first layer"),
+            ([{"type": "backbone", "name": "resnet19"}], "did you mean resnet18"),
+            ([{"type": "backbone", "name": "resnet18", "trainable": 6}], "has 5 stages"),
+            ([{"type": "backbone", "name": "resnet18", "output": "map"}], "pooled, features"),
+        ],
+    ),
     "conv": (
         [
             [{"type": "conv", "filters": 4}],
@@ -129,15 +142,22 @@ CASES: dict[str, tuple[list[list[dict]], list[tuple[list[dict], str]]]] = {
 }
 
 
-def spec_text(layers: list[dict]) -> str:
+def spec_text(layers: list[dict], conv_first: bool = True) -> str:
     data = {
         "version": 1,
         "task": "multiclass",
         "data": {"source": {"type": "builtin", "name": "digits"}},
         "input": {"channels": 1, "size": [16, 16]},
-        "model": {"layers": [{"type": "conv", "filters": 8}, *layers]},
+        "model": {"layers": [{"type": "conv", "filters": 8}, *layers] if conv_first else layers},
     }
     return dump_yaml(data)
+
+
+def valid_spec_text(layers: list[dict]) -> tuple[str, int]:
+    """A valid case's spec text, and the index of its last layer in model.layers."""
+    if layers[0]["type"] == "backbone":
+        return spec_text(layers, conv_first=False), len(layers) - 1
+    return spec_text(layers), len(layers)
 
 
 def test_cases_cover_the_registry():
@@ -168,10 +188,11 @@ def test_registry_matches_the_spec_language_table():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_valid_cases_load_and_have_a_shape(name):
     for layers in CASES[name][0]:
-        spec = load_spec_text(spec_text(layers))
+        text, last = valid_spec_text(layers)
+        spec = load_spec_text(text)
         summary = spec.summary()
         assert summary.output_shape == (10,)
-        rows = [r for r in summary.rows if r.depth == 0 and r.path == ("model", "layers", len(layers))]
+        rows = [r for r in summary.rows if r.depth == 0 and r.path == ("model", "layers", last)]
         assert rows and rows[0].shape is not None
 
 

@@ -117,6 +117,10 @@ LAYER_CASES: dict[str, list[tuple[str, list, dict]]] = {
         ),
     ],
     "dropout": [("", [{"type": "dropout", "rate": 0.3}], {})],
+    "backbone": [  # frozen backbones: tests/compiler/test_backbone.py
+        ("pooled", [{"type": "backbone", "name": "mobilenetv3_small_100"}], {}),
+        ("features", [{"type": "backbone", "name": "resnet18", "output": "features"}, CONV], {"size": (40, 33)}),
+    ],
     "batch_norm": [
         ("image", [{"type": "batch_norm"}], {}),
         ("flat", [{"type": "flatten"}, {"type": "batch_norm"}], {"size": (3, 3)}),
