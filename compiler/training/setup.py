@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from convspec.specs import Spec
@@ -9,6 +11,7 @@ from convspec.specs import Spec
 from ..data.augment import build_augmenter
 from ..data.cache import CachedImages
 from ..data.dataset import Dataset
+from ..model.backbone import no_weight_loading
 from ..model.builder import build_model
 from . import distributed
 from .device import Placement
@@ -29,7 +32,8 @@ def setup_training(
         images.pin()
     torch.manual_seed(spec.training.seed)
     k = len(data.class_names)
-    model = build_model(spec, num_classes=k, class_names=data.class_names)
+    with contextlib.nullcontext() if fresh else no_weight_loading():  # resuming: last.pt holds every weight
+        model = build_model(spec, num_classes=k, class_names=data.class_names)
     if fresh and model.needs_normalization:
         model.set_normalization(*auto_normalization(model, images, torch.from_numpy(data.splits["train"])))
     model.to(place.device)
