@@ -9,7 +9,13 @@ from pydantic import Field
 from .base import Activation, IntOrPair, NonNegInt, PosInt, Strict
 
 
-class Conv(Strict):
+class LayerSpec(Strict):
+    """Keys every layer type has: ``lr_mult`` scales the layer's learning rate (fine-tuning)."""
+
+    lr_mult: Annotated[float, Field(gt=0)] | None = Field(None, description="default: 1 (the parent's, when nested)")
+
+
+class Conv(LayerSpec):
     """2-D convolution, optionally followed by batch norm and an activation."""
 
     type: Literal["conv"]
@@ -28,33 +34,33 @@ class Conv(Strict):
         return (not self.batch_norm) if self.bias is None else self.bias
 
 
-class MaxPool(Strict):
+class MaxPool(LayerSpec):
     type: Literal["max_pool"]
     size: IntOrPair = 2
     stride: IntOrPair | None = Field(None, description="default: size")
     padding: NonNegInt = 0
 
 
-class AvgPool(Strict):
+class AvgPool(LayerSpec):
     type: Literal["avg_pool"]
     size: IntOrPair = 2
     stride: IntOrPair | None = Field(None, description="default: size")
     padding: NonNegInt = 0
 
 
-class GlobalAvgPool(Strict):
+class GlobalAvgPool(LayerSpec):
     type: Literal["global_avg_pool"]
 
 
-class GlobalMaxPool(Strict):
+class GlobalMaxPool(LayerSpec):
     type: Literal["global_max_pool"]
 
 
-class Flatten(Strict):
+class Flatten(LayerSpec):
     type: Literal["flatten"]
 
 
-class Dense(Strict):
+class Dense(LayerSpec):
     type: Literal["dense"]
     units: PosInt
     activation: Activation = "none"
@@ -62,21 +68,21 @@ class Dense(Strict):
     batch_norm: bool = False
 
 
-class Dropout(Strict):
+class Dropout(LayerSpec):
     type: Literal["dropout"]
     rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
 
 
-class BatchNorm(Strict):
+class BatchNorm(LayerSpec):
     type: Literal["batch_norm"]
 
 
-class ActivationLayer(Strict):
+class ActivationLayer(LayerSpec):
     type: Literal["activation"]
     fn: Activation
 
 
-class Repeat(Strict):
+class Repeat(LayerSpec):
     """``layers`` repeated ``times`` times, each copy with its own weights."""
 
     type: Literal["repeat"]
@@ -84,7 +90,7 @@ class Repeat(Strict):
     layers: Annotated[list[Layer], Field(min_length=1)]
 
 
-class Residual(Strict):
+class Residual(LayerSpec):
     """``activation(x + f(x))``; a 1x1 conv shortcut (ResNet option B) when f changes the shape."""
 
     type: Literal["residual"]

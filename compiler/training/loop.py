@@ -66,10 +66,9 @@ def train(
     # data first: bad data must leave no run folder behind
     split_file = str(run.split) if run is not None and run.split.exists() else None
     data = load_dataset(spec, split_file=split_file, log=log)
-    run = run or _new_run_folder(out, spec, data, dd)
     t_data = time.perf_counter() - t_start
-
-    setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None)
+    setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None, log=log)  # a bad training.init: no folder
+    run = run or _new_run_folder(out, spec, data, dd)
 
     def save(path: Path) -> None:
         if dd.is_main:
