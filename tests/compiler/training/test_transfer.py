@@ -180,3 +180,31 @@ def test_init_from_another_channel_count_or_input_size_names_both(source, tmp_pa
                      "input.size [8, 8]", "[12, 12]")  # fmt: skip
     assert "head.linear.weight" in msg
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_freeze_and_unfreeze_under_ddp(source, tmp_path):
+    """torchrun, 2 CPU ranks (gloo): the DDP wrapper is rebuilt when the frozen set changes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CONVSPEC_CACHE": str(tmp_path / "cache")}
+    env.pop("WORLD_SIZE", None)
+    sets = [*SMALL, *BINARY, f"training.init={source}", "training.epochs=2", "training.freeze=[0]"]
+    sets += ["training.unfreeze_epoch=2"]
+    args = ["train", DIGITS, "--out", tmp_path / "runs", "--nproc", "2", "--no-export"] + [
+        a for s in sets for a in ("--set", s)
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "convspec.compiler", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "results.json").read_text())["world_size"] == 2
+    src, got = weights(source / "best.pt"), weights(run / "last.pt")
+    assert not same(got["body.0.conv.weight"], src["body.0.conv.weight"])  # thawed in epoch 2, on both ranks
