@@ -10,7 +10,13 @@ from pydantic import Strict as PydanticStrict
 from .base import Activation, IntOrPair, NonNegInt, PosInt, Strict
 
 
-class Conv(Strict):
+class LayerSpec(Strict):
+    """Keys every layer type has: ``lr_mult`` scales the layer's learning rate (fine-tuning)."""
+
+    lr_mult: Annotated[float, Field(gt=0)] | None = Field(None, description="default: 1 (the parent's, when nested)")
+
+
+class Conv(LayerSpec):
     """2-D convolution, optionally followed by batch norm and an activation."""
 
     type: Literal["conv"]
@@ -29,33 +35,33 @@ class Conv(Strict):
         return (not self.batch_norm) if self.bias is None else self.bias
 
 
-class MaxPool(Strict):
+class MaxPool(LayerSpec):
     type: Literal["max_pool"]
     size: IntOrPair = 2
     stride: IntOrPair | None = Field(None, description="default: size")
     padding: NonNegInt = 0
 
 
-class AvgPool(Strict):
+class AvgPool(LayerSpec):
     type: Literal["avg_pool"]
     size: IntOrPair = 2
     stride: IntOrPair | None = Field(None, description="default: size")
     padding: NonNegInt = 0
 
 
-class GlobalAvgPool(Strict):
+class GlobalAvgPool(LayerSpec):
     type: Literal["global_avg_pool"]
 
 
-class GlobalMaxPool(Strict):
+class GlobalMaxPool(LayerSpec):
     type: Literal["global_max_pool"]
 
 
-class Flatten(Strict):
+class Flatten(LayerSpec):
     type: Literal["flatten"]
 
 
-class Dense(Strict):
+class Dense(LayerSpec):
     type: Literal["dense"]
     units: PosInt
     activation: Activation = "none"
@@ -63,21 +69,21 @@ class Dense(Strict):
     batch_norm: bool = False
 
 
-class Dropout(Strict):
+class Dropout(LayerSpec):
     type: Literal["dropout"]
     rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
 
 
-class BatchNorm(Strict):
+class BatchNorm(LayerSpec):
     type: Literal["batch_norm"]
 
 
-class ActivationLayer(Strict):
+class ActivationLayer(LayerSpec):
     type: Literal["activation"]
     fn: Activation
 
 
-class Backbone(Strict):
+class Backbone(LayerSpec):
     """A pretrained image network from timm (``convspec[timm]``); only as the first layer.
 
     ``weights``: ``none`` (random), ``pretrained`` (timm's hub download) or a path to a
@@ -100,7 +106,7 @@ class Backbone(Strict):
         return None if self.weights in ("none", "pretrained") else self.weights
 
 
-class Repeat(Strict):
+class Repeat(LayerSpec):
     """``layers`` repeated ``times`` times, each copy with its own weights."""
 
     type: Literal["repeat"]
@@ -108,7 +114,7 @@ class Repeat(Strict):
     layers: Annotated[list[Layer], Field(min_length=1)]
 
 
-class Residual(Strict):
+class Residual(LayerSpec):
     """``activation(x + f(x))``; a 1x1 conv shortcut (ResNet option B) when f changes the shape."""
 
     type: Literal["residual"]

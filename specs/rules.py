@@ -11,7 +11,7 @@ from .errors import Issue
 
 def check_rules(spec) -> list[Issue]:
     issues: list[Issue] = []
-    for rule in (_split, _source, _classes, _loss, _monitors, _threshold, backbone_issues):
+    for rule in (_split, _source, _classes, _loss, _monitors, _threshold, _freeze, backbone_issues):
         issues.extend(rule(spec))
     return issues
 
@@ -119,6 +119,27 @@ def _threshold(spec) -> list[Issue]:
     return []
 
 
+def _freeze(spec) -> list[Issue]:
+    t, layers = spec.training, spec.model.layers
+    issues = []
+    for i, item in enumerate(t.freeze):
+        if item == "backbone" and not (layers and layers[0].type == "backbone"):
+            first = layers[0].type if layers else "none"
+            issues.append(Issue(f"backbone: layer 0 is not a backbone (got {first})", ("training", "freeze", i)))
+        elif item != "backbone" and item >= len(layers):
+            issues.append(
+                Issue(f"must index model.layers, 0 to {len(layers) - 1} (got {item})", ("training", "freeze", i))
+            )
+    if t.unfreeze_epoch is not None and not t.freeze:
+        issues.append(Issue("has no effect without training.freeze", ("training", "unfreeze_epoch")))
+    return issues
+
+
+def frozen_layers(spec) -> list[int]:
+    """``training.freeze`` as sorted layer indices (``backbone`` is layer 0)."""
+    return sorted({0 if item == "backbone" else item for item in spec.training.freeze})
+
+
 def resolve_paths(spec, base_dir: str) -> None:
     """Make the source's relative paths relative to the spec file's folder."""
     src = spec.data.source
@@ -127,3 +148,5 @@ def resolve_paths(spec, base_dir: str) -> None:
     if src.type == "csv" and src.root is not None:
         src.root = os.path.normpath(os.path.join(base_dir, os.path.expanduser(src.root)))
     resolve_backbone_paths(spec, base_dir)
+    if spec.training.init is not None:
+        spec.training.init = os.path.normpath(os.path.join(base_dir, os.path.expanduser(spec.training.init)))

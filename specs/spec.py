@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
 
-from .base import DEVICE_PATTERN, ClassName, Pair, PosInt, Strict
+from .base import DEVICE_PATTERN, ClassName, NonNegInt, Pair, PosInt, Strict
 from .layers import Layer
 from .pipeline import AugmentStep, PreprocessStep
 
@@ -178,6 +178,12 @@ class Training(Strict):
     loggers: list[Literal["tensorboard", "mlflow"]] = Field(
         [], description="experiment trackers: TensorBoard events in RUN/tensorboard/, an MLflow run"
     )
+    # Transfer learning (SPEC.md "Transfer learning"): start weights, frozen layers, when they thaw.
+    init: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="a run folder, a convspec checkpoint (.pt) or a .safetensors state dict"
+    )
+    freeze: list[NonNegInt | Literal["backbone"]] = Field([], description="indices into model.layers, or backbone")
+    unfreeze_epoch: PosInt | None = Field(None, description="frozen layers train from this epoch on; default never")
 
 
 # ---------------------------------------------------------------------- tune

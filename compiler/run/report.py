@@ -94,6 +94,7 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
         f" ({r['timings'].get('images_per_s', 0):,.0f} images/s).",
         "",
     ]
+    lines += init_lines(r.get("init"))
     test = r.get("test")
     if test:
         lines += ["## Test split", "", "| metric | value |", "|---|---|"]
@@ -133,3 +134,20 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
             )
         lines.append("")
     atomic_write_text(path, "\n".join(lines))
+
+
+def init_lines(init: dict[str, Any] | None) -> list[str]:
+    """report.md's ``training.init`` section: the source, how many tensors it gave, which start fresh."""
+    if not init:
+        return []
+    lines = ["## Initialisation", "", f"From `{init['file']}`: {init['copied']} tensors copied by name and shape."]
+    fresh = init["fresh"]
+    lines += ["", f"Freshly initialised: {len(fresh)}." if fresh else "Freshly initialised: none."]
+    if fresh:
+        lines += ["", "| tensor | shape | source shape |", "|---|---|---|"]
+        for t in fresh:
+            src = t["source_shape"]
+            lines.append(f"| `{t['name']}` | {t['shape']} | {src if src is not None else 'not in source'} |")
+    if init["unused"]:
+        lines += ["", f"Unused tensors of the source: {len(init['unused'])} (" + ", ".join(init["unused"][:20]) + ")."]
+    return lines + [""]

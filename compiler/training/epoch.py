@@ -25,6 +25,7 @@ from .distributed import Dist
 from .objective import Criterion, predicted_class
 from .schedule import lr_at
 from .state import TrainState
+from .transfer import Freeze
 
 EVAL_BYTES = 128 << 20  # float32 pixels per evaluation batch: 222 images at 3x224x224, all of digits
 
@@ -44,6 +45,7 @@ class Setup:
     augment: Augmenter | None
     batch: int  # per process
     steps_per_epoch: int
+    freeze: Freeze | None = None  # training.freeze: which layers, until when
 
     @property
     def total_steps(self) -> int:
@@ -54,6 +56,8 @@ def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[
     """Train one epoch (1-based) over the training split; return its record and the images seen."""
     spec, place, dd = setup.spec, setup.place, setup.dd
     setup.net.train()
+    if setup.freeze is not None:
+        setup.freeze.apply(epoch)
     train_idx = torch.from_numpy(setup.splits["train"])
     perm = distributed.shard(train_idx[torch.randperm(len(train_idx), generator=state.shuffle_gen)], dd)
     loss_sum = torch.zeros((), dtype=torch.float64, device=place.device)
@@ -71,7 +75,7 @@ def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[
         step = (epoch - 1) * per_epoch + i
         lr = lr_at(step, base_lr=base_lr, total_steps=total, steps_per_epoch=per_epoch, scheduler=sched)
         for group in state.optimizer.param_groups:
-            group["lr"] = lr * state.lr_scale()
+            group["lr"] = lr * state.lr_scale() * group.get("lr_mult", 1.0)
         logits, loss = train_step(setup, state, x, y)
         with torch.no_grad():
             loss_sum += loss.detach() * len(idx)
@@ -91,7 +95,7 @@ def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[
     dt = time.perf_counter() - t0
     record = {
         "epoch": epoch,
-        "lr": state.optimizer.param_groups[0]["lr"],
+        "lr": state.optimizer.param_groups[0]["lr"] / state.optimizer.param_groups[0].get("lr_mult", 1.0),
         "train_loss": loss_total / n,
         "train_accuracy": correct_total / n,
         "time_s": dt,

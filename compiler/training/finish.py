@@ -52,6 +52,7 @@ def finish(
         "device": str(setup.place.device),
         "precision": setup.place.precision,
         "world_size": setup.dd.world,
+        **({"init": state.init} if state.init is not None else {}),
         "timings": {
             "data_s": timings.data_s,
             "train_s": timings.train_s,

@@ -67,10 +67,9 @@ def train(
     # data first: bad data must leave no run folder behind
     split_file = str(run.split) if run is not None and run.split.exists() else None
     data = dataset or load_dataset(spec, split_file=split_file, log=log)
-    run = run or _new_run_folder(out, spec, data, dd)
     t_data = time.perf_counter() - t_start
-
-    setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None)
+    setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None, log=log)  # a bad training.init: no folder
+    run = run or _new_run_folder(out, spec, data, dd)
     epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch)
 
     def save(path: Path) -> None:

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from convspec.specs import Spec
 
+from .transfer import param_groups
+
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -44,9 +46,9 @@ def make_criterion(spec: Spec, weights: np.ndarray | None, device: torch.device)
 
 
 def make_optimizer(spec: Spec, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The spec's optimizer over the model's trainable parameters."""
+    """The spec's optimizer over the model's trainable parameters, one group per ``lr_mult`` (``transfer``)."""
     o = spec.training.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups(spec, model, o.lr)
     if o.type == "sgd":
         nesterov = o.nesterov and o.momentum > 0
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=nesterov, weight_decay=o.weight_decay)

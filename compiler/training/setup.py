@@ -17,16 +17,20 @@ from . import distributed
 from .device import Placement
 from .distributed import Dist
 from .epoch import Setup, eval_batch_size
+from .init import init_from
 from .objective import class_weights, make_criterion, make_optimizer
+from .progress import Log, silent
 from .schedule import Plateau
 from .state import TrainState
 from .stopping import Monitor
+from .transfer import Freeze
 
 
 def setup_training(
-    spec: Spec, data: Dataset, place: Placement, dd: Dist, *, fresh: bool = True
+    spec: Spec, data: Dataset, place: Placement, dd: Dist, *, fresh: bool = True, log: Log = silent
 ) -> tuple[Setup, TrainState]:
-    """Build the run's fixed parts and its initial state (seeded; ``fresh``: not resuming)."""
+    """Build the run's fixed parts and its initial state (seeded; ``fresh``: not resuming, so
+    ``training.init`` is read; a resumed run's checkpoint restores everything instead)."""
     images = CachedImages(data.images)  # (N, C, H, W) uint8, in RAM or a disk memmap
     if place.cuda:
         images.pin()
@@ -36,6 +40,10 @@ def setup_training(
         model = build_model(spec, num_classes=k, class_names=data.class_names)
     if fresh and model.needs_normalization:
         model.set_normalization(*auto_normalization(model, images, torch.from_numpy(data.splits["train"])))
+    init = init_from(model, spec.training.init, log) if fresh and spec.training.init else None
+    freeze = Freeze.from_spec(spec, model)
+    if freeze is not None:
+        log(freeze.describe())
     model.to(place.device)
     if place.cuda:
         model.to(memory_format=torch.channels_last)
@@ -43,18 +51,26 @@ def setup_training(
     augment = build_augmenter(spec)
     if augment is not None:
         augment.to(place.device)
-    net = model
-    if dd.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[place.device.index] if place.cuda else None)
-    if spec.training.compile:
-        net = torch.compile(net)
+
+    def wrap() -> torch.nn.Module:
+        net = model
+        if dd.enabled:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[place.device.index] if place.cuda else None
+            )
+        return torch.compile(net) if spec.training.compile else net
+
+    net = wrap()
     weights = class_weights(spec, data.labels[data.splits["train"]], k)
     batch = max(1, -(-spec.training.batch_size // dd.world))  # batch_size is global under DDP
     steps = -(-len(distributed.shard(torch.from_numpy(data.splits["train"]), dd)) // batch)
     setup = Setup(
         spec, place, dd, images, torch.from_numpy(data.labels), data.splits, net,
-        make_criterion(spec, weights, place.device), augment, batch, steps,
+        make_criterion(spec, weights, place.device), augment, batch, steps, freeze,
     )  # fmt: skip
+    if freeze is not None and dd.enabled:
+        # Why: DDP records which parameters need gradients when it is built; a freeze change re-wraps.
+        freeze.rewrap = lambda: setattr(setup, "net", wrap())
     sched = spec.training.scheduler
     state = TrainState(
         model=model,
@@ -64,6 +80,7 @@ def setup_training(
         aug_gen=torch.Generator(device=place.device).manual_seed(spec.training.seed + 1 + dd.rank),
         monitor=Monitor.from_spec(spec.training.early_stopping),
         plateau=Plateau(sched.factor, sched.patience) if sched.type == "plateau" else None,
+        init=init,
     )
     return setup, state
 

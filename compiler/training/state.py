@@ -27,6 +27,7 @@ class TrainState:
     plateau: Plateau | None = None
     history: list[dict] = field(default_factory=list)
     epoch: int = 0  # last finished epoch
+    init: dict | None = None  # what training.init copied (init.init_from's summary), kept across resumes
 
     def lr_scale(self) -> float:
         return self.plateau.scale if self.plateau is not None else 1.0
@@ -41,6 +42,7 @@ class TrainState:
             "epoch": self.epoch,
             "class_names": class_names,
             "history": self.history,
+            "init": self.init,
             **self.monitor.state(),
             "plateau": self.plateau.state() if self.plateau is not None else None,
             "rng": {
@@ -68,3 +70,4 @@ class TrainState:
         if self.plateau is not None and ckpt.get("plateau"):
             self.plateau = Plateau(self.plateau.factor, self.plateau.patience, **ckpt["plateau"])
         self.epoch = ckpt["epoch"]
+        self.init = ckpt.get("init")

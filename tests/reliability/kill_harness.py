@@ -15,7 +15,7 @@ cleanup, no flush, exactly as the OOM killer or a power cut would end it):
   the middle of ``torch.save`` leaves.
 
 Why self-kill rather than a timer in the parent: each point is hit exactly, every run, on a
-machine of any speed. The hooks only wrap the functions named (the loop's ``lr_at``, which
+machine of any speed. The hooks only wrap the functions named (the epoch's ``lr_at``, which
 the loop calls once per step, and the atomic writer); nothing in the code under test changes.
 """
 
@@ -34,14 +34,14 @@ def _die() -> None:
 
 
 def _training_module():
-    for name in ("convspec.compiler.training.loop", "convspec.compiler.train"):
+    for name in ("convspec.compiler.training.epoch", "convspec.compiler.training.loop"):
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
         if hasattr(module, "lr_at"):
             return module
-    raise RuntimeError("cannot find the training loop module (convspec.compiler.training.loop)")
+    raise RuntimeError("cannot find the module that calls lr_at (convspec.compiler.training.epoch)")
 
 
 def install(point: str) -> None:
