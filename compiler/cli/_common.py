@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import typer
 from rich.console import Console
@@ -21,7 +22,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ConvspecError as e:
-            err.print(str(e), markup=False)
+            if os.environ.get("RANK", "0") == "0":  # Why: under torchrun, one message, not one per process
+                err.print(str(e), markup=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False)

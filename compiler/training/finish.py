@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..data.dataset import Dataset
 from ..run import checkpoint, report
+from ..run.files import writing
 from ..run.folder import Run
 from .epoch import Setup, evaluate
 from .progress import Log
@@ -57,13 +58,14 @@ def finish(
     if test and len(data.splits["test"]):
         tested = evaluate(setup, model, "test", detail=True, class_names=data.class_names)
         results["test"] = {"loss": tested["loss"], "metrics": tested["metrics"], "per_class": tested["per_class"]}
-    run.write_json(run.results, results)
-    if state.history:
-        report.plot_curves(state.history, run.curves)
-    if "test" in results:
-        confusion = results["test"]["per_class"]["confusion"]
-        report.plot_confusion(confusion, data.class_names, run.confusion, f"{spec.name}: test split")
-    report.write_report(run.report, results)
+    with writing(run.path, "the results, plots and report"):
+        run.write_json(run.results, results)
+        if state.history:
+            report.plot_curves(state.history, run.curves)
+        if "test" in results:
+            confusion = results["test"]["per_class"]["confusion"]
+            report.plot_confusion(confusion, data.class_names, run.confusion, f"{spec.name}: test split")
+        report.write_report(run.report, results)
     if export:
         from ..export.onnx import export_onnx
 

@@ -22,6 +22,7 @@ from convspec.specs import ConvspecError, Spec, load_spec
 from ..data.loading import load_dataset
 from ..data.split import save_split
 from ..run import checkpoint
+from ..run.files import check_run_out, writing
 from ..run.folder import Run, new_run
 from . import distributed
 from .device import placement_for
@@ -42,6 +43,7 @@ def train(
     device: str | None = None,
     export: bool = True,
     test: bool = True,
+    allow_out_in_data: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
@@ -50,7 +52,8 @@ def train(
 
     ``resume`` continues a run folder from its ``last.pt``; ``device`` overrides
     ``training.device`` without changing the given Spec; ``test=False`` never looks at the test
-    split (tuning trials); ``on_epoch`` gets each epoch's record (tuning prunes there).
+    split (tuning trials); ``on_epoch`` gets each epoch's record (tuning prunes there); ``allow_out_in_data``
+    permits an ``out`` inside the data folder (refused by default, see ``check_run_out``).
     Returns the Run; test metrics are in ``run.read_results()``. Raises a ConvspecError for a bad
     spec, bad data, an unusable checkpoint, a diverged loss or Ctrl-C (TrainingInterrupted).
     """
@@ -59,6 +62,8 @@ def train(
     run, ckpt = open_checkpoint(resume) if resume is not None else (None, None)
     spec = resume_spec(run, ckpt, spec, overrides) if run is not None else _load(spec, overrides)
     spec = _with_device(spec, device)
+    if run is None:  # Why before the data: a wrong --out must cost seconds, not a decode
+        check_run_out(out, spec, allow_in_data=allow_out_in_data)
     place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
     distributed.init(dd, place.device)
     t_start = time.perf_counter()
@@ -76,7 +81,7 @@ def train(
             checkpoint.save(path, state.to_checkpoint(spec.to_yaml(), data.class_names, place.device))
 
     if ckpt is not None:
-        state.restore(ckpt, place.device)
+        state.restore(ckpt, place.device, run.last)
         log(f"resuming {run} after epoch {state.epoch}")
     else:
         save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
@@ -96,7 +101,8 @@ def train(
                     save(run.best)
                 save(run.last)
                 if dd.is_main:
-                    atomic_write_text(run.metrics, "".join(json.dumps(h) + "\n" for h in state.history))
+                    with writing(run.metrics):
+                        atomic_write_text(run.metrics, "".join(json.dumps(h) + "\n" for h in state.history))
                 bar.end_epoch(record)
                 if on_epoch is not None:
                     on_epoch(record)
@@ -119,8 +125,9 @@ def _new_run_folder(out, spec: Spec, data, dd) -> Run:
     """``out/NAME`` (numbered when taken; rank 0 picks it) with the split and the resolved spec."""
     run = Run(Path(distributed.broadcast(dd, str(new_run(out, spec.name).path) if dd.is_main else None)))
     if dd.is_main:
-        save_split(data, run.split)
-        atomic_write_text(run.spec, spec.to_yaml())
+        with writing(run.path, "the run folder"):
+            save_split(data, run.split)
+            atomic_write_text(run.spec, spec.to_yaml())
     return run
 
 
