@@ -23,7 +23,7 @@ def open_checkpoint(resume: str | os.PathLike) -> tuple[Run, dict]:
     """The run folder and its ``last.pt``; stale temp files of interrupted writes are removed."""
     run = Run(Path(resume))
     if not run.path.is_dir():
-        raise CheckpointError(f"{run}: run folder not found")
+        raise CheckpointError(f"{run}: run folder not found" if not run.path.exists() else f"{run}: not a folder")
     if not run.last.exists():
         if not run.spec.exists():
             raise CheckpointError(f"{run}: not a convspec run folder (no last.pt, no spec.yaml)")
