@@ -13,6 +13,7 @@ from convspec.specs import Spec, load_spec, load_spec_text
 
 from ..run import checkpoint
 from ..run.checkpoint import CheckpointError
+from ..run.files import check_output_folder
 from ..run.folder import Run
 from ..run.spec_diff import RESUMABLE, beyond_resumable, spec_diff
 
@@ -31,6 +32,7 @@ def open_checkpoint(resume: str | os.PathLike) -> tuple[Run, dict]:
             f"{run}: no last.pt: the run stopped before its first checkpoint; start it again with convspec train SPEC"
         )
     ckpt = checkpoint.load(run.last, resume=True)
+    check_output_folder(run.path, "--resume")  # Why now: a read-only run must fail before an epoch, not after
     for leftover in run.path.glob(".*.tmp"):  # temp files of writes a kill interrupted
         leftover.unlink(missing_ok=True)
     return run, ckpt
