@@ -116,7 +116,7 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path:
     """``model.load_state_dict(weights)``, naming the first tensor that is missing, extra or misshapen.
 
     Raises:
-        CheckpointError: e.g. ``best.pt: the weights do not fit the spec: layers.0.conv.weight has
+        CheckpointError: e.g. ``best.pt: the weights do not fit the spec: body.0.conv.weight has
             shape (16, 1, 3, 3) in the checkpoint, (32, 1, 3, 3) in the model the spec builds``.
     """
     own = model.state_dict()
