@@ -84,28 +84,28 @@ def check_output_folder(folder: str | os.PathLike, what: str) -> None:
         raise WriteError(f"{what} {folder}: cannot write in {probe}: {describe(e)}") from None
 
 
-def data_root(spec) -> Path | None:
-    """The folder a spec's data lives in (a folder source, or a CSV's root); None for builtin data."""
+def listed_data_root(spec) -> Path | None:
+    """The folder whose listing is the data (a folder source's path); None for CSV and builtin data.
+
+    Why not a CSV's root: a CSV names its files row by row, so a run folder beside them is never
+    read as data; only a listed folder would pick up a run's plots as images.
+    """
     src = spec.data.source
-    if src.type == "folder":
-        return Path(src.path)
-    if src.type == "csv":
-        return Path(src.root) if src.root else Path(os.path.abspath(src.path)).parent
-    return None
+    return Path(src.path) if src.type == "folder" else None
 
 
 def check_run_out(out: str | os.PathLike, spec, *, allow_in_data: bool = False, what: str = "--out") -> None:
     """Refuse, before any work, an output folder that cannot be written or lies inside the data.
 
-    A run folder inside the data folder would be listed as data by the next run (its plots as
-    a class named ``runs``); ``allow_in_data`` (``--allow-out-in-data``) permits it, and the
-    run folder's ``.convspec-run`` marker then keeps data listing away from it.
+    A run folder inside a folder source's ``path`` would be listed as data by the next run (its
+    plots as a class named ``runs``); ``allow_in_data`` (``--allow-out-in-data``) permits it, and
+    the run folder's ``.convspec-run`` marker then keeps data listing away from it.
 
     Raises:
         WriteError: ``out`` is a file, not writable, or inside the data root (unless allowed).
     """
     check_output_folder(out, what)
-    root = data_root(spec)
+    root = listed_data_root(spec)
     if root is None or allow_in_data:
         return
     where, inside = Path(os.path.realpath(out)), Path(os.path.realpath(root))

@@ -65,11 +65,15 @@ def test_nproc_below_one_is_refused(tmp_path, value):
     assert "data:" not in stderr and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize(
-    "args, word",
-    [(["predict", "m.onnx", "x.png", "--top-k", "0"], "--top-k"), (["evaluate", "m", "d", "--batch-size", "-3"], "--batch-size"),
-     (["tune", "s.yaml", "--trials", "0"], "--trials"), (["tune", "s.yaml", "--timeout", "nan"], "--timeout")],
-)  # fmt: skip
+OUT_OF_RANGE = [
+    (["predict", "m.onnx", "x.png", "--top-k", "0"], "--top-k"),
+    (["evaluate", "m", "d", "--batch-size", "-3"], "--batch-size"),
+    (["tune", "s.yaml", "--trials", "0"], "--trials"),
+    (["tune", "s.yaml", "--timeout", "nan"], "--timeout"),
+]
+
+
+@pytest.mark.parametrize("args, word", OUT_OF_RANGE)
 def test_option_values_out_of_range_are_user_errors(args, word):
     user_error(cli(*args), word, "at least")
 

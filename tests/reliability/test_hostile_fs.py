@@ -179,12 +179,17 @@ def test_out_inside_the_data_folder_is_refused_unless_asked(data_spec, tmp_path)
     assert (run / MARKER).is_file()
 
 
-def test_out_inside_a_csv_root_is_refused(tmp_path):
+def test_out_inside_a_csv_root_is_allowed(tmp_path):
+    """A CSV names its files, so a run folder beside them is never read as data: not refused."""
+    from convspec.compiler.run.files import check_run_out
+    from convspec.specs import load_spec
+
     data = image_folder(tmp_path / "imgs")
     rows = "".join(f"{p.relative_to(data)},{p.parent.name}\n" for p in sorted(data.rglob("*.png")))
     csv = write(data / "labels.csv", "path,label\n" + rows)
-    spec = write(tmp_path / "csv.yaml", tiny_spec(f"{{type: csv, path: {csv}}}"))
-    user_error(cli("train", spec, "--out", data / "out"), "--out", "inside the data folder", str(data))
+    spec = load_spec(write(tmp_path / "csv.yaml", tiny_spec(f"{{type: csv, path: {csv}}}")))
+    check_run_out(data / "out", spec)
+    assert not (data / "out").exists()
 
 
 def test_every_run_folder_has_the_marker(tiny_run):
