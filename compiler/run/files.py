@@ -73,7 +73,7 @@ def check_output_folder(folder: str | os.PathLike, what: str) -> None:
     while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        kind = "a file" if probe.exists() else "a broken link"
+        kind = "a file" if probe.is_file() else "a broken link" if not probe.exists() else "a device or pipe"
         where = f"{folder}" if probe == folder else f"{folder} (its parent {probe})"
         raise WriteError(f"{what} {where}: is {kind}, not a folder")
     try:
