@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 # Why not `python -m torch.distributed.run`: its main() prints a ChildFailedError traceback and
 # table after the child's own message; calling run() ourselves lets us exit with the child's code.
@@ -71,5 +73,23 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
         "convspec.compiler",
         *args,
     ]
-    env = {**os.environ, "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning")}
-    return subprocess.call(cmd, env=env)
+    with tempfile.TemporaryDirectory(prefix="convspec-ranks-") as errors:
+        env = {
+            **os.environ,
+            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning"),
+            "CONVSPEC_RANK_ERRORS": errors,  # see cli._common.user_errors
+        }
+        code = subprocess.call(cmd, env=env)
+        if code:
+            _other_ranks_errors(Path(errors))
+    return code
+
+
+def _other_ranks_errors(folder: Path) -> None:
+    """Print the errors of ranks other than 0 that differ from rank 0's (which it printed itself)."""
+    texts = {int(p.stem.split("-")[1]): p.read_text("utf-8") for p in folder.glob("rank-*.txt")}
+    shown = {texts.get(0)}
+    for rank in sorted(r for r in texts if r != 0):
+        if texts[rank] not in shown:
+            print(f"rank {rank}: {texts[rank]}", file=sys.stderr)
+            shown.add(texts[rank])

@@ -150,3 +150,21 @@ def test_api_train_refuses_out_in_data_like_the_cli(tmp_path):
     spec = write(tmp_path / "s.yaml", tiny_spec(f"{{type: folder, path: {data}}}"))
     with pytest.raises(WriteError, match="inside the data folder"):
         train(spec, out=data / "runs", export=False, progress=False, log=lambda _m: None)
+
+
+def test_under_torchrun_each_distinct_error_is_shown_once(monkeypatch, capsys):
+    """Rank 0 prints its own error; the launcher adds only other ranks' errors that differ."""
+    from pathlib import Path
+
+    from convspec.compiler.training import launch
+
+    def processes(cmd, env):
+        folder = Path(env["CONVSPEC_RANK_ERRORS"])
+        for rank, text in enumerate(["data.source.path: folder not found", "data.source.path: folder not found"]):
+            (folder / f"rank-{rank}.txt").write_text(text)
+        (folder / "rank-2.txt").write_text("training.device: cuda:2 is not available")
+        return 1
+
+    monkeypatch.setattr(launch.subprocess, "call", processes)
+    assert launch.launch_torchrun(3, ["train", "s.yaml", "--nproc", "3"]) == 1
+    assert capsys.readouterr().err.splitlines() == ["rank 2: training.device: cuda:2 is not available"]
