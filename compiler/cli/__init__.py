@@ -10,9 +10,11 @@ from __future__ import annotations
 import typer
 
 from . import compare, deploy, serve, spec, train
+from ._group import OneLineErrors
 
 app = typer.Typer(
     name="convspec",
+    cls=OneLineErrors,  # usage errors: one line, exit 2 (see _group)
     help="Declarative CNN image classifiers: YAML spec -> PyTorch -> ONNX.",
     no_args_is_help=True,
     add_completion=False,

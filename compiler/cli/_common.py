@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -11,6 +14,7 @@ from convspec.specs import ConvspecError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+RANK_ERRORS = "CONVSPEC_RANK_ERRORS"  # a folder where each torchrun process leaves its error
 
 
 def user_errors(fn):
@@ -21,7 +25,12 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ConvspecError as e:
-            err.print(str(e), markup=False)
+            rank = os.environ.get("RANK", "0")
+            if rank == "0":  # Why: under torchrun, one message, not one per process
+                err.print(str(e), markup=False)
+            if os.environ.get(RANK_ERRORS):  # the launcher shows other ranks' messages that differ
+                with contextlib.suppress(OSError):
+                    (Path(os.environ[RANK_ERRORS]) / f"rank-{rank}.txt").write_text(str(e), "utf-8")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False)

@@ -22,6 +22,7 @@ from rich.table import Table
 from convspec.specs import ConvspecError
 
 from ._common import err, out, user_errors
+from ._group import at_least
 
 
 class Format(str, Enum):
@@ -87,9 +88,13 @@ def predict(
     inputs: Annotated[
         list[Path], typer.Argument(metavar="IMAGE_OR_FOLDER...", help="Images, or folders searched recursively.")
     ],
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 1,
+    top_k: Annotated[
+        int, typer.Option("--top-k", callback=at_least(1), help="Classes to show per image (at least 1).")
+    ] = 1,
     fmt: Annotated[Format, typer.Option("--format", help="table, json or csv.")] = Format.table,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference run.")] = 64,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", callback=at_least(1), help="Images per inference run (at least 1).")
+    ] = 64,
 ) -> None:
     """Classify images with an exported model. Unreadable files are reported; exit 1 if any."""
     predictor = _predictor(model)
@@ -176,7 +181,9 @@ def evaluate(
         Path,
         typer.Argument(metavar="DATA", help="ImageFolder folder, CSV (path,label), or a run folder (its test split)."),
     ],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference run.")] = 64,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", callback=at_least(1), help="Images per inference run (at least 1).")
+    ] = 64,
     fmt: Annotated[EvalFormat, typer.Option("--format", help="table or json.")] = EvalFormat.table,
 ) -> None:
     """Score a model on labelled images: accuracy, per-class precision/recall/F1, confusion matrix."""

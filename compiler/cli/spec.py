@@ -93,5 +93,10 @@ def schema(
         return
     from convspec.runtime.files import atomic_write_text
 
-    atomic_write_text(out_file, text)
+    from ..run.files import WriteError, writing
+
+    if out_file.is_dir():
+        raise WriteError(f"--out {out_file}: is a folder; give a file name, e.g. {out_file / 'convspec.schema.json'}")
+    with writing(out_file, "the schema"):
+        atomic_write_text(out_file, text)
     out.print(f"wrote {out_file}", markup=False)

@@ -16,6 +16,7 @@ from convspec.specs import ConvspecError
 from convspec.specs.base import DEVICE_PATTERN
 
 from ._common import err, out, user_errors
+from ._group import at_least
 
 
 @user_errors
@@ -33,11 +34,17 @@ def train(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda or cuda:N (overrides training.device).")
     ] = None,
-    nproc: Annotated[int, typer.Option("--nproc", help="Processes (devices) for DDP; launches torchrun.")] = 1,
+    nproc: Annotated[
+        int, typer.Option("--nproc", callback=at_least(1), help="Processes (devices) for DDP; launches torchrun.")
+    ] = 1,
     no_export: Annotated[bool, typer.Option("--no-export", help="Skip writing model.onnx.")] = False,
     folds: Annotated[
         int | None, typer.Option("--folds", help="K-fold cross-validation: runs/NAME/fold-1..K/ and cv.json.")
     ] = None,
+    allow_out_in_data: Annotated[
+        bool,
+        typer.Option("--allow-out-in-data", help="Allow --out inside the data folder (refused by default)."),
+    ] = False,
 ) -> None:
     """Train a spec: writes runs/NAME/ with checkpoints, metrics, plots, report and model.onnx."""
     if spec_path is None and resume is None:
@@ -47,12 +54,22 @@ def train(
     if folds is not None:
         return _train_folds(spec_path, folds, set_, out_dir, resume, device, nproc)
     if nproc > 1:
-        from ..training.launch import launch_torchrun
+        from ..training.launch import check_before_launch, launch_torchrun
 
+        # Why in the parent: a bad spec or --out is one message, not one per process plus torchrun's traceback
+        check_before_launch(spec_path, set_, resume, out_dir, allow_out_in_data=allow_out_in_data)
         raise typer.Exit(launch_torchrun(nproc, sys.argv[1:]))
     from ..training.loop import train as run_training
 
-    run_training(spec_path, out=out_dir, overrides=set_, resume=resume, device=device, export=not no_export)
+    run_training(
+        spec_path,
+        out=out_dir,
+        overrides=set_,
+        resume=resume,
+        device=device,
+        export=not no_export,
+        allow_out_in_data=allow_out_in_data,
+    )
 
 
 def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, nproc: int) -> None:
@@ -72,10 +89,11 @@ def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, npr
 def tune(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Spec file with a tune section.")],
     trials: Annotated[
-        int | None, typer.Option("--trials", min=1, help="Trials this process runs (default: tune.trials).")
+        int | None,
+        typer.Option("--trials", callback=at_least(1), help="Trials this process runs (default: tune.trials)."),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", min=0, help="Start no new trial after S seconds.")
+        float | None, typer.Option("--timeout", callback=at_least(0), help="Start no new trial after S seconds.")
     ] = None,
     storage: Annotated[
         str | None,
@@ -97,6 +115,10 @@ def tune(
     no_retrain: Annotated[
         bool, typer.Option("--no-retrain", help="Skip retraining the best spec (e.g. on extra workers).")
     ] = False,
+    allow_out_in_data: Annotated[
+        bool,
+        typer.Option("--allow-out-in-data", help="Allow --out inside the data folder (refused by default)."),
+    ] = False,
 ) -> None:
     """Search the spec's tune.space with Optuna; write best.yaml, trials.csv, plots, and retrain the best."""
     from ..tuning.study import tune as run_tune
@@ -110,6 +132,7 @@ def tune(
         out=out_dir,
         overrides=set_,
         retrain=not no_retrain,
+        allow_out_in_data=allow_out_in_data,
         log=lambda m: out.print(m, markup=False, highlight=False),
     )
     out.print(f"best spec: {result.best_yaml}   (train it with: convspec train {result.best_yaml})", markup=False)

@@ -19,7 +19,9 @@ Caching (``data.cache``):
 - ``none``: decoded into RAM for this call only; nothing is kept or written.
 
 Builtin data sets (``digits``) are built in RAM whatever the mode: there is no file to decode.
-The disk cache is never pruned; delete the folder to reclaim space.
+The disk cache is never pruned; delete the folder to reclaim space. A cache folder that
+cannot be written (read-only, full) is not an error: a warning says so and the images are
+decoded into memory instead.
 
 ``Dataset.images`` is read-only in every mode; index it (``images[idx]``) for a writable batch.
 """
@@ -337,9 +339,10 @@ def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_
         return None
     t0 = time.perf_counter()
     log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]} into the disk cache {folder / key}.npy")
-    fd, full = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
-    os.close(fd)
+    full = ""
     try:
+        fd, full = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
+        os.close(fd)
         mm = np.lib.format.open_memmap(full, mode="w+", dtype=np.uint8, shape=(n, channels, *size))
         bad = decode_into(
             files, mm, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
@@ -362,8 +365,11 @@ def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_
         del mm
         info = {"version": LOADER_VERSION, "count": n, "bad": [[i, p, r] for i, p, r in bad]}
         atomic_write_text(folder / f"{key}.json", json.dumps(info))  # written last: marks the entry complete
+    except OSError as e:  # a read-only or full cache folder: the cache is an optimisation, not a must
+        log(f"warning: cannot write the disk cache in {folder} ({e.strerror or e}); keeping images in memory")
+        return None  # Why no clean-up: a .npy without its .json is never read, and the next run rewrites it
     finally:
-        if os.path.exists(full):
+        if full and os.path.exists(full):
             os.unlink(full)
     log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
     return _disk_read(folder, key, (channels, *size))

@@ -7,15 +7,19 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from convspec.runtime.datasets import DataError, short_list
 from convspec.runtime.files import atomic_write_text
+from convspec.specs.errors import format_path
 
 from .dataset import SPLITS, Dataset
 
 Log = Callable[[str], None]
+MAX_SPLIT_BYTES = 256 << 20  # Why so large: millions of file names; the limit only stops runaway reads
 
 
 def make_split(
@@ -98,27 +102,65 @@ def save_split(dataset: Dataset, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 
+class _Part(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    files: list[str]
+    labels: list[str]
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.files) != len(self.labels):
+            raise ValueError(f"{len(self.files)} files but {len(self.labels)} labels")
+        return self
+
+
+class _SplitFile(BaseModel):
+    """The structure :func:`save_split` writes (checked, so that a hand-edited file is named, not a traceback)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    version: Literal[1]
+    root: str | None = None
+    class_names: list[str]
+    splits: dict[Literal["train", "val", "test"], _Part]
+
+    @model_validator(mode="after")
+    def _complete(self):
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise ValueError(f"splits: missing {', '.join(missing)}")
+        unknown = sorted({lab for p in self.splits.values() for lab in p.labels} - set(self.class_names))
+        if unknown:
+            raise ValueError(f"labels not in class_names: {short_list(unknown)}")
+        return self
+
+
 def read_split(path: str | os.PathLike) -> dict:
     """Read and check a ``split.json`` written by :func:`save_split`.
 
     Raises:
-        DataError: the file is missing or not a split file.
+        DataError: the file is missing, not a regular file, too large, not JSON, or not a split
+            file (wrong types, missing keys, labels outside class_names), naming the first problem.
     """
+    path = Path(path)
     try:
-        doc = json.loads(Path(path).read_text("utf-8"))
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path}: not a regular file; not a readable split file")
+        if path.is_file() and path.stat().st_size > MAX_SPLIT_BYTES:
+            raise DataError(f"{path}: larger than {MAX_SPLIT_BYTES >> 20} MiB; not a readable split file")
+        doc = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise DataError(f"split file not found: {path}") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable split file ({e})") from None
     try:
-        assert doc["version"] == 1 and isinstance(doc["class_names"], list)
-        for split in SPLITS:
-            part = doc["splits"][split]
-            assert len(part["files"]) == len(part["labels"])
-    except (AssertionError, KeyError, TypeError):
+        _SplitFile.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        key = format_path(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
         raise DataError(
-            f"{path}: not a convspec split file (expected version 1 with class_names "
-            "and splits train/val/test, each with files and labels)"
+            f"{path}: not a convspec split file: {key + ': ' if key else ''}{msg[:1].lower() + msg[1:]} "
+            "(expected version 1 with class_names and splits train/val/test, each with files and labels)"
         ) from None
     return doc
 

@@ -33,7 +33,10 @@ from convspec.runtime.metadata import ModelInfo
 from convspec.specs import Spec, load_spec_text
 
 from ..run import checkpoint, report
+from ..run.checkpoint_format import load_weights
+from ..run.files import writing
 from ..run.folder import Run
+from .checks import check_run_writable, check_spec_file
 from .errors import ExportError
 
 PARITY_IMAGES = 256  # compare PyTorch and ORT on at least this many images (when the data has them)
@@ -63,6 +66,7 @@ def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None, log: 
     run = run if isinstance(run, Run) else Run(Path(run))
     t0 = time.perf_counter()
     spec, model, class_names, ckpt = _load_run(run)
+    check_run_writable(run)  # Why before the export: fail in a second, not after a minute
     quantize = spec.export.quantize == "int8" if int8 is None else int8
 
     proto = _export_proto(model, spec)
@@ -80,7 +84,8 @@ def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None, log: 
                 stale.unlink()
                 log(f"removed the stale {stale.name} (it no longer matches {ckpt.name})")
         raise
-    atomic_write_bytes(run.onnx, blob)
+    with writing(run.onnx, "the model"):
+        atomic_write_bytes(run.onnx, blob)
     info: dict[str, Any] = {
         "file": run.onnx.name,
         "checkpoint": ckpt.name,
@@ -115,7 +120,8 @@ def quantize_run(run: Run, spec: Spec, fp32: bytes, data, *, log: Callable[[str]
 
     calib = _take(data.splits["train"], spec.export.calibration_images, seed=spec.training.seed)
     blob = quantize_int8(fp32, data.images[calib], spec.export.dynamic_batch)
-    atomic_write_bytes(run.onnx_int8, blob)
+    with writing(run.onnx_int8, "the INT8 model"):
+        atomic_write_bytes(run.onnx_int8, blob)
     split = "test" if len(data.splits["test"]) else "val" if len(data.splits["val"]) else "train"
     idx = data.splits[split]
     images, labels = data.images[idx], data.labels[idx]
@@ -157,26 +163,23 @@ def quantize_run(run: Run, spec: Spec, fp32: bytes, data, *, log: Callable[[str]
 
 
 def _load_run(run: Run):
-    """The run's spec, and its model in eval mode with the best (else last) weights."""
+    """The run's spec (the checkpoint's), and its model in eval mode with the best (else last) weights."""
     from ..model.builder import build_model
 
     if not run.path.is_dir():
-        raise ExportError(f"{run}: run folder not found")
+        raise ExportError(f"{run}: run folder not found" if not run.path.exists() else f"{run}: not a folder")
     ckpt = run.best if run.best.exists() else run.last
     if not ckpt.exists():
         raise ExportError(f"{run}: no best.pt or last.pt: is this a run folder written by convspec train?")
     state = checkpoint.load(ckpt)
-    text = run.spec.read_text(encoding="utf-8") if run.spec.exists() else state["spec"]
-    spec = load_spec_text(text, str(run.spec))
+    spec = load_spec_text(state["spec"], f"{ckpt}[spec]")
+    check_spec_file(run, spec, ckpt)
     class_names = state.get("class_names")
     from ..model.backbone import no_weight_loading
 
     with no_weight_loading():  # Why: the checkpoint has every weight; no download, no weights file needed
         model = build_model(spec, num_classes=len(class_names) if class_names else None, class_names=class_names)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ExportError(f"{ckpt}: the weights do not fit the run's spec ({str(e).splitlines()[0]})") from None
+    load_weights(model, state["model"], ckpt)
     model.eval()
     return spec, model, list(model.class_names or [str(i) for i in range(model.num_classes or 0)]), ckpt
 

@@ -15,28 +15,38 @@ from typing import Any
 import torch
 
 from convspec.runtime.files import atomic_write
-from convspec.specs import ConvspecError
+
+from . import checkpoint_format
+from .checkpoint_format import CheckpointError
+from .files import writing
 
 FORMAT = 1
 
 
-class CheckpointError(ConvspecError):
-    """A checkpoint that cannot be used: missing, corrupt, unsafe, or from another spec."""
-
-
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically (temporary name, fsync, rename)."""
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
-
-
-def load(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``).
+    """Write ``state`` atomically (temporary name, fsync, rename).
 
     Raises:
-        CheckpointError: the file is missing, truncated, not a checkpoint, or holds objects
-            other than tensors and plain data (e.g. pickled code).
+        WriteError: the folder is read-only, the disk is full, ... (nothing half-written is left).
+    """
+    with writing(path, "the checkpoint"):
+        atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+
+
+def load(path: str | os.PathLike, *, resume: bool = False) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``) and check its structure.
+
+    ``resume``: also check everything ``--resume`` restores (optimizer, epoch, history, rng...).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a checkpoint, holds objects
+            other than tensors and plain data (e.g. pickled code), or keys of the wrong type.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file (a device, pipe or socket), not a checkpoint")
     if not path.is_file():
         if not path.parent.is_dir():
             raise CheckpointError(f"{path.parent}: folder not found (looked for the checkpoint {path.name} in it)")
@@ -51,12 +61,11 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: refused: the file holds objects other than weights ({_unpickling_reason(e)}); "
             "convspec loads checkpoints with weights_only=True and never runs code from a checkpoint"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # Why broad: any failure to read a user's file means it is not a readable checkpoint
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state or "spec" not in state:
-        raise CheckpointError(f"{path}: not a convspec checkpoint (expected keys format, model, spec)")
+    checkpoint_format.check(state, path, resume=resume)
     return state
 
 

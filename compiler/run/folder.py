@@ -10,6 +10,8 @@ from typing import Any
 
 from convspec.runtime.files import atomic_write_text
 
+from .files import MARKER, writing
+
 
 @dataclass(frozen=True)
 class Run:
@@ -40,7 +42,8 @@ class Run:
         return json.loads(self.results.read_text()) if self.results.exists() else {}
 
     def write_json(self, path: Path, data: Any) -> None:
-        atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+        with writing(path):
+            atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
     def history(self) -> list[dict]:
         if not self.metrics.exists():
@@ -56,14 +59,31 @@ def _jsonable(x):
 
 
 def new_run(out: str | os.PathLike, name: str) -> Run:
-    """Create ``out/name``, or ``out/name-2``, ``-3``... when it exists (as Ultralytics does)."""
+    """Create ``out/name``, or ``out/name-2``, ``-3``... when it exists (as Ultralytics does).
+
+    The folder gets the marker file ``.convspec-run`` (:data:`MARKER`), so that listing a data
+    folder skips it: a run written inside the data never becomes a class.
+
+    Raises:
+        WriteError: ``out`` is a file, read-only, on a full disk, ...
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 10_000):
-        path = out / (name if k == 1 else f"{name}-{k}")
-        try:
-            path.mkdir()
+    with writing(out, "the run folder"):
+        out.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 10_000):
+            path = out / (name if k == 1 else f"{name}-{k}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            mark_run_folder(path)
             return Run(path)
-        except FileExistsError:
-            continue
     raise RuntimeError(f"too many runs named {name} in {out}")
+
+
+def mark_run_folder(path: str | os.PathLike) -> Path:
+    """Write ``path/.convspec-run``: the folder holds convspec's outputs, never data."""
+    marker = Path(path) / MARKER
+    with writing(marker):
+        atomic_write_text(marker, "convspec run folder: data listing skips this folder\n")
+    return marker

@@ -10,6 +10,7 @@ from convspec.runtime.threshold import threshold_record
 
 from ..data.dataset import Dataset
 from ..run import checkpoint, report
+from ..run.files import writing
 from ..run.folder import Run
 from ..run.plots import plot_results
 from .epoch import Setup, evaluate
@@ -62,9 +63,10 @@ def finish(
     if not setup.dd.is_main:
         return results
     tested = _test(setup, model, data, results) if test and len(data.splits["test"]) else None
-    run.write_json(run.results, results)
-    pictures = _pictures(run, setup, state, data, results, tested)
-    report.write_report(run.report, results)
+    with writing(run.path, "the results, plots and report"):
+        run.write_json(run.results, results)
+        pictures = _pictures(run, setup, state, data, results, tested)
+        report.write_report(run.report, results)
     if export:
         from ..export.onnx import export_onnx
 

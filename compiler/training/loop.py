@@ -22,6 +22,7 @@ from ..data.dataset import Dataset
 from ..data.loading import load_dataset
 from ..data.split import save_split
 from ..run import checkpoint
+from ..run.files import check_run_out, writing
 from ..run.folder import Run, new_run
 from . import distributed
 from .device import placement_for
@@ -43,6 +44,7 @@ def train(
     device: str | None = None,
     export: bool = True,
     test: bool = True,
+    allow_out_in_data: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
@@ -50,20 +52,19 @@ def train(
 ) -> Run:
     """Train a spec (a Spec or a spec file) and write its run folder under ``out``; return the Run.
 
-    ``resume``: continue a run from its ``last.pt``. ``device``: overrides ``training.device`` (the
-    given Spec is not changed). ``test=False``: never look at the test split (tuning trials).
-    ``on_epoch``: gets each epoch's record. ``dataset``: decoded data with its split (k-fold).
-    Raises a ConvspecError for bad input, a diverged loss or Ctrl-C (TrainingInterrupted).
+    ``resume`` a run from its ``last.pt``; ``device`` overrides ``training.device`` (the given Spec is
+    not changed); ``test=False`` never looks at the test split (tuning); ``on_epoch`` gets each epoch's
+    record; ``dataset`` is decoded data with its split (k-fold); ``allow_out_in_data`` permits an ``out``
+    inside the data folder. Raises a ConvspecError for bad input, a diverged loss or Ctrl-C.
     """
     dd = distributed.from_env()
     log = (log or stderr_log()) if dd.is_main else silent  # under torchrun, rank 0 speaks
     run, ckpt = open_checkpoint(resume) if resume is not None else (None, None)
-    spec = resume_spec(run, ckpt, spec, overrides) if run is not None else _load(spec, overrides)
-    spec = _with_device(spec, device)
+    given = resume_spec(run, ckpt, spec, overrides) if run else _load(spec, overrides, out, allow_out_in_data)
+    spec = _with_device(given, device)
     place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
     distributed.init(dd, place.device)
     t_start = time.perf_counter()
-
     # data first: bad data must leave no run folder behind
     split_file = str(run.split) if run is not None and run.split.exists() else None
     data = dataset or load_dataset(spec, split_file=split_file, log=log)
@@ -77,7 +78,7 @@ def train(
             checkpoint.save(path, state.to_checkpoint(spec.to_yaml(), data.class_names, place.device))
 
     if ckpt is not None:
-        state.restore(ckpt, place.device)
+        state.restore(ckpt, place.device, run.last)
         log(f"resuming {run} after epoch {state.epoch}")
     else:
         save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
@@ -118,8 +119,9 @@ def _new_run_folder(out, spec: Spec, data, dd) -> Run:
     """``out/NAME`` (numbered when taken; rank 0 picks it) with the split and the resolved spec."""
     run = Run(Path(distributed.broadcast(dd, str(new_run(out, spec.name).path) if dd.is_main else None)))
     if dd.is_main:
-        save_split(data, run.split)
-        atomic_write_text(run.spec, spec.to_yaml())
+        with writing(run.path, "the run folder"):
+            save_split(data, run.split)
+            atomic_write_text(run.spec, spec.to_yaml())
     return run
 
 
@@ -138,7 +140,10 @@ def _with_device(spec: Spec, device: str | None) -> Spec:
     return spec.model_copy(update={"training": spec.training.model_copy(update={"device": device})})
 
 
-def _load(spec: Spec | str | os.PathLike | None, overrides: list[str] | None) -> Spec:
+def _load(spec: Spec | str | os.PathLike | None, overrides: list[str] | None, out, allow_out_in_data: bool) -> Spec:
+    """The spec of a new run; ``out`` is checked before any data loads (a bad --out costs seconds)."""
     if spec is None:
         raise ConvspecError("train needs a spec file, or --resume RUN")
-    return spec if isinstance(spec, Spec) else load_spec(spec, overrides=overrides)
+    spec = spec if isinstance(spec, Spec) else load_spec(spec, overrides=overrides)
+    check_run_out(out, spec, allow_in_data=allow_out_in_data)
+    return spec

@@ -9,6 +9,7 @@ from convspec.runtime.compare import flatten
 from convspec.runtime.files import atomic_write_text
 from convspec.specs import Spec
 
+from ..run.files import writing
 from ..run.folder import Run
 from .tracking import Tracker, make_trackers
 
@@ -25,7 +26,8 @@ class EpochLog:
     def __call__(self, history: list[dict]) -> None:
         record = history[-1]
         if self.is_main:
-            atomic_write_text(self.run.metrics, "".join(json.dumps(h) + "\n" for h in history))  # small; whole
+            with writing(self.run.metrics):
+                atomic_write_text(self.run.metrics, "".join(json.dumps(h) + "\n" for h in history))  # small; whole
         self.tracker.log_epoch(record, record["epoch"])
         if self.on_epoch is not None:
             self.on_epoch(record)

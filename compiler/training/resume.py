@@ -6,7 +6,6 @@ resumed run can honour (``epochs``, ``device``); anything else is refused with t
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 
@@ -14,23 +13,26 @@ from convspec.specs import Spec, load_spec, load_spec_text
 
 from ..run import checkpoint
 from ..run.checkpoint import CheckpointError
+from ..run.files import check_output_folder
 from ..run.folder import Run
+from ..run.spec_diff import RESUMABLE, beyond_resumable, spec_diff
 
-RESUMABLE = ("epochs:", "device:")  # keys (as YAML lines) a resumed run may change
+__all__ = ["RESUMABLE", "open_checkpoint", "resume_spec"]
 
 
 def open_checkpoint(resume: str | os.PathLike) -> tuple[Run, dict]:
     """The run folder and its ``last.pt``; stale temp files of interrupted writes are removed."""
     run = Run(Path(resume))
     if not run.path.is_dir():
-        raise CheckpointError(f"{run}: run folder not found")
+        raise CheckpointError(f"{run}: run folder not found" if not run.path.exists() else f"{run}: not a folder")
     if not run.last.exists():
         if not run.spec.exists():
             raise CheckpointError(f"{run}: not a convspec run folder (no last.pt, no spec.yaml)")
         raise CheckpointError(
             f"{run}: no last.pt: the run stopped before its first checkpoint; start it again with convspec train SPEC"
         )
-    ckpt = checkpoint.load(run.last)
+    ckpt = checkpoint.load(run.last, resume=True)
+    check_output_folder(run.path, "--resume")  # Why now: a read-only run must fail before an epoch, not after
     for leftover in run.path.glob(".*.tmp"):  # temp files of writes a kill interrupted
         leftover.unlink(missing_ok=True)
     return run, ckpt
@@ -49,10 +51,8 @@ def resume_spec(run: Run, ckpt: dict, given: Spec | str | os.PathLike | None, ov
         new = load_spec_text(ckpt["spec"], str(run.spec), overrides=overrides)
     else:
         new = given if isinstance(given, Spec) else load_spec(given, overrides=overrides)
-    a, b = saved.to_yaml().splitlines(), new.to_yaml().splitlines()
-    lines = difflib.unified_diff(a, b, "run", "given", lineterm="", n=0)
-    diff = [d for d in lines if d[:1] in "+-" and d[:3] not in ("+++", "---")]
-    if any(not d[1:].strip().startswith(RESUMABLE) for d in diff):
+    diff = spec_diff(saved, new)
+    if beyond_resumable(diff):
         raise CheckpointError(
             f"{run}: cannot resume: the spec differs from the run's (only epochs and device may change):\n"
             + "\n".join(diff)

@@ -6,10 +6,13 @@ CUDA's), the history of epoch records, the best-tracking monitor and the plateau
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from ..run.checkpoint_format import CheckpointError, load_weights
 from .schedule import Plateau
 from .stopping import Monitor
 
@@ -53,21 +56,37 @@ class TrainState:
             },
         }
 
-    def restore(self, ckpt: dict, device: torch.device) -> None:
-        """Load a checkpoint written by :meth:`to_checkpoint` (the inverse, exactly)."""
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
+    def restore(self, ckpt: dict, device: torch.device, path: Path | str = "last.pt") -> None:
+        """Load a checkpoint written by :meth:`to_checkpoint` (the inverse, exactly).
+
+        Raises:
+            CheckpointError: naming ``path`` and the part (weights, optimizer, generators) that does not fit.
+        """
+        load_weights(self.model, ckpt["model"], Path(path))
+        with _part(path, "optimizer"):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
         rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"])
-        self.shuffle_gen.set_state(rng["shuffle"])
-        self.aug_gen.set_state(rng["augment"])
-        if device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
+        with _part(path, "rng"):
+            torch.set_rng_state(rng["torch"])
+            self.shuffle_gen.set_state(rng["shuffle"])
+            self.aug_gen.set_state(rng["augment"])
+            if device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"], device)
         self.history = list(ckpt["history"])
         self.monitor.restore(ckpt)
         if self.plateau is not None and ckpt.get("plateau"):
             self.plateau = Plateau(self.plateau.factor, self.plateau.patience, **ckpt["plateau"])
         self.epoch = ckpt["epoch"]
         self.init = ckpt.get("init")
+
+
+@contextlib.contextmanager
+def _part(path, what: str):
+    """A checkpoint part torch refuses to restore -> CheckpointError naming the file and the part."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: {what}: does not fit this run ({reason})") from None

@@ -40,6 +40,8 @@ from convspec.specs import ConvspecError, Spec, SpecError, apply_values, get_val
 from convspec.specs.errors import format_path
 from convspec.specs.spec import ChoiceDist, FloatDist, IntDist
 
+from ..run.files import check_run_out
+from ..run.folder import mark_run_folder
 from .report import (
     counts_text,
     fmt_values,
@@ -116,6 +118,7 @@ def tune(
     retrain: bool = True,
     log: Callable[[str], None] | None = print,
     progress: bool = True,
+    allow_out_in_data: bool = False,
 ) -> TuneResult:
     """Search ``spec.tune.space`` with Optuna, write the tune folder and retrain the winner.
 
@@ -133,6 +136,7 @@ def tune(
         retrain: train the best spec once more at the end, with export and the test split.
         log: where progress lines and the trial table go (None: silent).
         progress: show a progress bar while retraining the best spec.
+        allow_out_in_data: permit an ``out`` inside the data folder (``--allow-out-in-data``).
 
     Returns:
         A TuneResult (best trial, its spec, written files, the retrained run's test metrics).
@@ -157,6 +161,7 @@ def tune(
     timeout = t.timeout if timeout is None else timeout
     study_name = study_name or spec.name
     folder = Path(out) / f"{study_name}-tune"
+    check_run_out(out, spec, allow_in_data=allow_out_in_data)
     grid = _grid_space(spec) if t.sampler == "grid" else None  # errors before any trial
 
     optuna = _optuna()
@@ -165,6 +170,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # Why: we log one line per trial ourselves
     try:
         study, joined = _study(optuna, store, shown, study_name, spec, grid)
+        mark_run_folder(folder)  # Why: its plots and trial runs are never data
     except BaseException:
         optuna.logging.set_verbosity(previous)
         raise
@@ -255,7 +261,9 @@ def tune(
         from ..training.loop import train
 
         log("retraining the best spec with export, then the test split (evaluated once, after the search)")
-        run = train(best_spec.model_copy(deep=True), out=folder, export=True, progress=progress, log=log)
+        run = train(
+            best_spec.model_copy(deep=True), out=folder, export=True, progress=progress, log=log, allow_out_in_data=True
+        )
         result.run = run
         result.test = run.read_results().get("test", {}).get("metrics")
     summary = {
@@ -503,7 +511,14 @@ class _Objective:
 
         # Why test=False: the test split must never guide (or even be seen by) the search.
         run = train(
-            spec, out=self.trials_dir, export=False, test=False, progress=False, log=lambda _m: None, on_epoch=on_epoch
+            spec,
+            out=self.trials_dir,
+            export=False,
+            test=False,
+            progress=False,
+            log=lambda _m: None,
+            on_epoch=on_epoch,
+            allow_out_in_data=True,  # Why: tune() checked its --out already
         )
         trial.set_user_attr("run", str(run))
         if best["value"] is None:

@@ -257,3 +257,42 @@ def classifier_model(
     helper.set_model_props(model, meta)
     onnx.save(model, path)
     return path
+
+
+# ------------------------------------------------- hostile round 2: a tiny trained run
+
+
+@pytest.fixture(scope="session")
+def tiny_run_master(tmp_path_factory) -> Path:
+    """A 1-epoch run of a 2-filter conv on 8 grey 8x8 images, without model.onnx (seconds to train)."""
+    from convspec.compiler.training.loop import train
+
+    base = tmp_path_factory.mktemp("tiny-run")
+    data = image_folder(base / "data")
+    spec = write(base / "tiny.yaml", tiny_spec(f"{{type: folder, path: {data}}}"))
+    return train(spec, out=base / "runs", export=False, progress=False, log=lambda _m: None).path
+
+
+@pytest.fixture
+def tiny_run(tiny_run_master, tmp_path) -> Path:
+    """A private copy of the tiny run (tests may damage it)."""
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run_master, dst)
+    return dst
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> bytes): to assert that nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def read_only(folder: Path) -> Path:
+    """Make ``folder`` read-only for real, or skip (as root, file modes do not stop writes)."""
+    folder.chmod(0o555)
+    try:
+        (folder / ".probe").write_bytes(b"")
+    except OSError:
+        return folder
+    (folder / ".probe").unlink()
+    folder.chmod(0o755)
+    pytest.skip("running as root: a read-only mode does not stop writes (the monkeypatched twin covers it)")

@@ -19,14 +19,14 @@ def test_nproc_launches_torchrun_without_nproc(monkeypatch):
     from convspec.compiler.training import launch
 
     calls = []
-    monkeypatch.setattr(launch.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(launch.subprocess, "call", lambda cmd, **_kw: calls.append(cmd) or 0)
     argv = ["train", "spec.yaml", "--nproc", "2", "--set", "training.epochs=3", "--nproc=2"]
     assert launch.launch_torchrun(2, argv) == 0
     assert calls == [
         [
             sys.executable,
-            "-m",
-            "torch.distributed.run",
+            "-c",
+            launch._QUIET_TORCHRUN,  # torch.distributed.run's run(), without its traceback on failure
             "--standalone",
             "--nproc-per-node=2",
             "-m",
