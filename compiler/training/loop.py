@@ -33,6 +33,7 @@ from .progress import Progress, silent, stderr_log
 from .records import EpochLog
 from .resume import open_checkpoint, resume_spec
 from .setup import setup_training
+from .tracking import Tracker
 
 
 def train(
@@ -49,13 +50,15 @@ def train(
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     dataset: Dataset | None = None,
+    tracker_parent: Tracker | None = None,
 ) -> Run:
     """Train a spec (a Spec or a spec file) and write its run folder under ``out``; return the Run.
 
     ``resume`` a run from its ``last.pt``; ``device`` overrides ``training.device`` (the given Spec is
     not changed); ``test=False`` never looks at the test split (tuning); ``on_epoch`` gets each epoch's
     record; ``dataset`` is decoded data with its split (k-fold); ``allow_out_in_data`` permits an ``out``
-    inside the data folder. Raises a ConvspecError for bad input, a diverged loss or Ctrl-C.
+    inside the data folder; ``tracker_parent`` nests the trackers' run (tuning). Raises a
+    ConvspecError for bad input, a diverged loss or Ctrl-C.
     """
     dd = distributed.from_env()
     log = (log or stderr_log()) if dd.is_main else silent  # under torchrun, rank 0 speaks
@@ -71,7 +74,7 @@ def train(
     t_data = time.perf_counter() - t_start
     setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None, log=log)  # a bad training.init: no folder
     run = run or _new_run_folder(out, spec, data, dd)
-    epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch)
+    epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
 
     def save(path: Path) -> None:
         if dd.is_main:
@@ -86,7 +89,7 @@ def train(
     epochs, seen, stopped_early = spec.training.epochs, 0, False
     t_train = time.perf_counter()
     try:
-        with Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar:
+        with Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar, epoch_log:
             for epoch in range(state.epoch + 1, epochs + 1):
                 record, n = train_epoch(setup, state, epoch, bar)
                 _check_finite(record, run, state.epoch)
@@ -104,7 +107,6 @@ def train(
                     log(f"early stopping: {state.monitor.describe()}")
                     break
     except KeyboardInterrupt:
-        epoch_log.fail("KILLED")
         raise TrainingInterrupted(
             f"interrupted; {run.last} holds epoch {state.epoch}. Continue with: convspec train --resume {run}"
         ) from None

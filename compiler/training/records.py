@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from convspec.runtime.compare import flatten
 from convspec.runtime.files import atomic_write_text
@@ -16,11 +15,13 @@ from .tracking import Tracker, make_trackers
 
 class EpochLog:
     """Writes ``metrics.jsonl`` whole after every epoch and forwards the record to the trackers
-    (``training.loggers``) and to ``on_epoch``. Only rank 0 writes or logs."""
+    (``training.loggers``; a tuning trial's nested under the study's) and to ``on_epoch``. Only
+    rank 0 writes or logs. As a context manager around the epochs, it closes the trackers'
+    runs as failed when an epoch raises."""
 
-    def __init__(self, spec: Spec, run: Run, *, is_main: bool, on_epoch: Callable[[dict], None] | None = None):
+    def __init__(self, spec: Spec, run: Run, *, is_main: bool, on_epoch=None, nested_under: Tracker | None = None):
         self.run, self.is_main, self.on_epoch = run, is_main, on_epoch
-        self.tracker: Tracker = make_trackers(spec, run.path, rank0=is_main)
+        self.tracker: Tracker = make_trackers(spec, run.path, rank0=is_main, nested_under=nested_under)
         self.tracker.log_params(flatten(spec.to_dict()))
 
     def __call__(self, history: list[dict]) -> None:
@@ -43,5 +44,12 @@ class EpochLog:
         self.tracker.log_artifacts([p for p in (self.run.onnx, self.run.report, self.run.results) if p.exists()])
         self.tracker.close("FINISHED")
 
-    def fail(self, status: str = "FAILED") -> None:
-        self.tracker.close(status)
+    def __enter__(self) -> EpochLog:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """An epoch that raised (Ctrl-C: KILLED, else FAILED) closes the trackers' runs; success
+        leaves them open for :meth:`finish`."""
+        if exc_type is not None:
+            self.tracker.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        return False

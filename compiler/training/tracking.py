@@ -95,13 +95,16 @@ class _MLflow:
         self.uri = parent.uri if parent else tracking_uri()
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is not None:
+            exp = self.client.get_experiment_by_name(experiment) if parent is None else None
+            if parent is not None:
+                experiment_id = parent.experiment_id  # Why: a trial's spec has its own name; it nests in the study's
+            elif exp is not None:
                 experiment_id = exp.experiment_id
             else:
                 experiment_id = self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
             if parent is not None:
                 tags = {**tags, "mlflow.parentRunId": parent.run_id}
+            self.experiment_id = experiment_id
             self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         except Exception as e:  # MlflowException, connection errors: the message is what the user needs
             raise TrackingError(f"MLflow at {self.uri}: cannot start a run ({str(e).splitlines()[0][:300]})") from None

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convspec.runtime.compare import flatten
 from convspec.runtime.files import atomic_write_text
 from convspec.specs import ConvspecError, Spec, SpecError, apply_values, get_value, load_spec
 from convspec.specs.errors import format_path
@@ -42,6 +43,7 @@ from convspec.specs.spec import ChoiceDist, FloatDist, IntDist
 
 from ..run.files import check_run_out
 from ..run.folder import mark_run_folder
+from ..training.tracking import make_trackers
 from .report import (
     counts_text,
     fmt_values,
@@ -177,7 +179,9 @@ def tune(
 
     base = spec.model_copy(deep=True)
     base._source, base._base_dir = spec.source_file, spec.base_dir
-    objective = _Objective(base, folder / "trials", optuna)
+    study_tracker = make_trackers(spec, folder, rank0=True)  # each trial's run nests under it
+    study_tracker.log_params(flatten(spec.to_dict()))
+    objective = _Objective(base, folder / "trials", optuna, study_tracker)
     where = f"study {study_name!r} in {shown}"
     log(
         f"tuning {spec.name}: {n_trials} trial(s) of {where}, {t.sampler} sampler, "
@@ -207,6 +211,7 @@ def tune(
         ) from None
     finally:
         optuna.logging.set_verbosity(previous)
+        study_tracker.close()
     log(f"search done in {time.perf_counter() - t0:.1f} s")
 
     # -- outputs ---------------------------------------------------------------------------
@@ -471,8 +476,8 @@ def _study(optuna, store, shown: str, study_name: str, spec: Spec, grid: dict | 
 class _Objective:
     """One trial: sample, apply to the spec (invalid -> FAIL), train on train, judge on val."""
 
-    def __init__(self, base: Spec, trials_dir: Path, optuna):
-        self.base, self.trials_dir, self.optuna = base, trials_dir, optuna
+    def __init__(self, base: Spec, trials_dir: Path, optuna, tracker=None):
+        self.base, self.trials_dir, self.optuna, self.tracker = base, trials_dir, optuna, tracker
         t = base.tune
         self.metric, self.maximize, self.pruning = t.metric, t.resolved_direction == "maximize", t.pruner != "none"
 
@@ -519,6 +524,7 @@ class _Objective:
             log=lambda _m: None,
             on_epoch=on_epoch,
             allow_out_in_data=True,  # Why: tune() checked its --out already
+            tracker_parent=self.tracker,
         )
         trial.set_user_attr("run", str(run))
         if best["value"] is None:

@@ -175,3 +175,23 @@ def test_a_real_training_run_through_the_on_epoch_hook(local_store):
         [h["val_loss"] for h in history]
     )
     assert "model.onnx" in {a.path for a in client.list_artifacts(run_id)}
+
+
+@pytest.mark.slow
+def test_convspec_tune_nests_each_trial_under_the_study(local_store):
+    """A real ``tune`` with ``training.loggers: [mlflow]``: one study run, each trial a child of it."""
+    from mlflow import MlflowClient
+
+    from convspec.compiler.tuning.study import tune
+
+    spec = load_spec(
+        REPO / "examples" / "digits-tune.yaml",
+        overrides=["training.loggers=[mlflow]", "training.epochs=1", "tune.trials=2"],
+    )
+    tune(spec, out=local_store / "runs", retrain=False)
+    client = MlflowClient(tracking_uri=tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 2 and all("val_accuracy" in c.data.metrics for c in children)
