@@ -99,7 +99,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path = Path(path)
     if path.is_dir():
         raise WriteError(path, "it is a folder")
-    ensure_folder(path.parent)
+    try:
+        ensure_folder(path.parent)
+    except WriteError as e:  # name the file asked for, and what is in its way
+        raise WriteError(path, f"{e.path}: {e.reason}") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:

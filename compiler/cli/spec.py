@@ -96,7 +96,8 @@ def schema(
     from ..run.files import WriteError, writing
 
     if out_file.is_dir():
-        raise WriteError(f"--out {out_file}: is a folder; give a file name, e.g. {out_file / 'convspec.schema.json'}")
+        example = out_file / "convspec.schema.json"
+        raise WriteError(f"--out {out_file}: cannot write (it is a folder); give a file name, e.g. {example}")
     with writing(out_file, "the schema"):
         atomic_write_text(out_file, text)
     out.print(f"wrote {out_file}", markup=False)

@@ -14,13 +14,25 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from convspec.runtime.files import WriteError as RuntimeWriteError
 from convspec.specs import ConvspecError
 
 MARKER = ".convspec-run"  # in every run folder (and tune folder): data listing skips such folders
 
 
-class WriteError(ConvspecError):
-    """An output that cannot be written: read-only, full disk, a folder in the way, ..."""
+class WriteError(RuntimeWriteError):
+    """An output that cannot be written: read-only, full disk, a folder in the way, ...
+
+    A :class:`convspec.runtime.files.WriteError` (the writers' own) with a whole message, so
+    that one ``except`` catches both.
+    """
+
+    def __init__(self, message: str):
+        ConvspecError.__init__(self, message)
+        self.path, self.reason = "", message
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 _HINTS = {
