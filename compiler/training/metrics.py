@@ -5,7 +5,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn import metrics as skm
+
+
+class _Lazy:
+    """``sklearn.metrics``, imported at the first metric computed. Why: importing ``convspec.compiler.training``
+    (the loop, export, predict paths) must not pay scikit-learn's start-up."""
+
+    def __getattr__(self, name: str):
+        from sklearn import metrics
+
+        return getattr(metrics, name)
+
+
+skm = _Lazy()
 
 
 def predictions(probs: np.ndarray, task: str) -> np.ndarray:
