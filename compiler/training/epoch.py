@@ -135,7 +135,7 @@ def evaluate(
     step = eval_batch_size(setup.images.shape[1:])
     all_logits = []
     for i in range(0, len(idx), step):
-        x = setup.images[idx[i : i + step]].to(place.device, non_blocking=True)
+        x = setup.images.take(idx[i : i + step], pin=place.cuda).to(place.device, non_blocking=True)
         if place.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(place.device.type, dtype=place.amp_dtype, enabled=place.amp_dtype is not None):

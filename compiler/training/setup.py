@@ -24,9 +24,9 @@ def setup_training(
     spec: Spec, data: Dataset, place: Placement, dd: Dist, *, fresh: bool = True
 ) -> tuple[Setup, TrainState]:
     """Build the run's fixed parts and its initial state (seeded; ``fresh``: not resuming)."""
-    images = CachedImages(data.images)  # (N, C, H, W) uint8, in RAM or a disk memmap
-    if place.cuda:
-        images.pin()
+    # (N, C, H, W) uint8, in RAM or a disk memmap; not pinned whole (a second copy of the cache):
+    # each chunk is gathered into pinned memory on its way to the GPU (data.prefetch).
+    images = CachedImages(data.images)
     torch.manual_seed(spec.training.seed)
     k = len(data.class_names)
     model = build_model(spec, num_classes=k, class_names=data.class_names)
