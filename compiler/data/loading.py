@@ -304,7 +304,7 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
         files, out, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
     )
     kept = _kept(n, bad)
-    images = out if not bad else out[kept]
+    images = out if not bad else _compact(out, kept)
     images.flags.writeable = False
     log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
     result = (images, kept, [(p, r) for _, p, r in bad])
@@ -380,6 +380,17 @@ def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_
             os.unlink(full)
     log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
     return _disk_read(folder, key, (channels, *size))
+
+
+def _compact(out: np.ndarray, kept: list[int]) -> np.ndarray:
+    """``out[kept]`` without a second array: good rows moved up in place (``kept`` is increasing).
+
+    Why: ``out[kept]`` would hold two copies of the cache at once (peak RSS 2x the cache).
+    """
+    for j, i in enumerate(kept):
+        if i != j:
+            out[j] = out[i]
+    return out[: len(kept)]
 
 
 def _kept(n: int, bad) -> list[int]:

@@ -69,7 +69,8 @@ def auto_normalization(model, images: CachedImages, idx: torch.Tensor) -> tuple[
     """Per-channel mean and std of the training split, as the ``mean: auto`` step sees it."""
     total = total_sq = None
     n = 0
-    step = eval_batch_size(images.shape[1:])
+    # A quarter of an evaluation batch: float64 pixels and their squares are 4x its float32 bytes.
+    step = max(1, eval_batch_size(images.shape[1:]) // 4)
     for i in range(0, len(idx), step):
         x = model.preprocess.before_auto_normalize(images[idx[i : i + step]]).double()  # (B, C, H, W)
         s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
