@@ -4,7 +4,10 @@
 #   2. images/s of convspec's loop against a hand-written channels_last + bf16 loop;
 #   3. ONNX Runtime's CUDA provider really active (get_providers) and parity CPU vs CUDA;
 #   4. a 1-GPU DDP smoke test (nccl);
-#   5. nvidia-smi memory.
+#   5. ResNet-18 (examples/resnet18.yaml) at 3x224x224 on synthetic uint8: convspec's train_epoch
+#      against a hand-written channels_last + bf16 loop, images/s, ratio, peak GPU memory
+#      (bench/gpu_resnet18.py); the 12x12 digits run is 1a;
+#   6. nvidia-smi memory.
 # Usage: bash bench/gpu_check.sh [OUT_DIR]     (OUT defaults to $OUT, else /tmp/gpu_check)
 # Status: prepared; not yet run on a GPU (no device was lent to the session that wrote it).
 set -uo pipefail
@@ -80,5 +83,8 @@ log "4. DDP smoke test, 1 GPU, nccl"
 $py -m torch.distributed.run --standalone --nproc-per-node 1 -m convspec.compiler train examples/digits.yaml \
     --out "$out/ddp" --set training.epochs=2 --no-export 2>&1 | tail -2
 
-log "5. memory"
+log "5. ResNet-18 at 3x224x224, synthetic uint8: convspec loop vs hand-written channels_last + bf16"
+$py bench/gpu_resnet18.py --images "${RESNET_IMAGES:-4096}" --batch 128 --epochs 2 --device cuda 2>&1 | tail -8
+
+log "6. memory"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv

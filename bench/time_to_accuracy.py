@@ -5,7 +5,7 @@ training, test, plots, report and ONNX export with its parity check), as a user 
 The baseline, measured in the same run, is a hand-written PyTorch script training the same
 architecture for the same epochs on the same split (``--baseline``; digits specs only).
 
-    python bench/time_to_accuracy.py [examples/digits.yaml] [--seeds 0 1 2] [--goal-acc 0.99] [--goal-s 20]
+    python bench/time_to_accuracy.py [examples/digits.yaml] [--seeds 0 1 2] [--goal-acc 0.99] [--goal-s 8]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("spec", nargs="?", default=str(REPO / "examples" / "digits.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--goal-acc", type=float, default=0.99)
-    ap.add_argument("--goal-s", type=float, default=20.0)
+    ap.add_argument("--goal-s", type=float, default=8.0)
     ap.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,

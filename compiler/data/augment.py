@@ -1,11 +1,14 @@
 """Training-time augmentation: random, per sample, batched, on the training device.
 
 Geometric augmentations (flip, rotate, scale, translate, random_crop) are composed, in
-spec order, into ONE affine matrix per sample and applied with a single
-``F.affine_grid`` + ``F.grid_sample`` (bilinear, zero fill): one resample per batch, not
-one per op, so a rotate + scale + translate chain blurs the image once. Photometric ones
-(brightness, contrast, gaussian_noise, cutout) follow, in spec order, on the resampled
-batch.
+spec order, into ONE affine matrix per sample. A sample whose matrix is only flips and
+whole-pixel shifts (every sample of a spec without rotate / scale, and those whose rotate /
+scale did not fire) is moved by ONE index gather with zero fill, on the uint8 pixels: exact
+pixels, no interpolation blur, no float resample. Only the samples that rotate or scale go
+through a single ``F.affine_grid`` + ``F.grid_sample`` (bilinear, zero fill) of their whole
+composed matrix, so a rotate + scale + translate chain blurs the image once. Translations
+are rounded to whole pixels. Photometric ones (brightness, contrast, gaussian_noise, cutout)
+follow, in spec order, on the float batch.
 
 Why batched torch and not kornia: kornia would do the same affine_grid/grid_sample and
 elementwise ops under the hood, and it is one more dependency (it is not installed); a
@@ -32,6 +35,8 @@ from convspec.specs.pipeline import (
     Scale,
     Translate,
 )
+
+from .prefetch import device_chunks
 
 GEOMETRIC = (Flip, Rotate, Scale, Translate, RandomCrop)
 PHOTOMETRIC = (Brightness, Contrast, GaussianNoise, Cutout)
@@ -74,14 +79,12 @@ class Augmenter(nn.Module):
             generator: source of randomness; must live on ``x.device``. None: torch's default.
 
         Returns:
-            ``(N, C, H, W)`` of ``x``'s float dtype, clamped to [0, 255].
+            ``(N, C, H, W)`` of ``x``'s float dtype (float32 for uint8), clamped to [0, 255].
         """
+        if self.geometric:
+            x = self._geometric(x, self._sampling_matrix(x, generator))
         if not x.is_floating_point():
             x = x.to(torch.float32)
-        if self.geometric:
-            # In place on the resample's own output: its weights sum to at most 1, so only
-            # rounding can leave [0, 255].
-            x = self._resample(x, self._sampling_matrix(x, generator)).clamp_(0.0, 255.0)
         for op in self.photometric:
             x = self._photometric(op, x, generator).clamp_(0.0, 255.0)
         return x
@@ -126,7 +129,8 @@ class Augmenter(nn.Module):
                 fy, fx = op.fraction
                 u = torch.rand(n, 2, generator=g, device=dev)  # (N, 2): y, x
                 t = (1 - 2 * u) * fire[:, None]  # minus the shift, as a fraction
-                inv = matrix(one, zero, t[:, 1] * (fx * w), zero, one, t[:, 0] * (fy * h))
+                # Whole pixels: a shift is then an exact index move (see _geometric).
+                inv = matrix(one, zero, torch.round(t[:, 1] * (fx * w)), zero, one, torch.round(t[:, 0] * (fy * h)))
             elif isinstance(op, RandomCrop):
                 # Pad by P, crop back at offset o in [0, 2P]: out[y, x] = in[y + o - P, x + o - P].
                 pad = op.padding
@@ -136,6 +140,32 @@ class Augmenter(nn.Module):
                 inv = matrix(one, zero, o[:, 1], zero, one, o[:, 0])
             A = inv if A is None else A @ inv
         return A
+
+    def _geometric(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """Apply each sample's sampling matrix: an index gather where it is exact, else one resample."""
+        n = x.shape[0]
+        lin, t = A[:, :2, :2], A[:, :2, 2]  # (N, 2, 2), (N, 2)
+        # Entries are sums of products of +-1, 0 and whole numbers: exact in float32, so == is safe.
+        exact = (lin[:, 0, 1] == 0) & (lin[:, 1, 0] == 0) & (lin[:, 0, 0].abs() == 1) & (lin[:, 1, 1].abs() == 1)
+        exact &= (t == torch.round(t)).all(dim=1)
+        if x.device.type == "cpu":  # straight into float32: the copy is also the uint8 -> float conversion
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            out = _shift_flip_slices(x, lin[:, 0, 0], lin[:, 1, 1], t[:, 0], t[:, 1], dtype)
+        else:
+            out = _shift_flip(x, lin[:, 0, 0], lin[:, 1, 1], t[:, 0], t[:, 1])  # x's dtype
+        if not any(isinstance(op, (Rotate, Scale)) for op in self.geometric):
+            return out
+        out = out if out.is_floating_point() else out.to(torch.float32)
+        if x.device.type == "cpu":  # Why: on CPU, resample only the samples that need it (no device to sync)
+            need = torch.nonzero(~exact).squeeze(1)
+            if len(need):
+                work = x[need] if x.is_floating_point() else x[need].to(torch.float32)
+                out[need] = self._resample(work, A[need]).clamp_(0.0, 255.0).to(out.dtype)
+            return out
+        # On a GPU, picking the subset would read a device value; resample all, keep the exact ones.
+        work = x if x.is_floating_point() else x.to(torch.float32)
+        resampled = self._resample(work, A).clamp_(0.0, 255.0).to(out.dtype)
+        return torch.where(exact.view(n, 1, 1, 1), out, resampled)
 
     @staticmethod
     def _resample(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -187,6 +217,48 @@ class Augmenter(nn.Module):
         raise TypeError(f"not a photometric op: {op!r}")  # pragma: no cover
 
 
+def _shift_flip(x: torch.Tensor, sx, sy, tx, ty) -> torch.Tensor:
+    """``out[n, :, i, j] = x[n, :, sy*(i - cy) + ty + cy, sx*(j - cx) + tx + cx]``, 0 outside; ONE gather.
+
+    ``sx, sy`` are +-1 and ``tx, ty`` whole numbers, per sample ``(N,)``; ``cx, cy`` are the centre
+    ``((W - 1) / 2, (H - 1) / 2)``: the centred sampling matrix of :meth:`Augmenter._sampling_matrix`
+    read as pixel indices. Works on any dtype (uint8 included): pixels are moved, never mixed.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    xs = torch.round(sx[:, None] * (torch.arange(w, device=dev) - cx) + (tx + cx)[:, None]).long()  # (N, W)
+    ys = torch.round(sy[:, None] * (torch.arange(h, device=dev) - cy) + (ty + cy)[:, None]).long()  # (N, H)
+    inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]  # (N, H, W)
+    flat = ys.clamp(0, h - 1)[:, :, None] * w + xs.clamp(0, w - 1)[:, None, :]  # (N, H, W) source index
+    out = x.reshape(n, c, h * w).gather(2, flat.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+    return out.masked_fill_(~inside[:, None], 0)
+
+
+def _shift_flip_slices(x: torch.Tensor, sx, sy, tx, ty, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """:func:`_shift_flip` as one flip and one slice copy per sample: the CPU path.
+
+    Why: on CPU a gather reads an int64 index per pixel (8.8x the cost of the uint8 -> float
+    conversion at 32x3x224x224); slices are plain copies. It reads the parameters on the host,
+    which costs nothing on CPU; a GPU takes the gather (no host read). ``dtype``: of the result
+    (default ``x``'s); the copies convert, so no separate conversion pass.
+    """
+    n, _, h, w = x.shape
+    out = torch.zeros(x.shape, dtype=dtype or x.dtype, device=x.device)
+    # After flipping an axis, the source of output j is j + d with d = t (no flip) or -t (flip).
+    params = torch.stack([sx, sy, tx, ty], dim=1).tolist()
+    for i, (fx, fy, dx, dy) in enumerate(params):
+        src = x[i]
+        dims = [d for d, f in ((-1, fx), (-2, fy)) if f < 0]
+        if dims:
+            src = src.flip(dims)
+        dx, dy = int(dx if fx > 0 else -dx), int(dy if fy > 0 else -dy)
+        y0, y1, x0, x1 = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
+        if y0 < y1 and x0 < x1:
+            out[i, :, y0:y1, x0:x1] = src[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+    return out
+
+
 @functools.lru_cache(maxsize=32)
 def _grid_constants(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """For an H x W image: the centred-pixel -> normalised scale of a (2, 3) affine (align_corners
@@ -218,16 +290,14 @@ def augmented_batches(
 
     ``x`` is float ``(B, C, H, W)`` in [0, 255] on ``device``, augmented; ``images`` is the uint8
     cache: anything with ``shape`` that a tensor of indices picks rows of. Augmentation runs on as
-    many whole batches at once as fit ``AUGMENT_CHUNK_BYTES``.
+    many whole batches at once as fit ``AUGMENT_CHUNK_BYTES``; on CUDA the next chunk is copied
+    (pinned, non-blocking, a side stream) while this one trains (:func:`.prefetch.device_chunks`).
     """
     per_batch = max(1, math.prod(images.shape[1:]) * 4 * batch)  # float32 bytes of one batch
     chunk = batch * max(1, AUGMENT_CHUNK_BYTES // per_batch)
-    for start in range(0, len(perm), chunk):
-        idx = perm[start : start + chunk]
-        x = images[idx].to(device, non_blocking=True).float()
-        y = labels[idx].to(device, non_blocking=True)
-        if augment is not None:
-            x = augment(x, generator)
+    for idx, x, y in device_chunks(images, labels, perm, chunk, device):  # x: uint8, the next chunk in flight
+        # Flips and shifts move the uint8 pixels (a quarter of float's bytes); float afterwards.
+        x = augment(x, generator) if augment is not None else x.float()
         for j in range(0, len(idx), batch):
             yield idx[j : j + batch], x[j : j + batch], y[j : j + batch]
 

@@ -30,6 +30,15 @@ class CachedImages:
         if self.tensor is not None:
             self.tensor = self.tensor.pin_memory()
 
+    def take(self, idx: torch.Tensor, *, pin: bool = False) -> torch.Tensor:
+        """Rows ``idx`` copied ONCE into a new tensor (page-locked with ``pin``, for async copies to a GPU)."""
+        out = torch.empty((len(idx), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        if self.tensor is not None:
+            torch.index_select(self.tensor, 0, idx, out=out)
+        else:
+            np.take(self.array, idx.numpy(), axis=0, out=out.numpy())
+        return out
+
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         if self.tensor is not None:
             return self.tensor[idx]

@@ -199,11 +199,9 @@ def _resolve_classes(spec, data_names: list[str]) -> tuple[list[str], np.ndarray
 
 def _digits(subset, channels: int, size: tuple[int, int], resize: str):
     """scikit-learn's 8x8 digits as uint8 ``(N, C, H, W)``: 0..16 -> round(x * 255 / 16)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    pixels = np.rint(bunch.images * 255.0 / 16.0).astype(np.uint8)  # (1797, 8, 8)
-    target = bunch.target.astype(np.int64)
+    raw = _digits_table()  # (1797, 65): 64 pixels in 0..16, then the label
+    pixels = np.rint(raw[:, :64].reshape(-1, 8, 8) * 255.0 / 16.0).astype(np.uint8)  # (1797, 8, 8)
+    target = raw[:, 64].astype(np.int64)
     names = sort_names(set(subset)) if subset else list(DIGITS)
     index = np.flatnonzero(np.isin(target, [int(n) for n in names]))
     out = np.empty((len(index), channels, *size), np.uint8)  # (N, C, H, W)
@@ -213,6 +211,21 @@ def _digits(subset, channels: int, size: tuple[int, int], resize: str):
     labels = np.asarray([position[int(t)] for t in target[index]], np.int64)
     out.flags.writeable = False
     return out, labels, [f"digits:{i}" for i in index], names
+
+
+def _digits_table() -> np.ndarray:
+    """scikit-learn's ``datasets/data/digits.csv.gz``, the file ``load_digits`` reads, as float64.
+
+    Why not ``load_digits``: importing ``sklearn.datasets`` costs about 1 s of start-up (it pulls
+    scipy and the dataset fetchers); the file is found without importing scikit-learn at all.
+    """
+    import importlib.util
+
+    found = importlib.util.find_spec("sklearn")
+    if found is None or not found.submodule_search_locations:  # pragma: no cover - a core dependency
+        raise ModuleNotFoundError("the builtin digits data set needs scikit-learn, a dependency of convspec")
+    folder = Path(next(iter(found.submodule_search_locations)))
+    return np.loadtxt(folder / "datasets" / "data" / "digits.csv.gz", delimiter=",")
 
 
 # ------------------------------------------------------------------- cache
@@ -293,7 +306,7 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
         files, out, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
     )
     kept = _kept(n, bad)
-    images = out if not bad else out[kept]
+    images = out if not bad else _compact(out, kept)
     images.flags.writeable = False
     log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
     result = (images, kept, [(p, r) for _, p, r in bad])
@@ -373,6 +386,17 @@ def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_
             os.unlink(full)
     log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
     return _disk_read(folder, key, (channels, *size))
+
+
+def _compact(out: np.ndarray, kept: list[int]) -> np.ndarray:
+    """``out[kept]`` without a second array: good rows moved up in place (``kept`` is increasing).
+
+    Why: ``out[kept]`` would hold two copies of the cache at once (peak RSS 2x the cache).
+    """
+    for j, i in enumerate(kept):
+        if i != j:
+            out[j] = out[i]
+    return out[: len(kept)]
 
 
 def _kept(n: int, bad) -> list[int]:

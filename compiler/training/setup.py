@@ -31,9 +31,9 @@ def setup_training(
 ) -> tuple[Setup, TrainState]:
     """Build the run's fixed parts and its initial state (seeded; ``fresh``: not resuming, so
     ``training.init`` is read; a resumed run's checkpoint restores everything instead)."""
-    images = CachedImages(data.images)  # (N, C, H, W) uint8, in RAM or a disk memmap
-    if place.cuda:
-        images.pin()
+    # (N, C, H, W) uint8, in RAM or a disk memmap; not pinned whole (a second copy of the cache):
+    # each chunk is gathered into pinned memory on its way to the GPU (data.prefetch).
+    images = CachedImages(data.images)
     torch.manual_seed(spec.training.seed)
     k = len(data.class_names)
     with contextlib.nullcontext() if fresh else no_weight_loading():  # resuming: last.pt holds every weight
@@ -90,7 +90,8 @@ def auto_normalization(model, images: CachedImages, idx: torch.Tensor) -> tuple[
     """Per-channel mean and std of the training split, as the ``mean: auto`` step sees it."""
     total = total_sq = None
     n = 0
-    step = eval_batch_size(images.shape[1:])
+    # A quarter of an evaluation batch: float64 pixels and their squares are 4x its float32 bytes.
+    step = max(1, eval_batch_size(images.shape[1:]) // 4)
     for i in range(0, len(idx), step):
         x = model.preprocess.before_auto_normalize(images[idx[i : i + step]]).double()  # (B, C, H, W)
         s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))

@@ -222,3 +222,98 @@ def test_augmented_batches_without_augmentation_are_the_cached_pixels():
         )
     )
     assert torch.equal(torch.cat([x for _, x, _ in out]), images.float())
+
+
+# ------------------------------------------------ exact pixel moves (no resample) on real digits
+
+
+def digits(n=16) -> torch.Tensor:
+    """Real handwritten digits (scikit-learn's), uint8 (n, 1, 24, 24): 8x8 scaled 3x by repetition."""
+    from sklearn.datasets import load_digits
+
+    px = torch.from_numpy(load_digits().images[:n]).mul(255 / 16).round().to(torch.uint8)  # (n, 8, 8)
+    return px.repeat_interleave(3, 1).repeat_interleave(3, 2)[:, None]
+
+
+def shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``img`` (C, H, W) moved by (dy, dx) whole pixels, zero fill."""
+    out = torch.zeros_like(img)
+    h, w = img.shape[1:]
+    out[:, max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)] = img[
+        :, max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)
+    ]
+    return out
+
+
+def no_grid_sample(monkeypatch) -> list:
+    import torch.nn.functional as F
+
+    calls = []
+    real = F.grid_sample
+    monkeypatch.setattr(F, "grid_sample", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_flip_moves_real_digits_exactly_without_a_resample(monkeypatch):
+    calls = no_grid_sample(monkeypatch)
+    x = digits()
+    out = make_augmenter([{"type": "flip", "horizontal": True, "p": 0.5}], channels=1)(x, gen(4))
+    flipped = [torch.equal(out[i], x[i].flip(-1).float()) for i in range(len(x))]
+    kept = [torch.equal(out[i], x[i].float()) for i in range(len(x))]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 0 < sum(flipped) < len(x)
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("op", "reach"),
+    [({"type": "random_crop", "padding": 3}, (3, 3)), ({"type": "translate", "fraction": [0.25, 0.125]}, (6, 3))],
+)
+def test_crop_and_translate_are_exact_whole_pixel_shifts_of_real_digits(monkeypatch, op, reach):
+    """Each output is its digit moved by whole pixels with zero fill, bit for bit: no blur."""
+    calls = no_grid_sample(monkeypatch)
+    x = digits()
+    out = make_augmenter([op], channels=1)(x, gen(9))
+    ry, rx = reach
+    moves = set()
+    for i in range(len(x)):
+        match = [
+            (dy, dx)
+            for dy in range(-ry, ry + 1)
+            for dx in range(-rx, rx + 1)
+            if torch.equal(out[i], shifted(x[i], dy, dx).float())
+        ]
+        assert match, f"image {i} is not an exact shift"
+        moves.add(match[0])
+    assert len(moves) > 3  # parameters drawn per sample
+    assert calls == []
+
+
+def test_a_shift_then_flip_chain_is_one_exact_gather_and_rotate_resamples_only_what_fired(monkeypatch):
+    x = digits()
+    chain = make_augmenter(
+        [{"type": "translate", "fraction": [0.2, 0.2]}, {"type": "flip", "horizontal": True, "p": 1.0}], channels=1
+    )
+    calls = no_grid_sample(monkeypatch)
+    out = chain(x, gen(2))
+    assert calls == [] and set(out.unique().tolist()) <= set(x.float().unique().tolist())  # pixels moved, not mixed
+    rot = make_augmenter([{"type": "rotate", "degrees": 20, "p": 0.5}, {"type": "flip", "p": 1.0}], channels=1)
+    out = rot(x, gen(3))
+    assert len(calls) == 1
+    exact = [torch.equal(out[i], x[i].flip(-1).float()) for i in range(len(x))]
+    assert 0 < sum(exact) < len(x)  # unrotated samples: the exact flip; rotated ones resampled
+
+
+def test_the_cpu_slices_and_the_gpu_gather_move_pixels_identically():
+    """The two implementations of a flip + whole-pixel shift agree bit for bit (uint8, off-edge shifts too)."""
+    from convspec.compiler.data.augment import _shift_flip, _shift_flip_slices
+
+    g = gen(11)
+    x = digits(24)
+    n = len(x)
+    sx = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    sy = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    tx = torch.randint(-30, 31, (n,), generator=g).float()
+    ty = torch.randint(-8, 9, (n,), generator=g).float()
+    a, b = _shift_flip(x, sx, sy, tx, ty), _shift_flip_slices(x, sx, sy, tx, ty)
+    assert a.dtype == b.dtype == torch.uint8 and torch.equal(a, b)
+    assert (a == 0).all(dim=(1, 2, 3)).any()  # a shift past the edge leaves zeros only

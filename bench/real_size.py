@@ -1,0 +1,411 @@
+"""Real sizes: 224x224 RGB JPEG photos, thousands of files, as ratios against baselines from ONE run.
+
+The photos are random crops + resizes of the real photographs scikit-image ships in
+``skimage/data`` (never downloaded), written once as JPEG (quality 90) into ``--work``
+(default /tmp/convspec-real-size) and reused by later runs:
+
+- ``photos224/<class>/*.jpg``: ``--files`` 224x224 files (default 10,000), the class being the
+  source photograph; the training, evaluation, RSS and predict figures use these;
+- ``photos256/`` and ``photos512/``: ``--draft-files`` 256 and 512 px files for the decode figures.
+
+Printed, each against its goal (ok / MISSED):
+
+1. decode + resize to 3x224x224, the same thread count: convspec's loader (``decode_into``,
+   the one loader of training and serving; it applies JPEG draft mode itself when a file is at
+   least twice the target) against plain Pillow (open, convert, bilinear resize), and Pillow with
+   ``Image.draft`` against plain Pillow, from 256 px (goal draft >= 1.5x) and from 512 px files.
+   Draft mode only decodes at 1/2, 1/4, 1/8 scale: 224 from 256 px cannot use it (1/2 is 128 px).
+2. one epoch of ``train_epoch`` (the function ``convspec train`` runs) with the spec's augmentation
+   (flip + random_crop) against the same without augmentation (goal <= 1.10), and the loop
+   without augmentation against a hand-written loop of the same net (goal <= 1.05);
+3. ``evaluate`` (the loop's) throughput against training throughput (goal >= 1);
+4. peak RSS of a subprocess that loads the data (``data.cache: memory``, then ``disk``) and trains
+   one epoch, against the uint8 cache size (goal <= 1.5x); printed also net of the RSS after imports;
+5. ``convspec predict`` and ``convspec evaluate`` over the folder (subprocesses, start-up
+   included) against Pillow decoding alone of the same files (goal >= 0.9x).
+
+    python bench/real_size.py [--files 10000] [--work DIR] [--threads 2] [--quick]
+
+``--quick``: 1,200 files, 300 draft files, smaller epochs (a few minutes on 2 busy cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 224
+RESULTS: list[tuple[str, float, str, bool]] = []
+
+
+def goal(name: str, value: float, ok: bool, want: str) -> None:
+    RESULTS.append((name, value, want, ok))
+    print(f"  {name}: {value:.3f} (goal {want}) {'ok' if ok else 'MISSED'}", flush=True)
+
+
+# ------------------------------------------------------------------ the photos
+
+
+def source_photos() -> list[np.ndarray]:
+    """The RGB photographs of at least 256 px in skimage/data, as uint8 (H, W, 3)."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    out = []
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        try:
+            im = Image.open(f)
+            im.load()
+        except Exception:
+            continue
+        if im.mode not in ("RGB", "RGBA") or min(im.size) < 256:
+            continue
+        out.append(np.asarray(im.convert("RGB")))
+    if not out:
+        raise SystemExit("no RGB photographs found in skimage/data")
+    return out
+
+
+def make_folder(root: Path, n: int, px: int, photos: list[np.ndarray], seed: int) -> Path:
+    """``n`` JPEGs of ``px`` x ``px`` under ``root/<class>/``, made once (a marker file says done)."""
+    done = root / f".done-{n}"
+    if done.exists():
+        return root
+    rng = np.random.default_rng(seed)
+    for k in range(len(photos)):
+        (root / f"c{k}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        k = i % len(photos)
+        img = photos[k]
+        h, w = img.shape[:2]
+        side = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(img[y : y + side, x : x + side]).resize((px, px), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crop.save(root / f"c{k}" / f"{i:06d}.jpg", quality=90)
+    done.touch()
+    return root
+
+
+def jpegs(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("*.jpg"))
+
+
+# ------------------------------------------------------------------ 1. decode
+
+
+def pillow_decode(files: list[str], threads: int, draft: bool) -> np.ndarray:
+    """Plain Pillow: open, (draft), RGB, bilinear resize to 224x224, into one (N, 3, H, W) array."""
+    out = np.empty((len(files), 3, SIZE, SIZE), np.uint8)
+
+    def one(i: int) -> None:
+        with Image.open(files[i]) as im:
+            if draft:
+                im.draft("RGB", (SIZE, SIZE))
+            a = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+        out[i] = a.transpose(2, 0, 1)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(len(files))))
+    return out
+
+
+def convspec_decode(files: list[str], threads: int) -> None:
+    from convspec.runtime.images import decode_into
+
+    out = np.empty((len(files), 3, SIZE, SIZE), np.uint8)
+    decode_into(files, out, 3, (SIZE, SIZE), "stretch", workers=threads)
+
+
+def best_of(fn, repeat: int = 2) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each function per round, the order rotating each round.
+
+    Why: other tenants change this machine's speed by tens of percent within seconds; ratios of
+    adjacent measurements (per round, then the median) cancel that drift, separate runs do not.
+    """
+    names = list(fns)
+    out = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            fns[k]()
+            out[k].append(time.perf_counter() - t)
+    return out
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    return float(np.median([x / y for x, y in zip(a, b, strict=True)]))
+
+
+def bench_decode(work: Path, photos, n_draft: int, threads: int, files224: list[str], rounds: int) -> None:
+    print(f"1. decode + resize to 3x224x224 ({threads} threads, {rounds} interleaved rounds)", flush=True)
+    sub = files224[: max(n_draft, 200)]
+    t = interleaved(
+        {"plain": lambda: pillow_decode(sub, threads, False), "ours": lambda: convspec_decode(sub, threads)}, rounds
+    )
+    print(
+        f"  224 px files: plain Pillow {len(sub) / min(t['plain']):.0f} img/s, "
+        f"convspec loader {len(sub) / min(t['ours']):.0f} img/s"
+    )
+    r = median_ratio(t["plain"], t["ours"])
+    goal("convspec loader / plain Pillow at 224 from 224 px (speed)", r, r >= 0.9, ">= 0.9")
+    for px in (256, 512):
+        f = jpegs(make_folder(work / f"photos{px}", n_draft, px, photos, seed=px))
+        t = interleaved(
+            {
+                "plain": lambda f=f: pillow_decode(f, threads, False),
+                "draft": lambda f=f: pillow_decode(f, threads, True),
+                "ours": lambda f=f: convspec_decode(f, threads),
+            },
+            rounds,
+        )
+        rate = {k: len(f) / min(v) for k, v in t.items()}
+        print(
+            f"  {px} px files: plain {rate['plain']:.0f}, Pillow+draft {rate['draft']:.0f}, "
+            f"convspec loader {rate['ours']:.0f} img/s"
+        )
+        draft, ours = median_ratio(t["plain"], t["draft"]), median_ratio(t["plain"], t["ours"])
+        if px == 256:
+            goal("Pillow draft / plain at 224 from 256 px (speed)", draft, draft >= 1.5, ">= 1.5")
+            print(f"  convspec loader / plain at 224 from 256 px: {ours:.2f}x")
+        else:
+            print(f"  Pillow draft / plain at 224 from 512 px: {draft:.2f}x; convspec loader / plain {ours:.2f}x")
+
+
+# ------------------------------------------------------------------ 2, 3. training
+
+
+def spec_for(root: Path, cache: str, cache_dir: Path, epochs: int = 1, batch: int = 32):
+    from convspec.specs import spec_from_dict
+
+    return spec_from_dict(
+        {
+            "version": 1,
+            "name": "real-size",
+            "task": "multiclass",
+            "data": {"source": {"type": "folder", "path": str(root)}, "cache": cache},
+            "input": {"channels": 3, "size": [SIZE, SIZE]},
+            "preprocess": [{"type": "normalize", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}],
+            "augment": [{"type": "flip", "horizontal": True}, {"type": "random_crop", "padding": 16}],
+            "model": {
+                "layers": [
+                    {"type": "conv", "filters": 16, "kernel": 5, "stride": 4, "activation": "relu", "batch_norm": True},
+                    {"type": "max_pool", "size": 2},
+                    {"type": "conv", "filters": 32, "kernel": 3, "activation": "relu", "batch_norm": True},
+                    {"type": "max_pool", "size": 2},
+                    {"type": "conv", "filters": 64, "kernel": 3, "activation": "relu", "batch_norm": True},
+                    {"type": "global_avg_pool"},
+                ]
+            },
+            "training": {"epochs": epochs, "batch_size": batch, "seed": 0},
+        },
+        base_dir=str(cache_dir),
+    )
+
+
+def hand_written_epoch(model, opt, images, labels, perm, batch: int) -> float:
+    """The same net trained by hand: gather, float, forward, cross-entropy, backward, AdamW."""
+    import torch.nn.functional as F
+
+    model.train()
+    t = time.perf_counter()
+    for i in range(0, len(perm), batch):
+        b = perm[i : i + batch]
+        x, y = images[b].float(), labels[b]
+        loss = F.cross_entropy(model.logits(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t
+
+
+def bench_training(root: Path, work: Path, rounds: int) -> float:
+    import torch
+
+    from convspec.compiler.data.loading import load_dataset
+    from convspec.compiler.training.device import placement_for
+    from convspec.compiler.training.distributed import Dist
+    from convspec.compiler.training.epoch import evaluate, train_epoch
+    from convspec.compiler.training.setup import setup_training
+
+    print("2. one epoch of train_epoch at 3x224x224 (flip + random_crop)", flush=True)
+    spec = spec_for(root, "memory", work)
+    data = load_dataset(spec, log=lambda _m: None)
+    place = placement_for("cpu", "fp32")
+    setup, state = setup_training(spec, data, place, Dist())
+    plain = replace(setup, augment=None)
+    hand = copy.deepcopy(state.model)
+    hand_opt = torch.optim.AdamW(hand.parameters(), lr=spec.training.optimizer.lr)
+    train_idx = torch.from_numpy(data.splits["train"])
+    images, labels = setup.images.tensor, setup.labels
+    n = len(train_idx)
+    aug_t, none_t, hand_t = [], [], []
+    train_epoch(setup, state, 1)  # warm-up, not timed: first-call allocations of each path
+    hand_written_epoch(hand, hand_opt, images, labels, train_idx, setup.batch)
+    for r in range(rounds):  # alternating order: the machine's speed drifts (other tenants)
+        order = ["aug", "none", "hand"] if r % 2 == 0 else ["hand", "none", "aug"]
+        for what in order:
+            if what == "aug":
+                aug_t.append(train_epoch(setup, state, 1)[0]["time_s"])
+            elif what == "none":
+                none_t.append(train_epoch(plain, state, 1)[0]["time_s"])
+            else:
+                perm = train_idx[torch.randperm(n)]
+                hand_t.append(hand_written_epoch(hand, hand_opt, images, labels, perm, setup.batch))
+    ratio = lambda a, b: float(np.median([x / y for x, y in zip(a, b, strict=True)]))  # noqa: E731
+    print(
+        f"  {n} images: augmented {n / min(aug_t):.0f} img/s, no augmentation {n / min(none_t):.0f}, "
+        f"hand-written {n / min(hand_t):.0f}"
+    )
+    goal("augmented epoch / compute-only epoch", ratio(aug_t, none_t), ratio(aug_t, none_t) <= 1.10, "<= 1.10")
+    goal("loop / hand-written loop (no augmentation)", ratio(none_t, hand_t), ratio(none_t, hand_t) <= 1.05, "<= 1.05")
+
+    print("3. evaluation against training throughput", flush=True)
+    evaluate(setup, state.model, "train")  # warm
+    t = time.perf_counter()
+    evaluate(setup, state.model, "train")
+    eval_rate = n / (time.perf_counter() - t)
+    train_rate = n / min(none_t)
+    print(f"  evaluate {eval_rate:.0f} img/s, train {train_rate:.0f} img/s")
+    goal("evaluation / training throughput", eval_rate / train_rate, eval_rate >= train_rate, ">= 1")
+    return n / min(none_t)
+
+
+# ------------------------------------------------------------------ 4. RSS
+
+RSS_CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[4])
+from real_size import spec_for
+from pathlib import Path
+import torch
+from convspec.compiler.data.loading import load_dataset
+from convspec.compiler.training.device import placement_for
+from convspec.compiler.training.distributed import Dist
+from convspec.compiler.training.epoch import evaluate, train_epoch
+from convspec.compiler.training.setup import setup_training
+def status(key):  # VmHWM: this process's own peak (ru_maxrss would start at the parent's, across fork)
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+base = status("VmRSS")
+spec = spec_for(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
+data = load_dataset(spec, cache_dir=sys.argv[3], log=lambda _m: None)
+setup, state = setup_training(spec, data, placement_for("cpu", "fp32"), Dist())
+train_epoch(setup, state, 1)
+evaluate(setup, state.model, "val")
+peak = status("VmHWM")
+print(json.dumps({"base": base, "peak": peak, "cache": int(data.images.nbytes), "memmap": type(data.images).__name__}))
+"""
+
+
+def bench_rss(root: Path, work: Path) -> None:
+    print("4. peak RSS (a subprocess: load, one epoch, evaluate) against the uint8 cache", flush=True)
+    for mode in ("memory", "disk"):
+        cache_dir = Path(tempfile.mkdtemp(prefix=f"rss-{mode}-", dir=work))
+        out = subprocess.run(
+            [sys.executable, "-c", RSS_CHILD, str(root), mode, str(cache_dir), str(Path(__file__).parent)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        gib = lambda b: b / 2**30  # noqa: E731
+        ratio, net = r["peak"] / r["cache"], (r["peak"] - r["base"]) / r["cache"]
+        print(
+            f"  {mode}: cache {gib(r['cache']):.2f} GiB ({r['memmap']}), peak RSS {gib(r['peak']):.2f} GiB, "
+            f"after imports {gib(r['base']):.2f} GiB; net of imports {net:.2f}x"
+        )
+        goal(f"peak RSS / cache ({mode})", ratio, ratio <= 1.5, "<= 1.5")
+
+
+# ------------------------------------------------------------------ 5. predict / evaluate
+
+
+def bench_serving(root: Path, work: Path, files: list[str], threads: int) -> None:
+    from convspec.compiler.training.loop import train
+
+    print("5. convspec predict / evaluate over the folder against Pillow decoding alone", flush=True)
+    run = train(spec_for(root, "memory", work), out=work / "runs", progress=False, log=lambda _m: None)
+    model = run.path / "model.onnx"
+    pillow = best_of(lambda: pillow_decode(files, threads, False), 1)
+    exe = [sys.executable, "-m", "convspec.compiler"]
+    for cmd in (["predict", str(model), str(root), "--format", "csv"], ["evaluate", str(model), str(root)]):
+        t = time.perf_counter()
+        subprocess.run(exe + cmd, capture_output=True, check=True)
+        dt = time.perf_counter() - t
+        print(
+            f"  convspec {cmd[0]}: {len(files) / dt:.0f} img/s (start-up included); "
+            f"Pillow alone {len(files) / pillow:.0f}"
+        )
+        goal(f"{cmd[0]} / Pillow decoding (speed)", pillow / dt, pillow / dt >= 0.9, ">= 0.9")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--draft-files", type=int, default=1000)
+    ap.add_argument("--work", default="/tmp/convspec-real-size")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating epoch rounds")
+    ap.add_argument("--decode-rounds", type=int, default=5, help="interleaved decode rounds")
+    ap.add_argument("--quick", action="store_true", help="1,200 files, 300 draft files, 1 round")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "train", "rss", "serve"])
+    args = ap.parse_args()
+    if args.quick:
+        args.files, args.draft_files, args.rounds = min(args.files, 1200), min(args.draft_files, 300), 1
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    photos = source_photos()
+    root = make_folder(work / f"photos224-{args.files}", args.files, SIZE, photos, seed=0)
+    files = jpegs(root)
+    print(
+        f"{len(files)} JPEGs of 224x224 from {len(photos)} skimage photos in {root} "
+        f"({args.threads} threads; {time.perf_counter() - t0:.0f} s to make or find)",
+        flush=True,
+    )
+    if "decode" not in args.skip:
+        bench_decode(work, photos, args.draft_files, args.threads, files, args.decode_rounds)
+    if "train" not in args.skip:
+        bench_training(root, work, args.rounds)
+    if "rss" not in args.skip:
+        bench_rss(root, work)
+    if "serve" not in args.skip:
+        bench_serving(root, work, files, args.threads)
+    missed = [name for name, _, _, ok in RESULTS if not ok]
+    print(
+        f"done in {time.perf_counter() - t0:.0f} s; {len(RESULTS) - len(missed)} ok, {len(missed)} MISSED", flush=True
+    )
+
+
+if __name__ == "__main__":
+    main()
