@@ -18,6 +18,11 @@ from convspec.specs.base import DEVICE_PATTERN
 from ._common import err, out, user_errors
 from ._group import at_least
 
+# train and tune share this option
+AllowOutInData = Annotated[
+    bool, typer.Option("--allow-out-in-data", help="Allow --out inside the data folder (refused by default).")
+]
+
 
 @user_errors
 def train(
@@ -41,10 +46,7 @@ def train(
     folds: Annotated[
         int | None, typer.Option("--folds", help="K-fold cross-validation: runs/NAME/fold-1..K/ and cv.json.")
     ] = None,
-    allow_out_in_data: Annotated[
-        bool,
-        typer.Option("--allow-out-in-data", help="Allow --out inside the data folder (refused by default)."),
-    ] = False,
+    allow_out_in_data: AllowOutInData = False,
 ) -> None:
     """Train a spec: writes runs/NAME/ with checkpoints, metrics, plots, report and model.onnx."""
     if spec_path is None and resume is None:
@@ -115,10 +117,7 @@ def tune(
     no_retrain: Annotated[
         bool, typer.Option("--no-retrain", help="Skip retraining the best spec (e.g. on extra workers).")
     ] = False,
-    allow_out_in_data: Annotated[
-        bool,
-        typer.Option("--allow-out-in-data", help="Allow --out inside the data folder (refused by default)."),
-    ] = False,
+    allow_out_in_data: AllowOutInData = False,
 ) -> None:
     """Search the spec's tune.space with Optuna; write best.yaml, trials.csv, plots, and retrain the best."""
     from ..tuning.study import tune as run_tune
