@@ -64,6 +64,16 @@ def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None, log: 
         CheckpointError, SpecError, DataError: an unusable checkpoint, spec or data.
     """
     run = run if isinstance(run, Run) else Run(Path(run))
+    record_export(run, export_model(run, int8=int8, log=log), log)
+    return run.onnx
+
+
+def export_model(run: Run, *, int8: bool | None = None, log: Callable[[str], None] = print) -> dict:
+    """The export itself: write ``model.onnx`` (and ``model.int8.onnx``) and ``export.json``; return that record.
+
+    :func:`export_onnx` is this followed by :func:`record_export`; ``convspec train`` runs the two
+    apart, this one in a warm worker process (:mod:`.worker`) while it draws the pictures.
+    """
     t0 = time.perf_counter()
     spec, model, class_names, ckpt = _load_run(run)
     check_run_writable(run)  # Why before the export: fail in a second, not after a minute
@@ -103,15 +113,20 @@ def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None, log: 
         info["int8"] = quantize_run(run, spec, blob, data, log=log)
     info["time_s"] = round(time.perf_counter() - t0, 2)
     run.write_json(run.export_json, info)
-    results = _read_results(run, log)
-    if results:
-        results["export"] = info
-        run.write_json(run.results, results)
-        try:
-            report.write_report(run.report, results)
-        except Exception as e:  # Why: the model is written and checked; a report glitch must not undo that
-            log(f"warning: could not update {run.report.name} ({type(e).__name__}: {e})")
-    return run.onnx
+    return info
+
+
+def record_export(run: Run, info: dict, log: Callable[[str], None] = print, results: dict | None = None) -> None:
+    """Add the export record to ``results.json`` (``results``, else the file's) and rewrite ``report.md``."""
+    results = _read_results(run, log) if results is None else results
+    if not results:
+        return
+    results["export"] = info
+    run.write_json(run.results, results)
+    try:
+        report.write_report(run.report, results)
+    except Exception as e:  # Why: the model is written and checked; a report glitch must not undo that
+        log(f"warning: could not update {run.report.name} ({type(e).__name__}: {e})")
 
 
 def quantize_run(run: Run, spec: Spec, fp32: bytes, data, *, log: Callable[[str], None] = print) -> dict:
@@ -410,4 +425,12 @@ def export_to_file(
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(proto.SerializeToString()))
 
 
-__all__ = ["ExportError", "export_onnx", "export_to_file", "quantize_run", "quiet_exporter"]
+__all__ = [
+    "ExportError",
+    "export_model",
+    "export_onnx",
+    "export_to_file",
+    "quantize_run",
+    "quiet_exporter",
+    "record_export",
+]

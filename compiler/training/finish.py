@@ -9,6 +9,7 @@ from pathlib import Path
 from convspec.runtime.threshold import threshold_record
 
 from ..data.dataset import Dataset
+from ..export.worker import ExportWorker, export_run
 from ..run import checkpoint, report
 from ..run.files import writing
 from ..run.folder import Run
@@ -29,10 +30,11 @@ class Timings:
 
 def finish(
     run: Run, setup: Setup, state: TrainState, data: Dataset, timings: Timings, epoch_log: EpochLog, *,
-    stopped_early: bool, test: bool, export: bool, log: Log,
+    stopped_early: bool, test: bool, export: bool, log: Log, worker: ExportWorker | None = None,
 ) -> dict:  # fmt: skip
     """Load ``best.pt``, choose a binary threshold on validation, score the test split, write
-    results.json, the pictures and report.md, export ONNX, and hand all of it to the trackers.
+    results.json, the pictures and report.md, export ONNX (in ``worker`` when there is one, while
+    the pictures are drawn), and hand all of it to the trackers.
 
     Only rank 0 writes. Returns the results (as written to ``results.json``).
     """
@@ -64,13 +66,15 @@ def finish(
         return results
     tested = _test(setup, model, data, results) if test and len(data.splits["test"]) else None
     with writing(run.path, "the results, plots and report"):
-        run.write_json(run.results, results)
+        run.write_json(run.results, results)  # before the export: the model's metadata carries its metrics
+    exporting = export and worker is not None and worker.begin(run)  # the worker exports while we draw
+    with writing(run.path, "the results, plots and report"):
         pictures = _pictures(run, setup, state, data, results, tested)
         report.write_report(run.report, results)
     if export:
-        from ..export.onnx import export_onnx
+        from ..export.onnx import record_export
 
-        export_onnx(run, log=log)
+        record_export(run, export_run(worker if exporting else None, run, log), log, results)
     epoch_log.finish(results, pictures)
     acc = results.get("test", {}).get("metrics", {}).get("accuracy")
     tail = f" (test accuracy {acc * 100:.2f} %)" if acc is not None else ""

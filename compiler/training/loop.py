@@ -21,6 +21,7 @@ from convspec.specs import ConvspecError, Spec, load_spec
 from ..data.dataset import Dataset
 from ..data.loading import load_dataset
 from ..data.split import save_split
+from ..export.worker import warm_exporter
 from ..run import checkpoint
 from ..run.files import check_run_out, writing
 from ..run.folder import Run, new_run
@@ -67,54 +68,57 @@ def train(
     spec = _with_device(given, device)
     place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
     distributed.init(dd, place.device)
-    t_start = time.perf_counter()
-    # data first: bad data must leave no run folder behind
-    split_file = str(run.split) if run is not None and run.split.exists() else None
-    data = dataset or load_dataset(spec, split_file=split_file, log=log)
-    t_data = time.perf_counter() - t_start
-    setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None, log=log)  # a bad training.init: no folder
-    run = run or _new_run_folder(out, spec, data, dd)
-    epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
+    with warm_exporter(spec, export and dd.is_main) as exporter:  # Why now: it warms up while we train
+        t_start = time.perf_counter()
+        # data first: bad data must leave no run folder behind
+        split_file = str(run.split) if run is not None and run.split.exists() else None
+        data = dataset or load_dataset(spec, split_file=split_file, log=log)
+        t_data = time.perf_counter() - t_start
+        # a bad training.init: no folder either
+        setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None, log=log)
+        run = run or _new_run_folder(out, spec, data, dd)
+        epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
 
-    def save(path: Path) -> None:
-        if dd.is_main:
-            checkpoint.save(path, state.to_checkpoint(spec.to_yaml(), data.class_names, place.device))
+        def save(path: Path) -> None:
+            if dd.is_main:
+                checkpoint.save(path, state.to_checkpoint(spec.to_yaml(), data.class_names, place.device))
 
-    if ckpt is not None:
-        state.restore(ckpt, place.device, run.last)
-        log(f"resuming {run} after epoch {state.epoch}")
-    else:
-        save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
+        if ckpt is not None:
+            state.restore(ckpt, place.device, run.last)
+            log(f"resuming {run} after epoch {state.epoch}")
+        else:
+            save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
 
-    epochs, seen, stopped_early = spec.training.epochs, 0, False
-    t_train = time.perf_counter()
-    try:
-        with Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar, epoch_log:
-            for epoch in range(state.epoch + 1, epochs + 1):
-                record, n = train_epoch(setup, state, epoch, bar)
-                _check_finite(record, run, state.epoch)
-                record.update(validate(setup, state))
-                seen += n
-                state.history.append(record)
-                state.epoch = epoch
-                if state.monitor.update(record):
-                    save(run.best)
-                save(run.last)
-                bar.end_epoch(record)
-                epoch_log(state.history)
-                if distributed.broadcast(dd, state.monitor.should_stop):
-                    stopped_early = True
-                    log(f"early stopping: {state.monitor.describe()}")
-                    break
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(
-            f"interrupted; {run.last} holds epoch {state.epoch}. Continue with: convspec train --resume {run}"
-        ) from None
-    timings = Timings(t_start, t_data, time.perf_counter() - t_train, seen)
+        epochs, seen, stopped_early = spec.training.epochs, 0, False
+        t_train = time.perf_counter()
+        try:
+            with Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar, epoch_log:
+                for epoch in range(state.epoch + 1, epochs + 1):
+                    record, n = train_epoch(setup, state, epoch, bar)
+                    _check_finite(record, run, state.epoch)
+                    record.update(validate(setup, state))
+                    seen += n
+                    state.history.append(record)
+                    state.epoch = epoch
+                    if state.monitor.update(record):
+                        save(run.best)
+                    save(run.last)
+                    bar.end_epoch(record)
+                    epoch_log(state.history)
+                    if distributed.broadcast(dd, state.monitor.should_stop):
+                        stopped_early = True
+                        log(f"early stopping: {state.monitor.describe()}")
+                        break
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted; {run.last} holds epoch {state.epoch}. Continue with: convspec train --resume {run}"
+            ) from None
+        timings = Timings(t_start, t_data, time.perf_counter() - t_train, seen)
 
-    finish(run, setup, state, data, timings, epoch_log, stopped_early=stopped_early, test=test, export=export, log=log)
-    distributed.shutdown(dd)
-    return run
+        finish(run, setup, state, data, timings, epoch_log, stopped_early=stopped_early, test=test, export=export,
+               log=log, worker=exporter)  # fmt: skip
+        distributed.shutdown(dd)
+        return run
 
 
 def _new_run_folder(out, spec: Spec, data, dd) -> Run:

@@ -1,0 +1,199 @@
+"""A warm export worker: a child process that gets the exporter ready while the model trains.
+
+The first ONNX export in a process costs about two seconds more than the next ones (importing
+torch._dynamo and onnxscript, building the exporter's op registry, first-trace caches). ``convspec
+train`` starts this worker as soon as the spec is read; the worker imports the exporter and exports
+the spec's architecture once with random weights (``warm``), on one thread, while the parent loads
+data and trains. At the end the parent asks for the real export (:func:`.onnx.export_model` on the
+run folder) and draws the pictures while the worker exports: the export leaves the critical path.
+
+Protocol: pickled dicts, one per message, on the child's stdin and on a dedicated pipe (the child's
+stdout is pointed at stderr so that no library print can corrupt it). The child's stderr goes to a
+temporary file, shown only when it dies. Errors travel as the exception itself (convspec's errors
+pickle). Ctrl-C is the parent's: the child ignores SIGINT and is closed by the parent, and it exits
+on its own when its stdin closes (a parent killed with -9).
+
+``CONVSPEC_EXPORT_WORKER=0`` turns it off (the export then runs in the training process, as
+``convspec export`` always does).
+
+Why hand-written and not multiprocessing: spawn re-imports the parent's ``__main__`` and shares
+its stdout; a subprocess with its own pipes is simpler to keep quiet and to clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from convspec.specs import ConvspecError, Spec
+
+from ..run.folder import Run
+
+ENV = "CONVSPEC_EXPORT_WORKER"
+
+
+def worker_enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class ExportWorker:
+    """The parent's handle: :meth:`start`, then :meth:`begin` and :meth:`result`, and :meth:`close`."""
+
+    def __init__(self, proc: subprocess.Popen, replies: IO[bytes], stderr: IO[bytes]):
+        self.proc, self._replies, self._stderr = proc, replies, stderr
+        self._pending: Run | None = None
+
+    @classmethod
+    def start(cls, spec: Spec) -> ExportWorker | None:
+        """A worker warming up on ``spec``'s architecture; None when turned off or it cannot start."""
+        if not worker_enabled() or not sys.executable:
+            return None
+        stderr = tempfile.TemporaryFile(prefix="convspec-export-worker-")
+        r, w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "convspec.compiler.export.worker", str(w)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                pass_fds=(w,),
+                env={**os.environ, ENV: "0"},  # Why: a worker never starts a worker of its own
+            )
+        except OSError:
+            os.close(r)
+            os.close(w)
+            stderr.close()
+            return None
+        os.close(w)
+        worker = cls(proc, os.fdopen(r, "rb"), stderr)
+        if not worker._send({"op": "warm", "spec": spec.to_yaml()}):
+            worker.close()
+            return None
+        return worker
+
+    def begin(self, run: Run, int8: bool | None = None) -> bool:
+        """Ask for the export of ``run``; False when the worker is gone (export in-process instead)."""
+        self._pending = run
+        return self._send({"op": "export", "run": str(run.path), "int8": int8})
+
+    def result(self, log: Callable[[str], None]) -> dict | None:
+        """The export record of :meth:`begin`'s run (its log lines go to ``log``); raises the export's error.
+
+        None when the worker died without answering (the caller exports in-process).
+        """
+        try:
+            reply = pickle.load(self._replies)
+        except Exception:  # Why broad: EOF (it died), or an error class that does not unpickle: export here
+            return None
+        for line in reply.get("log", []):
+            log(line)
+        if "error" in reply:
+            raise reply["error"]
+        return reply.get("info")
+
+    def close(self) -> None:
+        """Stop the worker (at once: whatever it was doing is no longer wanted)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self._replies, self._stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):  # Why: a pipe to a dead worker may still hold bytes
+                    f.close()
+
+    def _send(self, message: dict) -> bool:
+        try:
+            pickle.dump(message, self.proc.stdin)
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+
+@contextlib.contextmanager
+def warm_exporter(spec: Spec, enabled: bool) -> Iterator[ExportWorker | None]:
+    """An :class:`ExportWorker` for ``spec`` (None when not ``enabled`` or turned off), closed on the way out."""
+    worker = ExportWorker.start(spec) if enabled else None
+    try:
+        yield worker
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def export_run(worker: ExportWorker | None, run: Run, log: Callable[[str], None]) -> dict:
+    """The export record of ``run``, from the worker when it answers, else exported in this process."""
+    if worker is not None and worker._pending is not None and worker._pending.path == run.path:
+        info = worker.result(log)
+        if info is not None:
+            return info
+    from .onnx import export_model
+
+    return export_model(run, log=log)
+
+
+# ------------------------------------------------------------------ the child
+
+
+def _warm(spec_yaml: str) -> None:
+    """Export the spec's architecture once, random weights, one thread: later exports are fast."""
+    import torch
+
+    from convspec.specs import load_spec_text
+
+    from ..model.backbone import no_weight_loading
+    from ..model.builder import build_model
+    from .onnx import _export_proto
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # Why: the parent is training on these cores
+    try:
+        spec = load_spec_text(spec_yaml, "<export worker>")
+        classes = spec.classes if isinstance(spec.classes, list) else None
+        with no_weight_loading():
+            model = build_model(spec, num_classes=None if classes else 2, class_names=classes)
+        _export_proto(model.eval(), spec)
+    except Exception:  # Why: warming is a guess at speed; the real export reports any real problem
+        pass
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _export(message: dict) -> dict:
+    from .onnx import export_model
+
+    lines: list[str] = []
+    try:
+        info = export_model(Run(Path(message["run"])), int8=message.get("int8"), log=lines.append)
+        return {"info": info, "log": lines}
+    except ConvspecError as e:
+        return {"error": e, "log": lines}
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Why: Ctrl-C is the parent's to handle; it closes us
+    replies = os.fdopen(int(argv[0]), "wb")
+    os.dup2(2, 1)  # Why: a library's print must never land in the replies
+    requests = sys.stdin.buffer
+    while True:
+        try:
+            message: dict[str, Any] = pickle.load(requests)
+        except (EOFError, OSError):
+            return 0
+        if message["op"] == "warm":
+            _warm(message["spec"])
+        elif message["op"] == "export":
+            pickle.dump(_export(message), replies)
+            replies.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

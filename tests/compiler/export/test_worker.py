@@ -1,0 +1,106 @@
+"""The warm export worker: the same model.onnx as an export in this process, errors, a dead worker, shutdown."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from convspec.compiler.export import onnx as export_onnx_module
+from convspec.compiler.export.errors import ExportError
+from convspec.compiler.export.worker import ENV, ExportWorker, export_run, warm_exporter
+from convspec.compiler.run.folder import Run
+from convspec.runtime import Predictor
+from convspec.specs import load_spec
+
+REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def run_copy(digits_run, tmp_path) -> Run:
+    dst = tmp_path / "digits-cnn"
+    shutil.copytree(digits_run, dst)
+    for stale in ("model.onnx", "export.json"):
+        (dst / stale).unlink(missing_ok=True)
+    return Run(dst)
+
+
+@pytest.fixture
+def worker(run_copy):
+    w = ExportWorker.start(load_spec(run_copy.spec))
+    assert w is not None
+    yield w
+    w.close()
+
+
+def test_worker_export_equals_in_process(worker, run_copy, digits_run, monkeypatch):
+    def no_export_here(*_a, **_k):
+        raise AssertionError("exported in the parent, not in the worker")
+
+    monkeypatch.setattr(export_onnx_module, "export_model", no_export_here)
+    assert worker.begin(run_copy)
+    lines: list[str] = []
+    info = export_run(worker, run_copy, lines.append)
+    assert info["top1_agreement"] == 1.0 and info["file"] == "model.onnx"
+    assert any("parity with PyTorch" in line for line in lines)  # the worker's log reaches the parent's
+    assert run_copy.onnx.exists() and run_copy.export_json.exists()
+
+    ours, theirs = onnx.load(run_copy.onnx), onnx.load(digits_run / "model.onnx")
+    assert {p.key: p.value for p in ours.metadata_props} == {p.key: p.value for p in theirs.metadata_props}
+    images = np.random.default_rng(0).integers(0, 256, (32, 1, 12, 12), dtype=np.uint8)
+    a = Predictor(run_copy.onnx).predict_arrays(images)
+    b = Predictor(digits_run / "model.onnx").predict_arrays(images)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_worker_error_is_the_export_error(worker, run_copy):
+    for ckpt in ("best.pt", "last.pt"):
+        (run_copy.path / ckpt).unlink()
+    assert worker.begin(run_copy)
+    with pytest.raises(ExportError, match=r"no best\.pt or last\.pt"):
+        export_run(worker, run_copy, lambda _m: None)
+    assert not run_copy.onnx.exists()
+
+
+def test_dead_worker_falls_back_to_this_process(worker, run_copy):
+    worker.proc.kill()
+    worker.proc.wait()
+    worker.begin(run_copy)  # may or may not reach the pipe: either way the export happens here
+    info = export_run(worker, run_copy, lambda _m: None)
+    assert info["top1_agreement"] == 1.0 and run_copy.onnx.exists()
+
+
+def test_worker_exits_when_its_parent_goes(run_copy):
+    w = ExportWorker.start(load_spec(run_copy.spec))
+    w.proc.stdin.close()  # what a parent killed with -9 leaves behind
+    assert w.proc.wait(timeout=120) == 0
+    w.close()
+
+
+def test_close_stops_a_busy_worker_and_off_switch(run_copy, monkeypatch):
+    with warm_exporter(load_spec(run_copy.spec), True) as w:
+        proc = w.proc
+    assert proc.poll() is not None  # killed mid-warm-up, not left running
+    monkeypatch.setenv(ENV, "0")
+    with warm_exporter(load_spec(run_copy.spec), True) as w:
+        assert w is None
+
+
+def test_train_exports_in_the_worker(tmp_path, monkeypatch):
+    from convspec.compiler.training.loop import train
+
+    def no_export_here(*_a, **_k):
+        raise AssertionError("train exported in its own process, not in the warm worker")
+
+    monkeypatch.setattr(export_onnx_module, "export_model", no_export_here)
+    spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=1"])
+    lines: list[str] = []
+    run = train(spec, out=tmp_path, progress=False, log=lines.append)
+    assert run.onnx.exists() and any("parity with PyTorch" in line for line in lines)
+    results = run.read_results()
+    assert results["export"]["top1_agreement"] == 1.0  # the worker's record, merged by the parent
+    assert "model.onnx" in run.report.read_text()
