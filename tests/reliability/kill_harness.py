@@ -64,6 +64,9 @@ def install(point: str) -> None:
         training.lr_at = lr_at
         return
     if kind == "write":
+        # Why: the hook wraps this process's writer; with the export worker off, model.onnx is
+        # written here too (a worker killed with its parent is the same power cut).
+        os.environ["CONVSPEC_EXPORT_WORKER"] = "0"
         name, _, k = arg.partition(":")
         target = int(k or 1)
         from convspec.compiler.run import checkpoint
