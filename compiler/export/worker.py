@@ -56,7 +56,10 @@ class ExportWorker:
         """A worker warming up on ``spec``'s architecture; None when turned off or it cannot start."""
         if not worker_enabled() or not sys.executable:
             return None
-        stderr = tempfile.TemporaryFile(prefix="convspec-export-worker-")
+        try:
+            stderr = tempfile.TemporaryFile(prefix="convspec-export-worker-")
+        except OSError:  # a read-only or full temp folder: export in this process, as before
+            return None
         r, w = os.pipe()
         try:
             proc = subprocess.Popen(
