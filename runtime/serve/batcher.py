@@ -66,6 +66,8 @@ class Batcher:
         futures = [loop.create_future() for _ in images]
         for image, fut in zip(images, futures):
             queue.put_nowait((image, fut))
+        if len(futures) == 1:  # Why: most requests carry one image; gather costs a task-like future more
+            return [await futures[0]]
         return list(await asyncio.gather(*futures))
 
     async def close(self) -> None:
