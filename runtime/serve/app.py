@@ -1,12 +1,13 @@
 """The HTTP app: ``POST /predict``, ``GET /health``, ``/metadata``, ``/metrics`` and ``/`` (a page).
 
 One :class:`~convspec.runtime.Predictor` (one ORT session) per process; uploads are read
-whole (up to ``max_bytes``), decoded in a thread pool by the runtime's one image loader
-(:func:`convspec.runtime.images.load_image_bytes`, the pixels ``convspec predict`` sees), and
-only then queued for the :class:`~.batcher.Batcher`. Every answer to a client's mistake is a
-4xx with ``{"error": "..."}``; the server's own failures are a 500 with the same shape and
-no traceback. ``POST /predict`` is served by the outermost middleware on the raw ASGI scope
-(:class:`_Front`); the other endpoints are Starlette routes.
+whole (up to ``max_bytes``), decoded by the runtime's one image loader
+(:func:`convspec.runtime.images.open_image_bytes`, the pixels ``convspec predict`` sees; in a
+thread pool unless the header says the image is a thumbnail), and only then queued for the
+:class:`~.batcher.Batcher`. Every answer to a client's mistake is a 4xx with ``{"error": ...}``;
+the server's own failures are a 500 with the same shape and no traceback. ``POST /predict``
+is served by the outermost middleware on the raw ASGI scope (:class:`_Front`); the other
+endpoints are Starlette routes.
 
 FastAPI, uvicorn and prometheus-client are the ``serve`` extra, imported inside
 :func:`create_app` (``pip install "convspec[serve]"``).
@@ -29,7 +30,7 @@ import numpy as np
 
 from convspec.specs.extras import require
 
-from ..images import ImageError, ImageTooLarge, load_image_bytes
+from ..images import ImageError, ImageTooLarge, open_image_bytes
 from ..predictor import Predictor
 from .batcher import Batcher
 
@@ -37,6 +38,7 @@ FEATURE = "convspec serve"
 ENV = "CONVSPEC_SERVE"  # JSON of create_app's arguments, for uvicorn's worker processes
 BODY = "body"  # the source name of an image sent as the raw request body
 ENDPOINTS = ("/predict", "/health", "/metadata", "/metrics", "/")
+INLINE_PIXELS = 128 * 128  # images up to this size decode on the event loop (well under a millisecond)
 
 
 class ClientError(Exception):
@@ -245,12 +247,28 @@ def create_app(
         return min(k, len(classes))
 
     async def decode(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        jobs = [
-            loop.run_in_executor(decode_pool, load_image_bytes, data, src, channels, size, resize)
-            for src, data in items
-        ]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        results: list[Any] = []
+        for src, data in items:  # headers only, here: microseconds, and a bomb is refused before any decode
+            try:
+                results.append(open_image_bytes(data, src))
+            except ImageError as e:
+                results.append(e)
+        jobs = {}
+        for i, opened in enumerate(results):
+            if isinstance(opened, ImageError):
+                continue
+            # Why inline below INLINE_PIXELS: for a thumbnail the thread hop costs more CPU than the
+            # decode; larger images (and so every slow decode) go to the pool and never block the loop.
+            if opened.pixels <= INLINE_PIXELS:
+                try:
+                    results[i] = opened.decode(channels, size, resize)
+                except ImageError as e:
+                    results[i] = e
+            else:
+                jobs[i] = asyncio.get_running_loop().run_in_executor(decode_pool, opened.decode, channels, size, resize)
+        if jobs:
+            for i, r in zip(jobs, await asyncio.gather(*jobs.values(), return_exceptions=True)):
+                results[i] = r
         for r in results:  # the first bad part in request order names the answer
             if isinstance(r, ImageTooLarge):
                 raise ClientError(422, "bomb", str(r))
@@ -258,7 +276,7 @@ def create_app(
                 raise ClientError(400, "bad_image", str(r))
             if isinstance(r, BaseException):
                 raise r
-        return results  # type: ignore[return-value]
+        return results
 
     # -- endpoints
 
