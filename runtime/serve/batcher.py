@@ -95,7 +95,8 @@ class Batcher:
         while True:
             items = [await queue.get()]
             deadline = loop.time() + self.max_delay
-            await asyncio.sleep(0)  # Why: let requests whose bytes are already here reach the queue
+            if self.max_batch > 1:
+                await asyncio.sleep(0)  # Why: let requests whose bytes are already here reach the queue
             while len(items) < self.max_batch:
                 try:
                     items.append(queue.get_nowait())
