@@ -228,6 +228,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="input size of the trained default model")
     ap.add_argument("--channels", type=int, choices=(1, 3), default=3, help="channels of the trained default model")
     ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--image-px", type=int, help="send N x N images (default: the model input size; 8: raw digits)")
     ap.add_argument("--requests", type=int, default=3000, help="most requests per level")
     ap.add_argument("--seconds", type=float, default=20.0, help="most seconds per level")
     ap.add_argument("--max-delay-ms", default="5")
@@ -246,13 +247,14 @@ def main() -> None:
         from convspec.runtime import Predictor
 
         channels, height, width = Predictor(model).input_shape
-        paths = make_images(tmp, args.images, channels, (height, width))
+        shape = (args.image_px, args.image_px) if args.image_px else (height, width)
+        paths = make_images(tmp, args.images, channels, shape)
         labels = [p.label for p in Predictor(model).predict(paths)]
         bodies = [p.read_bytes() for p in paths]
         trained = "" if args.model else f"1-epoch digits, trained here, {Path(model).stat().st_size / 1e6:.2f} MB, "
         print(
             f"model {model} ({trained}input {channels}x{height}x{width}); {len(paths)} PNG images of "
-            f"{width}x{height} ({np.mean([len(b) for b in bodies]) / 1000:.1f} kB mean); {os.cpu_count()} CPUs, "
+            f"{shape[1]}x{shape[0]} ({np.mean([len(b) for b in bodies]) / 1000:.1f} kB mean); {os.cpu_count()} CPUs, "
             f"load average {load_average()} (1/5/15 min); client {args.client}"
         )
 
