@@ -59,6 +59,8 @@ __all__ = [
     "load_image",
     "load_image_bytes",
     "load_images",
+    "open_image_bytes",
+    "OpenedImage",
     "prepare_array",
 ]
 
@@ -211,10 +213,40 @@ def load_image_bytes(
         ImageError: as :func:`load_image` (:class:`ImageTooLarge` over the pixel limit).
     """
     _check_args(channels, size, resize)
+    return open_image_bytes(data, name).decode(channels, size, resize)
+
+
+class OpenedImage:
+    """An upload whose header is read (format and size known, the pixel limit checked), not yet decoded.
+
+    :meth:`decode` decodes it exactly as :func:`load_image_bytes` would, once, and closes it.
+    """
+
+    def __init__(self, name: str, im: Image.Image, fp: BinaryIO):
+        self.name, self._im, self._fp = name, im, fp
+
+    @property
+    def pixels(self) -> int:
+        """Width x height as stored (before any JPEG draft)."""
+        return self._im.width * self._im.height
+
+    def decode(self, channels: int, size: Sequence[int], resize: str = "stretch") -> np.ndarray:
+        """``(C, H, W)`` uint8, as :func:`load_image_bytes`; raises ImageError as it does."""
+        _check_args(channels, size, resize)
+        return _decode(self.name, self._im, self._fp, channels, size, resize)
+
+
+def open_image_bytes(data: bytes, name: str) -> OpenedImage:
+    """Read an encoded image's header only (cheap): an :class:`OpenedImage` to decode, or an ImageError.
+
+    Raises:
+        ImageError: empty, not an image, or an unsupported format (:class:`ImageTooLarge` over
+            the pixel limit); a truncated file fails later, in :meth:`OpenedImage.decode`.
+    """
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
     fp = io.BytesIO(data)
-    return _decode(name, _open_fp(name, fp), fp, channels, size, resize)
+    return OpenedImage(name, _open_fp(name, fp), fp)
 
 
 def _decode(name: str, im: Image.Image, fp, channels: int, size: Sequence[int], resize: str) -> np.ndarray:

@@ -1,11 +1,13 @@
 """The HTTP app: ``POST /predict``, ``GET /health``, ``/metadata``, ``/metrics`` and ``/`` (a page).
 
 One :class:`~convspec.runtime.Predictor` (one ORT session) per process; uploads are read
-whole (up to ``max_bytes``), decoded in a thread pool by the runtime's one image loader
-(:func:`convspec.runtime.images.load_image_bytes`, the pixels ``convspec predict`` sees), and
-only then queued for the :class:`~.batcher.Batcher`. Every answer to a client's mistake is a
-4xx with ``{"error": "..."}``; the server's own failures are a 500 with the same shape and
-no traceback.
+whole (up to ``max_bytes``), decoded by the runtime's one image loader
+(:func:`convspec.runtime.images.open_image_bytes`, the pixels ``convspec predict`` sees; in a
+thread pool unless the header says the image is a thumbnail), and only then queued for the
+:class:`~.batcher.Batcher`. Every answer to a client's mistake is a 4xx with ``{"error": ...}``;
+the server's own failures are a 500 with the same shape and no traceback. ``POST /predict``
+is served by the outermost middleware on the raw ASGI scope (:class:`_Front`); the other
+endpoints are Starlette routes.
 
 FastAPI, uvicorn and prometheus-client are the ``serve`` extra, imported inside
 :func:`create_app` (``pip install "convspec[serve]"``).
@@ -22,12 +24,13 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 
 from convspec.specs.extras import require
 
-from ..images import ImageError, ImageTooLarge, load_image_bytes
+from ..images import ImageError, ImageTooLarge, open_image_bytes
 from ..predictor import Predictor
 from .batcher import Batcher
 
@@ -35,6 +38,7 @@ FEATURE = "convspec serve"
 ENV = "CONVSPEC_SERVE"  # JSON of create_app's arguments, for uvicorn's worker processes
 BODY = "body"  # the source name of an image sent as the raw request body
 ENDPOINTS = ("/predict", "/health", "/metadata", "/metrics", "/")
+INLINE_PIXELS = 128 * 128  # images up to this size decode on the event loop (well under a millisecond)
 
 
 class ClientError(Exception):
@@ -86,7 +90,7 @@ def create_app(
     require("python_multipart", "serve", FEATURE)
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect, Request
+    from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
 
     if max_bytes < 1:
@@ -169,11 +173,11 @@ def create_app(
     async def internal_error(_request, e: Exception):
         return error(500, "internal", f"internal server error ({type(e).__name__}); see the server's log")
 
-    # -- reading requests
+    # -- reading requests (raw ASGI: POST /predict bypasses the router, see _Front)
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(scope, receive) -> bytes:
         """The whole body, or 413 as soon as it is over ``max_bytes`` (read before anything is queued)."""
-        length = request.headers.get("content-length")
+        length = _header(scope, b"content-length")
         if length is not None:
             if not length.strip().isdigit():
                 raise ClientError(400, "bad_request", f"Content-Length is not a number (got {length!r})")
@@ -182,19 +186,23 @@ def create_app(
                     413, "too_large", f"request body is {int(length)} bytes, over the limit of {max_bytes} bytes"
                 )
         chunks, total = [], 0
-        try:
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ClientError(413, "too_large", f"request body is over the limit of {max_bytes} bytes")
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientError(400, "disconnected", "the client went away before sending the whole body")
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > max_bytes:
+                raise ClientError(413, "too_large", f"request body is over the limit of {max_bytes} bytes")
+            if chunk:
                 chunks.append(chunk)
-        except ClientDisconnect:
-            raise ClientError(400, "disconnected", "the client went away before sending the whole body") from None
+            if not message.get("more_body", False):
+                break
         return b"".join(chunks)
 
-    async def uploads(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+    async def uploads(scope, body: bytes) -> list[tuple[str, bytes]]:
         """``(source, bytes)`` per image: the raw body, or each multipart ``file`` field."""
-        ctype = request.headers.get("content-type", "")
+        ctype = _header(scope, b"content-type") or ""
         if not ctype.lower().startswith("multipart/form-data"):
             if not body:
                 raise ClientError(
@@ -206,7 +214,7 @@ def create_app(
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(request.scope, receive).form(max_part_size=max_bytes)
+            form = await Request(scope, receive).form(max_part_size=max_bytes)
         except Exception as e:  # Why broad: starlette's MultiPartException and python-multipart's own errors
             raise ClientError(
                 400, "bad_request", f"cannot parse the multipart body ({str(e) or type(e).__name__})"
@@ -227,8 +235,9 @@ def create_app(
             raise ClientError(400, "bad_request", f"no multipart 'file' fields (got {got}); send images as 'file'")
         return files
 
-    def top_k_of(request: Request) -> int:
-        raw = request.query_params.get("top_k", "1")
+    def top_k_of(scope) -> int:
+        query = scope.get("query_string", b"")
+        raw = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("top_k", "1") if query else "1"
         try:
             k = int(raw)
         except ValueError:
@@ -238,12 +247,28 @@ def create_app(
         return min(k, len(classes))
 
     async def decode(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        jobs = [
-            loop.run_in_executor(decode_pool, load_image_bytes, data, src, channels, size, resize)
-            for src, data in items
-        ]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        results: list[Any] = []
+        for src, data in items:  # headers only, here: microseconds, and a bomb is refused before any decode
+            try:
+                results.append(open_image_bytes(data, src))
+            except ImageError as e:
+                results.append(e)
+        jobs = {}
+        for i, opened in enumerate(results):
+            if isinstance(opened, ImageError):
+                continue
+            # Why inline below INLINE_PIXELS: for a thumbnail the thread hop costs more CPU than the
+            # decode; larger images (and so every slow decode) go to the pool and never block the loop.
+            if opened.pixels <= INLINE_PIXELS:
+                try:
+                    results[i] = opened.decode(channels, size, resize)
+                except ImageError as e:
+                    results[i] = e
+            else:
+                jobs[i] = asyncio.get_running_loop().run_in_executor(decode_pool, opened.decode, channels, size, resize)
+        if jobs:
+            for i, r in zip(jobs, await asyncio.gather(*jobs.values(), return_exceptions=True)):
+                results[i] = r
         for r in results:  # the first bad part in request order names the answer
             if isinstance(r, ImageTooLarge):
                 raise ClientError(422, "bomb", str(r))
@@ -251,19 +276,16 @@ def create_app(
                 raise ClientError(400, "bad_image", str(r))
             if isinstance(r, BaseException):
                 raise r
-        return results  # type: ignore[return-value]
+        return results
 
     # -- endpoints
 
-    # Why Starlette routes (app.add_route) and not FastAPI's decorators: the endpoints take the raw
-    # Request and build their own responses, and FastAPI's per-request dependency solving and
-    # response validation cost about as much CPU as the model itself on small images.
-
-    async def predict(request: Request):
+    async def predict(scope, receive) -> bytes:
+        """``POST /predict``: the JSON answer, or a ClientError."""
         arriving[0] += 1
         try:
-            k = top_k_of(request)
-            items = await uploads(request, await read_body(request))
+            k = top_k_of(scope)
+            items = await uploads(scope, await read_body(scope, receive))
             arrays = await decode(items)
         finally:
             arriving[0] -= 1
@@ -271,7 +293,7 @@ def create_app(
         m_images.inc(len(rows))
         # Why the private method: the same Prediction (and so the same JSON) as Predictor.predict.
         preds = [predictor._prediction(src, row, k).to_dict() for (src, _), row in zip(items, rows)]
-        return JSONResponse({"predictions": preds})
+        return _json({"predictions": preds})
 
     async def health(_request: Request):
         return JSONResponse({"status": "ok"})
@@ -300,13 +322,12 @@ def create_app(
     async def index(_request: Request):
         return HTMLResponse(page)
 
-    app.add_route("/predict", predict, methods=["POST"])
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/metadata", metadata, methods=["GET"])
     app.add_route("/metrics", metrics, methods=["GET"])
     app.add_route("/", index, methods=["GET"])
 
-    app.add_middleware(_Count, requests=m_requests, latency=m_latency)
+    app.add_middleware(_Front, predict=predict, requests=m_requests, latency=m_latency, errors=m_errors)
     return app
 
 
@@ -315,19 +336,46 @@ def _threshold(predictor: Predictor) -> float | None:
     return predictor.threshold
 
 
-class _Count:
-    """ASGI middleware: count every HTTP request by endpoint and status; time ``POST /predict``.
+def _header(scope, name: bytes) -> str | None:
+    """The first value of the lower-case header ``name``, or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
-    Why plain ASGI: Starlette's BaseHTTPMiddleware adds a task and a stream copy per request.
+
+def _json(content: Any) -> bytes:
+    """JSON as Starlette's JSONResponse renders it (and so the same floats as ``convspec predict --format json``)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+class _Front:
+    """ASGI middleware: serve ``/predict`` itself; count every HTTP request by endpoint and status.
+
+    Why ``/predict`` here and not as a route: on small images Starlette's router, request
+    wrapper and exception middleware cost as much CPU per request as the model (FastAPI's
+    decorators, with dependency solving and response validation, more); the other endpoints
+    are not hot and stay routes. Why plain ASGI: Starlette's BaseHTTPMiddleware adds a task
+    and a stream copy per request.
     """
 
-    def __init__(self, app, requests, latency):
-        self.app, self.requests, self.latency = app, requests, latency
+    def __init__(self, app, predict, requests, latency, errors):
+        self.app, self.predict, self.latency, self.errors = app, predict, latency, errors
+        self._requests = requests
+        self._counters: dict[tuple[str, int], Any] = {}  # Why: labels() costs a lock and a lookup per call
+
+    def count(self, endpoint: str, status: int) -> None:
+        counter = self._counters.get((endpoint, status))
+        if counter is None:
+            counter = self._counters[endpoint, status] = self._requests.labels(endpoint, str(status))
+        counter.inc()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start = time.perf_counter()
+        path = scope["path"]
+        if path == "/predict":
+            return await self.serve_predict(scope, receive, send)
         status = [500]
 
         async def send_status(message):
@@ -338,11 +386,34 @@ class _Count:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            path = scope.get("path", "")
-            endpoint = path if path in ENDPOINTS else "other"
-            self.requests.labels(endpoint, str(status[0])).inc()
-            if endpoint == "/predict":
-                self.latency.observe(time.perf_counter() - start)
+            self.count(path if path in ENDPOINTS else "other", status[0])
+
+    async def serve_predict(self, scope, receive, send):
+        start = time.perf_counter()
+        headers = [(b"content-type", b"application/json")]
+        failure = None
+        if scope["method"] != "POST":
+            status, kind, body = 405, "http", _json({"error": "Method Not Allowed"})
+            headers.append((b"allow", b"POST"))
+        else:
+            try:
+                status, kind, body = 200, None, await self.predict(scope, receive)
+            except ClientError as e:
+                status, kind, body = e.status, e.kind, _json({"error": e.message})
+            except Exception as e:  # the server's own failure: a JSON 500 here, the traceback in the log
+                status, kind, failure = 500, "internal", e
+                body = _json({"error": f"internal server error ({type(e).__name__}); see the server's log"})
+        if kind is not None:
+            self.errors.labels(kind).inc()
+        headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            self.count("/predict", status)
+            self.latency.observe(time.perf_counter() - start)
+        if failure is not None:
+            raise failure  # Why: uvicorn logs it with its traceback, as Starlette's ServerErrorMiddleware does
 
 
 def app_from_env():

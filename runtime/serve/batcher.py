@@ -66,6 +66,8 @@ class Batcher:
         futures = [loop.create_future() for _ in images]
         for image, fut in zip(images, futures):
             queue.put_nowait((image, fut))
+        if len(futures) == 1:  # Why: most requests carry one image; gather costs a task-like future more
+            return [await futures[0]]
         return list(await asyncio.gather(*futures))
 
     async def close(self) -> None:
@@ -93,7 +95,8 @@ class Batcher:
         while True:
             items = [await queue.get()]
             deadline = loop.time() + self.max_delay
-            await asyncio.sleep(0)  # Why: let requests whose bytes are already here reach the queue
+            if self.max_batch > 1:
+                await asyncio.sleep(0)  # Why: let requests whose bytes are already here reach the queue
             while len(items) < self.max_batch:
                 try:
                     items.append(queue.get_nowait())

@@ -289,3 +289,20 @@ def test_load_image_bytes_gives_load_image_pixels(tmp_path):
             assert got.dtype == np.uint8 and np.array_equal(got, want), (fmt, channels, size, how)
     with pytest.raises(ImageTooLarge, match="^upload: image is too large"):
         load_image_bytes(png_bomb(20_000, 20_000), "upload", 1, (8, 8))
+
+
+def test_open_image_bytes_reads_the_header_and_decodes_later(tmp_path):
+    """The server's two steps: the header (size, bombs refused) first, the decode after, as one call does."""
+    from convspec.runtime.images import ImageError, ImageTooLarge, load_image_bytes, open_image_bytes
+
+    data = png(np.random.default_rng(4).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    opened = open_image_bytes(data, "up.png")
+    assert opened.pixels == 300 * 200
+    assert np.array_equal(opened.decode(3, (32, 32), "crop"), load_image_bytes(data, "up.png", 3, (32, 32), "crop"))
+    truncated = open_image_bytes(data[: len(data) // 2], "half.png")  # the header is whole: it opens ...
+    with pytest.raises(ImageError, match="^half.png: .*truncated"):
+        truncated.decode(3, (32, 32))  # ... and fails to decode
+    with pytest.raises(ImageTooLarge, match="^b.png: image is too large"):
+        open_image_bytes(png_bomb(20_000, 20_000), "b.png")  # refused from its header alone
+    with pytest.raises(ImageError, match="^e: empty"):
+        open_image_bytes(b"", "e")

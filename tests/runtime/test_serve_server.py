@@ -9,6 +9,7 @@ saves a screenshot (also copied to /work/serve-screenshot.png when /work exists)
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -26,8 +27,8 @@ from convspec.specs import ConvspecError
 
 # Why None: a module set to None in sys.modules makes ``import torch`` raise ImportError.
 TORCH_BLOCKED_CLI = """
-import sys
-for name in ("torch", "torchvision", "timm"):
+import os, sys
+for name in ("torch", "torchvision", "timm", *os.environ.get("BLOCK_MODULES", "").split()):
     sys.modules[name] = None
 from convspec.compiler.cli import main
 sys.argv = ["convspec", *sys.argv[1:]]
@@ -44,14 +45,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(model: Path, *args: str):
-    """``convspec serve MODEL`` (torch blocked) on a free loopback port; yields its base URL."""
+def serving(model: Path, *args: str, block: tuple[str, ...] = ()):
+    """``convspec serve MODEL`` (torch and ``block`` blocked) on a free loopback port; yields its base URL."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", TORCH_BLOCKED_CLI, "serve", str(model), "--port", str(port), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "BLOCK_MODULES": " ".join(block)},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -93,10 +95,16 @@ def test_parse_size():
 
 
 @pytest.mark.slow
-def test_real_server_without_torch_survives_slow_and_dropped_clients(tmp_path, band):
+@pytest.mark.parametrize("stack", ["httptools+uvloop", "h11+asyncio"])
+def test_real_server_without_torch_survives_slow_and_dropped_clients(tmp_path, band, stack):
+    """On uvicorn's fast stack (the ``serve`` extra installs it) and on its pure-Python fallback."""
+    if stack == "httptools+uvloop":
+        pytest.importorskip("httptools")
+        pytest.importorskip("uvloop")
+    block = () if stack == "httptools+uvloop" else ("httptools", "uvloop")
     model = band.model(tmp_path / "band.onnx")
     body = band_png(tmp_path, 1)
-    with serving(model, "--max-bytes", "1KB", "--max-delay-ms", "2") as url:
+    with serving(model, "--max-bytes", "1KB", "--max-delay-ms", "2", block=block) as url:
         # A slow client: headers and half its body sent, the rest never comes.
         slow = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
         head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
