@@ -7,24 +7,14 @@ exported by ``train`` itself; the tests that change a run work on a copy of it.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from convspec.compiler.run.folder import Run
-
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def run_copy(digits_run, tmp_path) -> Run:
-    dst = tmp_path / "digits-cnn"
-    shutil.copytree(digits_run, dst)
-    return Run(dst)
 
 
 def test_model_passes_checker_and_takes_uint8_nchw(digits_run):

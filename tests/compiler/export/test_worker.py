@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,57 +20,55 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def run_copy(digits_run, tmp_path) -> Run:
-    dst = tmp_path / "digits-cnn"
-    shutil.copytree(digits_run, dst)
+def unexported(run_copy) -> Run:
     for stale in ("model.onnx", "export.json"):
-        (dst / stale).unlink(missing_ok=True)
-    return Run(dst)
+        (run_copy.path / stale).unlink(missing_ok=True)
+    return run_copy
 
 
 @pytest.fixture
-def worker(run_copy):
-    w = ExportWorker.start(load_spec(run_copy.spec))
+def worker(unexported):
+    w = ExportWorker.start(load_spec(unexported.spec))
     assert w is not None
     yield w
     w.close()
 
 
-def test_worker_export_equals_in_process(worker, run_copy, digits_run, monkeypatch):
+def test_worker_export_equals_in_process(worker, unexported, digits_run, monkeypatch):
     def no_export_here(*_a, **_k):
         raise AssertionError("exported in the parent, not in the worker")
 
     monkeypatch.setattr(export_onnx_module, "export_model", no_export_here)
-    assert worker.begin(run_copy)
+    assert worker.begin(unexported)
     lines: list[str] = []
-    info = export_run(worker, run_copy, lines.append)
+    info = export_run(worker, unexported, lines.append)
     assert info["top1_agreement"] == 1.0 and info["file"] == "model.onnx"
     assert any("parity with PyTorch" in line for line in lines)  # the worker's log reaches the parent's
-    assert run_copy.onnx.exists() and run_copy.export_json.exists()
+    assert unexported.onnx.exists() and unexported.export_json.exists()
 
-    ours, theirs = onnx.load(run_copy.onnx), onnx.load(digits_run / "model.onnx")
+    ours, theirs = onnx.load(unexported.onnx), onnx.load(digits_run / "model.onnx")
     assert {p.key: p.value for p in ours.metadata_props} == {p.key: p.value for p in theirs.metadata_props}
     images = np.random.default_rng(0).integers(0, 256, (32, 1, 12, 12), dtype=np.uint8)
-    a = Predictor(run_copy.onnx).predict_arrays(images)
+    a = Predictor(unexported.onnx).predict_arrays(images)
     b = Predictor(digits_run / "model.onnx").predict_arrays(images)
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_worker_error_is_the_export_error(worker, run_copy):
+def test_worker_error_is_the_export_error(worker, unexported):
     for ckpt in ("best.pt", "last.pt"):
-        (run_copy.path / ckpt).unlink()
-    assert worker.begin(run_copy)
+        (unexported.path / ckpt).unlink()
+    assert worker.begin(unexported)
     with pytest.raises(ExportError, match=r"no best\.pt or last\.pt"):
-        export_run(worker, run_copy, lambda _m: None)
-    assert not run_copy.onnx.exists()
+        export_run(worker, unexported, lambda _m: None)
+    assert not unexported.onnx.exists()
 
 
-def test_dead_worker_falls_back_to_this_process(worker, run_copy):
+def test_dead_worker_falls_back_to_this_process(worker, unexported):
     worker.proc.kill()
     worker.proc.wait()
-    worker.begin(run_copy)  # may or may not reach the pipe: either way the export happens here
-    info = export_run(worker, run_copy, lambda _m: None)
-    assert info["top1_agreement"] == 1.0 and run_copy.onnx.exists()
+    worker.begin(unexported)  # may or may not reach the pipe: either way the export happens here
+    info = export_run(worker, unexported, lambda _m: None)
+    assert info["top1_agreement"] == 1.0 and unexported.onnx.exists()
 
 
 def test_worker_exits_when_its_parent_goes(run_copy):
