@@ -5,6 +5,7 @@ Torch and Optuna are imported inside the commands, so ``convspec --help`` stays 
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from convspec.specs import ConvspecError
+from convspec.specs import ConvspecError, load_spec
 from convspec.specs.base import DEVICE_PATTERN
 
 from ._common import err, out, user_errors
@@ -61,17 +62,31 @@ def train(
         # Why in the parent: a bad spec or --out is one message, not one per process plus torchrun's traceback
         check_before_launch(spec_path, set_, resume, out_dir, allow_out_in_data=allow_out_in_data)
         raise typer.Exit(launch_torchrun(nproc, sys.argv[1:]))
-    from ..training.loop import train as run_training
+    spec = None if resume is not None else load_spec(spec_path, overrides=set_)  # before torch: bad specs fail fast
+    with _early_exporter(spec, not no_export) as exporter:
+        from ..training.loop import train as run_training
 
-    run_training(
-        spec_path,
-        out=out_dir,
-        overrides=set_,
-        resume=resume,
-        device=device,
-        export=not no_export,
-        allow_out_in_data=allow_out_in_data,
-    )
+        run_training(
+            spec if spec is not None else spec_path,
+            out=out_dir,
+            overrides=set_,
+            resume=resume,
+            device=device,
+            export=not no_export,
+            allow_out_in_data=allow_out_in_data,
+            exporter=exporter,
+        )
+
+
+def _early_exporter(spec, export: bool):
+    """The export worker, started before this process imports torch: both import at once, on two cores.
+
+    Not under torchrun (rank 0 starts its own in the loop) nor when resuming (the spec is the checkpoint's).
+    """
+    from ..export.worker import warm_exporter
+
+    alone = os.environ.get("WORLD_SIZE", "1") == "1"
+    return warm_exporter(spec, export and alone and spec is not None)
 
 
 def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, nproc: int) -> None:
@@ -79,7 +94,6 @@ def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, npr
         raise ConvspecError("--folds K trains a SPEC from the start, in one process (not with --resume or --nproc)")
     if folds < 2:
         raise ConvspecError(f"--folds {folds}: must be at least 2")
-    from convspec.specs import load_spec
 
     from ..training.folds import train_folds
 

@@ -122,8 +122,15 @@ class ExportWorker:
 
 
 @contextlib.contextmanager
-def warm_exporter(spec: Spec, enabled: bool) -> Iterator[ExportWorker | None]:
-    """An :class:`ExportWorker` for ``spec`` (None when not ``enabled`` or turned off), closed on the way out."""
+def warm_exporter(spec: Spec, enabled: bool, started: ExportWorker | None = None) -> Iterator[ExportWorker | None]:
+    """An :class:`ExportWorker` for ``spec`` (None when not ``enabled`` or turned off), closed on the way out.
+
+    ``started``: a worker the caller started earlier (``convspec train`` starts one before it imports
+    torch) and closes itself; it is handed through as it is.
+    """
+    if started is not None:
+        yield started if enabled else None
+        return
     worker = ExportWorker.start(spec) if enabled else None
     try:
         yield worker
@@ -183,6 +190,8 @@ def _export(message: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Why: Ctrl-C is the parent's to handle; it closes us
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)  # Why: a core the parent's training threads wait for slows each step several-fold
     replies = os.fdopen(int(argv[0]), "wb")
     os.dup2(2, 1)  # Why: a library's print must never land in the replies
     requests = sys.stdin.buffer

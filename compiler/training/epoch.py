@@ -110,8 +110,7 @@ def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[
 def train_step(setup: Setup, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss, backward, (clip), optimizer step; returns the float logits and the loss."""
     place, grad_clip = setup.place, setup.spec.training.grad_clip
-    if place.cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)  # as the model (setup_training)
     with torch.autocast(place.device.type, dtype=place.amp_dtype, enabled=place.amp_dtype is not None):
         logits = setup.net(x).float()  # training mode: logits
         loss = setup.criterion(logits, y)
@@ -143,8 +142,7 @@ def evaluate(
     all_logits = []
     for i in range(0, len(idx), step):
         x = setup.images.take(idx[i : i + step], pin=place.cuda).to(place.device, non_blocking=True)
-        if place.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(place.device.type, dtype=place.amp_dtype, enabled=place.amp_dtype is not None):
             all_logits.append(model.logits(x).float())
     logits = torch.cat(all_logits)

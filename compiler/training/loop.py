@@ -21,7 +21,7 @@ from convspec.specs import ConvspecError, Spec, load_spec
 from ..data.dataset import Dataset
 from ..data.loading import load_dataset
 from ..data.split import save_split
-from ..export.worker import warm_exporter
+from ..export.worker import ExportWorker, warm_exporter
 from ..run import checkpoint
 from ..run.files import check_run_out, writing
 from ..run.folder import Run, new_run
@@ -52,13 +52,15 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     dataset: Dataset | None = None,
     tracker_parent: Tracker | None = None,
+    exporter: ExportWorker | None = None,
 ) -> Run:
     """Train a spec (a Spec or a spec file) and write its run folder under ``out``; return the Run.
 
     ``resume`` a run from its ``last.pt``; ``device`` overrides ``training.device`` (the given Spec is
     not changed); ``test=False`` never looks at the test split (tuning); ``on_epoch`` gets each epoch's
     record; ``dataset`` is decoded data with its split (k-fold); ``allow_out_in_data`` permits an ``out``
-    inside the data folder; ``tracker_parent`` nests the trackers' run (tuning). Raises a
+    inside the data folder; ``tracker_parent`` nests the trackers' run (tuning); ``exporter`` is an
+    export worker already warming up on this spec (else one is started here). Raises a
     ConvspecError for bad input, a diverged loss or Ctrl-C.
     """
     dd = distributed.from_env()
@@ -68,7 +70,7 @@ def train(
     spec = _with_device(given, device)
     place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
     distributed.init(dd, place.device)
-    with warm_exporter(spec, export and dd.is_main) as exporter:  # Why now: it warms up while we train
+    with warm_exporter(spec, export and dd.is_main, exporter) as exporter:  # Why now: it warms up while we train
         t_start = time.perf_counter()
         # data first: bad data must leave no run folder behind
         split_file = str(run.split) if run is not None and run.split.exists() else None
@@ -79,9 +81,11 @@ def train(
         run = run or _new_run_folder(out, spec, data, dd)
         epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
 
+        spec_yaml = spec.to_yaml()  # Why once: dumping the YAML cost 10 ms a checkpoint (two a digits epoch)
+
         def save(path: Path) -> None:
             if dd.is_main:
-                checkpoint.save(path, state.to_checkpoint(spec.to_yaml(), data.class_names, place.device))
+                checkpoint.save(path, state.to_checkpoint(spec_yaml, data.class_names, place.device))
 
         if ckpt is not None:
             state.restore(ckpt, place.device, run.last)

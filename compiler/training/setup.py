@@ -44,9 +44,10 @@ def setup_training(
     freeze = Freeze.from_spec(spec, model)
     if freeze is not None:
         log(freeze.describe())
-    model.to(place.device)
+    # Why channels_last on the CPU too: oneDNN's convolutions train 1.2-1.4x faster in it (digits'
+    # net, and a 3x128x128 one, on 1 and 2 threads)
+    model.to(place.device).to(memory_format=torch.channels_last)
     if place.cuda:
-        model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     augment = build_augmenter(spec)
     if augment is not None:
