@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
+from convspec.specs import ConvspecError
 from convspec.specs.extras import require
 
 from .app import BODY, ENV, ClientError, create_app
@@ -44,11 +46,13 @@ def run(
     Raises:
         MissingExtra: the ``serve`` extra is not installed.
         ModelError: the model cannot be used (checked before listening).
+        ConvspecError: ``host:port`` cannot be listened on (taken, not this machine's, no such host).
     """
     uvicorn = require("uvicorn", "serve", "convspec serve")
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (got {workers})")
     path = os.fspath(model_path)
+    check_address(host, port)
     common = dict(host=host, port=port, access_log=False, log_level="info", timeout_graceful_shutdown=5)
     if workers == 1:
         app = create_app(path, max_batch=max_batch, max_delay_ms=max_delay_ms, max_bytes=max_bytes)
@@ -69,3 +73,19 @@ def run(
         )
     )
     uvicorn.run("convspec.runtime.serve.app:app_from_env", factory=True, workers=workers, **common)
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will, and let go: a taken port is one line, not uvicorn's exit 3.
+
+    Raises:
+        ConvspecError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn decides
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no obstacle
+            sock.bind((host, port))
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise ConvspecError(f"--host {host} --port {port}: cannot listen there ({why})") from None

@@ -94,6 +94,24 @@ def test_parse_size():
             parse_size(bad)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_address_it_cannot_listen_on_is_one_line_and_exit_1(digits_run, workers):
+    """A taken port (another server on it) or a host that is not this machine's: exit 1, one line, no uvicorn log."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for where, reason in ((["--port", str(port)], "in use"), (["--host", "nosuch.invalid"], "not known")):
+            proc = subprocess.run(
+                [sys.executable, "-c", TORCH_BLOCKED_CLI, "serve", str(digits_run / "model.onnx"), *where,
+                 "--workers", workers],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert proc.returncode == 1, proc.stderr
+            assert proc.stderr.count("\n") == 1 and "cannot listen there" in proc.stderr and reason in proc.stderr
+            assert "Uvicorn" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stack", ["httptools+uvloop", "h11+asyncio"])
 def test_real_server_without_torch_survives_slow_and_dropped_clients(tmp_path, band, stack):
