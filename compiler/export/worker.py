@@ -4,8 +4,10 @@ The first ONNX export in a process costs about two seconds more than the next on
 torch._dynamo and onnxscript, building the exporter's op registry, first-trace caches). ``convspec
 train`` starts this worker as soon as the spec is read; the worker imports the exporter and exports
 the spec's architecture once with random weights (``warm``), on one thread, while the parent loads
-data and trains. At the end the parent asks for the real export (:func:`.onnx.export_model` on the
-run folder) and draws the pictures while the worker exports: the export leaves the critical path.
+data and trains, and says when it is done (``{"warm": True}``): until then a parent training on the
+CPU leaves it a core (``training.device.CoreShare``). At the end the parent asks for the real
+export (:func:`.onnx.export_model` on the run folder) and draws the pictures while the worker
+exports: the export leaves the critical path.
 
 Protocol: pickled dicts, one per message, on the child's stdin and on a dedicated pipe (the child's
 stdout is pointed at stderr so that no library print can corrupt it). The child's stderr goes to a
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -50,6 +53,7 @@ class ExportWorker:
     def __init__(self, proc: subprocess.Popen, replies: IO[bytes], stderr: IO[bytes]):
         self.proc, self._replies, self._stderr = proc, replies, stderr
         self._pending: Run | None = None
+        self._warm = False  # the child said its warm-up is over (or it is gone)
 
     @classmethod
     def start(cls, spec: Spec) -> ExportWorker | None:
@@ -87,20 +91,38 @@ class ExportWorker:
         self._pending = run
         return self._send({"op": "export", "run": str(run.path), "int8": int8})
 
+    def warming(self) -> bool:
+        """Whether the worker is still warming up (and so using a core); never waits."""
+        if not self._warm:
+            if self.proc.poll() is not None:
+                self._warm = True
+            elif select.select([self._replies], [], [], 0)[0]:
+                self._read()  # {"warm": True}, its only message before an export, or the end of the pipe
+                self._warm = True
+        return not self._warm
+
     def result(self, log: Callable[[str], None]) -> dict | None:
         """The export record of :meth:`begin`'s run (its log lines go to ``log``); raises the export's error.
 
         None when the worker died without answering (the caller exports in-process).
         """
-        try:
-            reply = pickle.load(self._replies)
-        except Exception:  # Why broad: EOF (it died), or an error class that does not unpickle: export here
+        reply = self._read()
+        if reply is not None and reply.get("warm"):  # warming() never read it
+            self._warm = True
+            reply = self._read()
+        if reply is None:
             return None
         for line in reply.get("log", []):
             log(line)
         if "error" in reply:
             raise reply["error"]
         return reply.get("info")
+
+    def _read(self) -> dict | None:
+        try:
+            return pickle.load(self._replies)
+        except Exception:  # Why broad: EOF (it died), or an error class that does not unpickle: export here
+            return None
 
     def close(self) -> None:
         """Stop the worker (at once: whatever it was doing is no longer wanted)."""
@@ -202,6 +224,8 @@ def main(argv: list[str]) -> int:
             return 0
         if message["op"] == "warm":
             _warm(message["spec"])
+            pickle.dump({"warm": True}, replies)  # the parent may take back the core it left us
+            replies.flush()
         elif message["op"] == "export":
             pickle.dump(_export(message), replies)
             replies.flush()

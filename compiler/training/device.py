@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +80,32 @@ def placement_for(device: str, precision: str, local_rank: int | None = None) ->
         place = Placement(torch.device(f"cuda:{local_rank}"), place.amp_dtype, place.grad_scaler)
         torch.cuda.set_device(place.device)
     return place
+
+
+class CoreShare:
+    """On the CPU, train on one thread fewer while the export worker warms up, then on all of them.
+
+    Why: an OpenMP team whose threads wait for a core that another process holds runs each step
+    several times slower than a team one thread smaller (digits on 2 cores). ``worker`` is anything
+    with a ``warming()`` that never blocks (:class:`..export.worker.ExportWorker`); :meth:`check`,
+    called after every step, asks it at most every :attr:`EVERY_S`.
+    """
+
+    EVERY_S = 0.1
+
+    def __init__(self, place: Placement, worker) -> None:
+        self.threads = torch.get_num_threads()
+        self.worker = worker if worker is not None and not place.cuda and self.threads > 1 else None
+        self.next_check = 0.0
+        if self.worker is not None and self.worker.warming():
+            torch.set_num_threads(self.threads - 1)
+        else:
+            self.worker = None
+
+    def check(self) -> None:
+        if self.worker is None or time.perf_counter() < self.next_check:
+            return
+        self.next_check = time.perf_counter() + self.EVERY_S
+        if not self.worker.warming():
+            torch.set_num_threads(self.threads)
+            self.worker = None

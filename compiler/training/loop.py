@@ -26,7 +26,7 @@ from ..run import checkpoint
 from ..run.files import check_run_out, writing
 from ..run.folder import Run, new_run
 from . import distributed
-from .device import placement_for
+from .device import CoreShare, placement_for
 from .epoch import train_epoch, validate
 from .errors import TrainingDiverged, TrainingInterrupted
 from .finish import Timings, finish
@@ -94,11 +94,12 @@ def train(
             save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
 
         epochs, seen, stopped_early = spec.training.epochs, 0, False
+        cores = CoreShare(place, exporter)  # a core for the worker while it warms up
         t_train = time.perf_counter()
         try:
             with Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar, epoch_log:
                 for epoch in range(state.epoch + 1, epochs + 1):
-                    record, n = train_epoch(setup, state, epoch, bar)
+                    record, n = train_epoch(setup, state, epoch, bar, after_step=cores.check)
                     _check_finite(record, run, state.epoch)
                     record.update(validate(setup, state))
                     seen += n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,17 @@ def test_worker_export_equals_in_process(worker, unexported, digits_run, monkeyp
     a = Predictor(unexported.onnx).predict_arrays(images)
     b = Predictor(digits_run / "model.onnx").predict_arrays(images)
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_worker_says_when_it_is_warm_and_still_exports(worker, unexported):
+    """``warming()`` never blocks, turns False once the warm-up is over, and the export still answers."""
+    deadline = time.monotonic() + 180
+    while worker.warming():
+        assert time.monotonic() < deadline, "the worker never said it was warm"
+        time.sleep(0.05)
+    assert not worker.warming() and worker.proc.poll() is None  # warm, and alive
+    assert worker.begin(unexported)
+    assert export_run(worker, unexported, lambda _m: None)["top1_agreement"] == 1.0
 
 
 def test_worker_error_is_the_export_error(worker, unexported):
