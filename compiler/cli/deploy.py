@@ -49,7 +49,8 @@ def _predictor(model: Path):
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = Predictor(path)
+        # Why no spinning: images decode while ORT runs, and spinning ORT threads would take their cores
+        predictor = Predictor(path, spinning=False)
     for w in caught:
         err.print(f"warning: {w.message}", markup=False)
     return predictor

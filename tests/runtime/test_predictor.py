@@ -249,6 +249,26 @@ def test_unreadable_image_skip_or_raise(model, tmp_path):
     assert "not found" in failures[1][1]
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
+def test_batches_decoded_ahead_keep_order_and_failures(model, tmp_path, batch_size):
+    """The next batch decodes while this one runs: order, skipped files and the first error stay those of the input."""
+    files = []
+    for j in range(11):
+        files.append(tmp_path / f"{j:02d}.png")
+        if j in (4, 7):
+            files[-1].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # unreadable, in the 2nd and 3rd batches of 3
+        else:
+            Image.fromarray(band_image(j % 3)[0]).save(files[-1])
+    p = Predictor(model)
+    failures: list = []
+    preds = p.predict(files, batch_size=batch_size, on_error="skip", failures=failures)
+    assert [q.source for q in preds] == [str(f) for j, f in enumerate(files) if j not in (4, 7)]
+    assert [q.label for q in preds] == ["abc"[j % 3] for j in range(11) if j not in (4, 7)]
+    assert [f[0] for f in failures] == [str(files[4]), str(files[7])]
+    with pytest.raises(ImageError, match="04.png"):
+        p.predict(files, batch_size=batch_size)
+
+
 def test_concurrent_predict_is_consistent(model):
     p = Predictor(model, intra_op_threads=1)
     rng = np.random.default_rng(1)
