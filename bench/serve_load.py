@@ -226,9 +226,9 @@ def in_process(model: Path, paths: list[Path], total: int, seconds: float) -> di
 def in_process_lean(model: Path, paths: list[Path], total: int, seconds: float) -> dict:
     """The least an in-process caller can spend: each file decoded in this thread, then ORT on batches of 64.
 
-    Why also this: ``Predictor.predict`` decodes a batch in a 4-thread pool (GIL hand-offs) and
-    only then runs ORT, so on 2 cores it may spend more CPU per image than decode + ORT; this
-    bound says what the server costs against the cheapest in-process path. ORT spinning on
+    Why also this: ``Predictor.predict`` decodes in a thread pool (GIL hand-offs), so on 2 cores
+    it may spend more CPU per image than decode + ORT in one thread; this bound says what the
+    server costs against the cheapest in-process path. ORT spinning on
     and off, the faster counts (as in :func:`in_process`).
     """
     from convspec.runtime import Predictor
