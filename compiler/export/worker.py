@@ -58,7 +58,7 @@ class ExportWorker:
     @classmethod
     def start(cls, spec: Spec) -> ExportWorker | None:
         """A worker warming up on ``spec``'s architecture; None when turned off or it cannot start."""
-        if not worker_enabled() or not sys.executable:
+        if not worker_enabled() or not sys.executable or os.name != "posix":  # Why posix: pass_fds, select on pipes
             return None
         try:
             stderr = tempfile.TemporaryFile(prefix="convspec-export-worker-")
