@@ -107,11 +107,13 @@ def label_metrics(y: np.ndarray, pred: np.ndarray, task: str, num_classes: int) 
         kw: dict[str, Any] = {"average": "binary", "pos_label": 1, "labels": [0, 1]}
     else:
         kw = {"average": "macro", "labels": list(range(num_classes))}
+    # Why one call: precision_score, recall_score and f1_score each run it (and its input checks) again
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(y, pred, zero_division=0, **kw)
     return {
         "accuracy": float(skm.accuracy_score(y, pred)) if len(y) else math.nan,
-        "precision": float(skm.precision_score(y, pred, zero_division=0, **kw)),
-        "recall": float(skm.recall_score(y, pred, zero_division=0, **kw)),
-        "f1": float(skm.f1_score(y, pred, zero_division=0, **kw)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
     }
 
 
