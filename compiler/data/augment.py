@@ -148,20 +148,22 @@ class Augmenter(nn.Module):
         # Entries are sums of products of +-1, 0 and whole numbers: exact in float32, so == is safe.
         exact = (lin[:, 0, 1] == 0) & (lin[:, 1, 0] == 0) & (lin[:, 0, 0].abs() == 1) & (lin[:, 1, 1].abs() == 1)
         exact &= (t == torch.round(t)).all(dim=1)
-        if x.device.type == "cpu":  # straight into float32: the copy is also the uint8 -> float conversion
-            dtype = x.dtype if x.is_floating_point() else torch.float32
-            out = _shift_flip_slices(x, lin[:, 0, 0], lin[:, 1, 1], t[:, 0], t[:, 1], dtype)
-        else:
-            out = _shift_flip(x, lin[:, 0, 0], lin[:, 1, 1], t[:, 0], t[:, 1])  # x's dtype
-        if not any(isinstance(op, (Rotate, Scale)) for op in self.geometric):
-            return out
-        out = out if out.is_floating_point() else out.to(torch.float32)
-        if x.device.type == "cpu":  # Why: on CPU, resample only the samples that need it (no device to sync)
-            need = torch.nonzero(~exact).squeeze(1)
+        resampling = any(isinstance(op, (Rotate, Scale)) for op in self.geometric)
+        if x.device.type == "cpu":
+            # Why: on CPU, each sample takes one path (no device to sync): moved by slices where
+            # exact, else resampled once with its whole matrix (which holds its shift and flip)
+            dtype = x.dtype if x.is_floating_point() else torch.float32  # the copy is also the conversion
+            need = torch.nonzero(~exact).squeeze(1) if resampling else exact[:0].long()
+            moved = torch.nonzero(exact).squeeze(1) if len(need) else None  # None: every sample
+            out = _shift_flip_slices(x, lin[:, 0, 0], lin[:, 1, 1], t[:, 0], t[:, 1], dtype, rows=moved)
             if len(need):
                 work = x[need] if x.is_floating_point() else x[need].to(torch.float32)
                 out[need] = self._resample(work, A[need]).clamp_(0.0, 255.0).to(out.dtype)
             return out
+        out = _shift_flip(x, lin[:, 0, 0], lin[:, 1, 1], t[:, 0], t[:, 1])  # x's dtype
+        if not resampling:
+            return out
+        out = out if out.is_floating_point() else out.to(torch.float32)
         # On a GPU, picking the subset would read a device value; resample all, keep the exact ones.
         work = x if x.is_floating_point() else x.to(torch.float32)
         resampled = self._resample(work, A).clamp_(0.0, 255.0).to(out.dtype)
@@ -235,13 +237,16 @@ def _shift_flip(x: torch.Tensor, sx, sy, tx, ty) -> torch.Tensor:
     return out.masked_fill_(~inside[:, None], 0)
 
 
-def _shift_flip_slices(x: torch.Tensor, sx, sy, tx, ty, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _shift_flip_slices(
+    x: torch.Tensor, sx, sy, tx, ty, dtype: torch.dtype | None = None, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`_shift_flip` as one flip and one slice copy per sample: the CPU path.
 
     Why: on CPU a gather reads an int64 index per pixel (8.8x the cost of the uint8 -> float
     conversion at 32x3x224x224); slices are plain copies. It reads the parameters on the host,
     which costs nothing on CPU; a GPU takes the gather (no host read). ``dtype``: of the result
-    (default ``x``'s); the copies convert, so no separate conversion pass.
+    (default ``x``'s); the copies convert, so no separate conversion pass. ``rows``: the samples
+    to move (default all); the others are left unwritten, for the caller to fill.
     """
     n, _, h, w = x.shape
     # Why empty and not zeros: only the uncovered border is zeroed below; at 32x3x224x224 a
@@ -249,7 +254,8 @@ def _shift_flip_slices(x: torch.Tensor, sx, sy, tx, ty, dtype: torch.dtype | Non
     out = torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
     # After flipping an axis, the source of output j is j + d with d = t (no flip) or -t (flip).
     params = torch.stack([sx, sy, tx, ty], dim=1).tolist()
-    for i, (fx, fy, dx, dy) in enumerate(params):
+    for i in range(n) if rows is None else rows.tolist():
+        fx, fy, dx, dy = params[i]
         src = x[i]
         dims = [d for d, f in ((-1, fx), (-2, fy)) if f < 0]
         if dims:

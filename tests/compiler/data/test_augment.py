@@ -317,3 +317,6 @@ def test_the_cpu_slices_and_the_gpu_gather_move_pixels_identically():
     a, b = _shift_flip(x, sx, sy, tx, ty), _shift_flip_slices(x, sx, sy, tx, ty)
     assert a.dtype == b.dtype == torch.uint8 and torch.equal(a, b)
     assert (a == 0).all(dim=(1, 2, 3)).any()  # a shift past the edge leaves zeros only
+    rows = torch.tensor([0, 3, 7, 23])  # only these moved (the others are the resampler's to fill)
+    some = _shift_flip_slices(x, sx, sy, tx, ty, torch.float32, rows=rows)
+    assert some.dtype == torch.float32 and torch.equal(some[rows], a[rows].float())
