@@ -88,7 +88,8 @@ class CoreShare:
     Why: an OpenMP team whose threads wait for a core that another process holds runs each step
     several times slower than a team one thread smaller (digits on 2 cores). ``worker`` is anything
     with a ``warming()`` that never blocks (:class:`..export.worker.ExportWorker`); :meth:`check`,
-    called after every step, asks it at most every :attr:`EVERY_S`.
+    called after every step, asks it at most every :attr:`EVERY_S`; leaving the ``with`` gives
+    every thread back.
     """
 
     EVERY_S = 0.1
@@ -100,6 +101,15 @@ class CoreShare:
         if self.worker is not None and self.worker.warming():
             torch.set_num_threads(self.threads - 1)
         else:
+            self.worker = None
+
+    def __enter__(self) -> CoreShare:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """All the threads back, warm or not: what comes after the loop (and a caller's code) gets them."""
+        if self.worker is not None:
+            torch.set_num_threads(self.threads)
             self.worker = None
 
     def check(self) -> None:

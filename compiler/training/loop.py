@@ -94,10 +94,13 @@ def train(
             save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
 
         epochs, seen, stopped_early = spec.training.epochs, 0, False
-        cores = CoreShare(place, exporter)  # a core for the worker while it warms up
         t_train = time.perf_counter()
         try:
-            with Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar, epoch_log:
+            with (
+                Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar,
+                epoch_log,
+                CoreShare(place, exporter) as cores,  # a core for the worker while it warms up
+            ):
                 for epoch in range(state.epoch + 1, epochs + 1):
                     record, n = train_epoch(setup, state, epoch, bar, after_step=cores.check)
                     _check_finite(record, run, state.epoch)

@@ -42,6 +42,13 @@ def test_one_thread_fewer_until_warm_then_all(four_threads, monkeypatch):
     assert worker.asked == 4  # never asked again once warm
 
 
+def test_leaving_gives_every_thread_back_even_if_never_warm(four_threads):
+    with CoreShare(CPU, FakeWorker(warm_after=10**6)) as share:
+        share.check()
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == 4
+
+
 def test_checks_are_throttled(four_threads):
     worker = FakeWorker(warm_after=10**6)
     share = CoreShare(CPU, worker)
