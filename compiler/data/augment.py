@@ -153,7 +153,7 @@ class Augmenter(nn.Module):
             # Why: on CPU, each sample takes one path (no device to sync): moved by slices where
             # exact, else resampled once with its whole matrix (which holds its shift and flip)
             dtype = x.dtype if x.is_floating_point() else torch.float32  # the copy is also the conversion
-            need = torch.nonzero(~exact).squeeze(1) if resampling else exact[:0].long()
+            need = torch.nonzero(~exact).squeeze(1)  # empty without rotate/scale: flips and shifts are exact
             moved = torch.nonzero(exact).squeeze(1) if len(need) else None  # None: every sample
             out = _shift_flip_slices(x, lin[:, 0, 0], lin[:, 1, 1], t[:, 0], t[:, 1], dtype, rows=moved)
             if len(need):
