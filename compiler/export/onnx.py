@@ -38,6 +38,7 @@ from ..run.files import writing
 from ..run.folder import Run
 from .checks import check_run_writable, check_spec_file
 from .errors import ExportError
+from .fold import fold_for_export
 
 PARITY_IMAGES = 256  # compare PyTorch and ORT on at least this many images (when the data has them)
 MAX_ABS_DIFF = 1e-4  # largest probability difference accepted between PyTorch and ORT
@@ -223,7 +224,11 @@ def quiet_exporter() -> Iterator[io.StringIO]:
 
 
 def _export_proto(model: torch.nn.Module, spec: Spec):
-    """The dynamo exporter's ModelProto: ``images`` uint8 (N, C, H, W) -> ``probabilities``."""
+    """The dynamo exporter's ModelProto: ``images`` uint8 (N, C, H, W) -> ``probabilities``.
+
+    An eval-mode model goes out with its input affine folded into the first conv (:mod:`.fold`).
+    """
+    model = fold_for_export(model)
     c, (h, w) = spec.input.channels, spec.input.size
     dynamic = spec.export.dynamic_batch
     # Why batch 2 with a dynamic axis: torch.export specializes a size-1 dimension to a constant.
