@@ -81,7 +81,7 @@ def _without_affine(pre: Preprocess, k: int, stem_takes_it: bool, a, b) -> Prepr
     return Preprocess(steps, pre.scale_first and k > 0, pre.in_shape, pre.out_shape)
 
 
-def _fold_stem(block: nn.Module, in_shape, a: torch.Tensor, b: torch.Tensor) -> FoldedStem | None:
+def _fold_stem(block: nn.Module, a: torch.Tensor, b: torch.Tensor) -> FoldedStem | None:
     """``block`` (pad? -> conv -> bn? -> act?, as ``build_conv`` makes it) fed ``a*x + b``, as one FoldedStem."""
     if not isinstance(block, nn.Sequential) or set(block._modules) - {"pad", "conv", "bn", "act"}:
         return None
@@ -93,7 +93,7 @@ def _fold_stem(block: nn.Module, in_shape, a: torch.Tensor, b: torch.Tensor) -> 
     pad = block._modules.get("pad") or nn.Identity()
     bn = block._modules.get("bn")
     fused = fuse_conv_bn_eval(conv, bn) if isinstance(bn, nn.BatchNorm2d) else copy.deepcopy(conv)
-    c = in_shape[0]
+    c = a.numel()
     shift = None
     with torch.no_grad():
         if not any(conv.padding) and isinstance(pad, nn.Identity):  # every tap sees b: a bias
@@ -116,7 +116,7 @@ def fold_for_export(model: nn.Module) -> nn.Module:
         return model
     k, a, b = found
     out = copy.deepcopy(model)  # Why first: the folded modules must share nothing with the model
-    stem = _fold_stem(out.body[0], pre.out_shape, a, b) if len(body) else None
+    stem = _fold_stem(out.body[0], a, b) if len(out.body) else None
     out.preprocess = _without_affine(out.preprocess, k, stem is not None, a, b)
     if stem is not None:
         out.body = nn.Sequential(stem, *list(out.body)[1:])
