@@ -52,8 +52,9 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     Symbolic links are followed; a link back to a folder above it (a loop) is skipped with
     a warning. Folders convspec wrote (run folders, ``runs/``, tune folders: see
     :func:`convspec.specs.classes.is_run_folder`) are skipped with a warning, and so are the
-    plots (``curves.png``...) of a run folder given as ``folder`` itself. A broken link with
-    an image extension is kept, so it is reported as a bad image by path rather than vanishing.
+    plots (``curves.png``...) of a run folder given as ``folder`` itself. A broken link, a FIFO
+    or a device with an image extension is kept, so it is reported as a bad image by path (by
+    :func:`convspec.specs.readfile.check_regular`, before anything opens it) rather than vanishing.
 
     Args:
         folder: where to look.
@@ -97,12 +98,7 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
             elif is_image_file(entry.name):
                 if not rel and top_is_run and entry.name in OUTPUT_IMAGES:
                     continue  # a plot convspec wrote into the run folder given: not an input
-                try:
-                    usable = entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
-                except OSError:
-                    usable = False
-                if usable:
-                    found.append(child)
+                found.append(child)  # a FIFO, a device or a broken link too: reported by path when read
 
     if not os.path.isdir(folder):
         raise DataError(f"folder not found: {folder}")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from convspec.runtime.datasets import DataError, list_csv
+from convspec.runtime.datasets import DataError, list_csv, list_images
 from convspec.specs import readfile
 from convspec.specs.readfile import FileReadError, read_bytes, read_json, read_text
 
@@ -107,13 +107,18 @@ def test_csv_row_that_points_at_a_fifo_or_device_is_named_not_missing(tmp_path, 
     assert "a/pipe.png (a FIFO (named pipe))" in text and "b/zero.png (a device)" in text, text
 
 
-def test_fifo_inside_an_image_folder_is_not_opened(tmp_path, hostile):
-    """A FIFO named like an image in a folder given to predict: skipped or named, never read."""
+def test_fifo_or_device_inside_an_image_folder_is_named_never_opened(tmp_path, hostile):
+    """A FIFO or a link to /dev/zero named like an image, in a folder: listed, then named by what it is."""
     model = probe_model(tmp_path / "m.onnx")
     image_folder(tmp_path / "data")
     os.mkfifo(tmp_path / "data" / "a" / "stuck.png")
+    os.symlink("/dev/zero", tmp_path / "data" / "b" / "zero.png")
+    listed = list_images(str(tmp_path / "data"))
+    assert {"stuck.png", "zero.png"} <= {os.path.basename(p) for p in listed}, listed
     result = quick("predict", model, tmp_path / "data")
-    assert result.exit_code in (0, 1) and "Traceback" not in result.stderr
+    assert result.exit_code == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"stuck.png: {WHAT['fifo']}" in result.stderr and f"zero.png: {WHAT['zero']}" in result.stderr
+    assert "2 inputs could not be predicted; 8 predicted" in result.stderr, result.stderr
 
 
 def test_size_limits_are_enforced_per_kind(tmp_path, monkeypatch):

@@ -161,6 +161,8 @@ def dirty_shapes(tmp_path, shapes_folder):
     (root / "square" / "empty.jpg").write_bytes(b"")
     (root / "triangle" / "text.png").write_text("this is not a PNG")
     (root / "triangle" / "notes.txt").write_text("ignored: not an image name")
+    os.mkfifo(root / "circle" / "pipe.png")  # never opened: it would block the loader forever
+    os.symlink("/dev/zero", root / "square" / "zero.jpg")
     return root
 
 
@@ -173,17 +175,19 @@ def test_bad_images_are_skipped_and_named(dirty_shapes):
         str(dirty_shapes / "circle" / "truncated.png"): "cannot decode image (truncated file)",
         str(dirty_shapes / "square" / "empty.jpg"): "empty file (0 bytes)",
         str(dirty_shapes / "triangle" / "text.png"): "not an image (unrecognised format)",
+        str(dirty_shapes / "circle" / "pipe.png"): "is a FIFO (named pipe), not a regular file",
+        str(dirty_shapes / "square" / "zero.jpg"): "is a device, not a regular file",
     }
     text = "\n".join(log)
-    assert "warning: skipped 3 unreadable images" in text
+    assert "warning: skipped 5 unreadable images" in text
     assert all(path in text for path in bad)
-    assert not any(f.endswith(("truncated.png", "empty.jpg", "text.png")) for f in ds.files)
+    assert not any(f.endswith(("truncated.png", "empty.jpg", "text.png", "pipe.png", "zero.jpg")) for f in ds.files)
     assert ds.counts()["train"]["circle"] + ds.counts()["val"]["circle"] + ds.counts()["test"]["circle"] == 12
 
 
 def test_on_bad_image_error_raises(dirty_shapes):
     spec = make_spec({"type": "folder", "path": str(dirty_shapes)}, on_bad_image="error")
-    with pytest.raises(ImageError, match="truncated.png: cannot decode image"):
+    with pytest.raises(ImageError, match="pipe.png: is a FIFO"):  # the first bad file, in order
         load_dataset(spec, log=Log())
 
 
@@ -329,7 +333,7 @@ def test_disk_cache_second_load_is_a_memmap(tmp_path, dirty_shapes):
     assert isinstance(second.images, np.memmap)
     assert any("from the disk cache" in m for m in log)
     assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
-    assert second.bad_files == first.bad_files and len(second.bad_files) == 3
+    assert second.bad_files == first.bad_files and len(second.bad_files) == 5
     assert second.files == first.files and np.array_equal(second.labels, first.labels)
     assert len(list((tmp_path / "cache" / "images").glob("*.npy"))) == 1
     # a changed file misses the cache
