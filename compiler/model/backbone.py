@@ -25,6 +25,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,6 +34,8 @@ from convspec.specs.backbones import BackboneInfo, lookup, timm_names
 from convspec.specs.errors import ConvspecError
 from convspec.specs.extras import require
 from convspec.specs.layers import Backbone
+
+from ..run.checkpoint import why_not_a_torch_file
 
 Shape = tuple[int, ...]
 log = logging.getLogger("convspec.backbone")
@@ -228,6 +231,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             st = require("safetensors.torch", "timm", "backbone weights files")
             sd = st.load_file(path)
         elif ext in (".pth", ".pt", ".bin"):
+            not_one = why_not_a_torch_file(Path(path))
+            if not_one:
+                raise BackboneError(f"model.layers[0].weights: {path} is not a readable state dict: {not_one}")
             sd = torch.load(path, map_location="cpu", weights_only=True)
         else:
             raise BackboneError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ def load(path: str | os.PathLike, *, resume: bool = False) -> dict[str, Any]:
         if not path.parent.is_dir():
             raise CheckpointError(f"{path.parent}: folder not found (looked for the checkpoint {path.name} in it)")
         raise CheckpointError(f"{path}: checkpoint not found")
+    not_one = why_not_a_torch_file(path)
+    if not_one:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {not_one}")
     try:
         with warnings.catch_warnings():
             # Why: torch warns about the pickle protocol of foreign files before refusing them.
@@ -62,11 +66,33 @@ def load(path: str | os.PathLike, *, resume: bool = False) -> dict[str, Any]:
             "convspec loads checkpoints with weights_only=True and never runs code from a checkpoint"
         ) from None
     except Exception as e:  # Why broad: any failure to read a user's file means it is not a readable checkpoint
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
-        ) from None
+        first = str(e).splitlines()[0].split(". ")[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint: corrupt, torch.load failed ({first})") from None
     checkpoint_format.check(state, path, resume=resume)
     return state
+
+
+def why_not_a_torch_file(path: Path) -> str | None:
+    """What the bytes say against ``path`` being a ``torch.save`` file (a zip, a legacy pickle); None if it may be.
+
+    Why before torch.load: its messages for these cases are an EOFError, an errno or a pickle opcode.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if is_zip or head[:1] == b"\x80":  # a pickle (protocol 2+): torch.load's legacy format, or refused by it
+        return None
+    if head == b"PK\x03\x04":
+        return f"truncated or corrupt ({size:,} bytes: a zip archive with no end, as a copy cut short leaves)"
+    return (
+        f"not a PyTorch checkpoint ({size:,} bytes; torch.save writes a zip archive, this is neither that nor a pickle)"
+    )
 
 
 def _unpickling_reason(e: Exception) -> str:

@@ -227,3 +227,23 @@ def test_export_with_a_corrupt_results_json_warns_and_still_exports(run_copy):
     assert result.exit_code == 0, result.stderr
     assert "results.json is not readable JSON" in result.stderr and "Traceback" not in result.stderr
     onnx.checker.check_model(onnx.load(str(run_copy / "model.onnx")))
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda data: b"", "empty file (0 bytes)"),
+        (lambda data: data[:100], "truncated or corrupt (100 bytes: a zip archive with no end"),
+        (
+            lambda data: b"hello\n",
+            "not a PyTorch checkpoint (6 bytes; torch.save writes a zip archive, this is neither",
+        ),
+        (lambda data: data[:200] + bytes(b ^ 0x5A for b in data[200:600]) + data[600:], "corrupt, torch.load failed"),
+    ],
+    ids=["empty", "cut", "text", "flipped"],
+)
+def test_a_damaged_checkpoint_is_named_with_what_is_wrong(run_copy, damage, says):
+    data = (run_copy / "best.pt").read_bytes()
+    (run_copy / "best.pt").write_bytes(damage(data))
+    user_error(cli("export", run_copy), "best.pt: not a readable checkpoint", says)
+    assert not (run_copy / "model.onnx.tmp").exists()

@@ -210,7 +210,10 @@ def test_not_a_state_dict_exits_1(tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"not a zip file")
     err = invoke_train(spec_of([{"type": "backbone", "name": SMALL, "weights": str(path)}]), tmp_path)
-    assert f"{path} is not a readable state dict" in err
+    assert f"{path} is not a readable state dict: not a PyTorch checkpoint (14 bytes" in err, err
+    path.write_bytes(b"PK\x03\x04" + bytes(60))  # a copy cut short: the zip's start, no end
+    err = invoke_train(spec_of([{"type": "backbone", "name": SMALL, "weights": str(path)}]), tmp_path)
+    assert "is not a readable state dict: truncated or corrupt (64 bytes" in err, err
 
 
 # ------------------------------------------------------------------ training and export
