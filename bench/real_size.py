@@ -1,8 +1,9 @@
 """Real sizes: 224x224 RGB JPEG photos, thousands of files, as ratios against baselines from ONE run.
 
 The photos are random crops + resizes of the real photographs scikit-image ships in
-``skimage/data`` (never downloaded), written once as JPEG (quality 90) into ``--work``
-(default /tmp/convspec-real-size) and reused by later runs:
+``skimage/data`` (never downloaded), or of yours (``--photos DIR``: up to 64 images under it,
+each a class), written once as JPEG (quality 90) into ``--work`` (default
+/tmp/convspec-real-size) and reused by later runs with the same photos and counts:
 
 - ``photos224/<class>/*.jpg``: ``--files`` 224x224 files (default 10,000), the class being the
   source photograph; the training, evaluation, RSS and predict figures use these;
@@ -30,7 +31,7 @@ Printed, each against its goal (ok / MISSED):
    interleaved: on a machine whose cores decoding already fills, the model's own time comes on
    top of decoding's.
 
-    python bench/real_size.py [--files 10000] [--work DIR] [--threads 2] [--rss-python PY ...] [--quick]
+    python bench/real_size.py [--files 10000] [--photos DIR] [--work DIR] [--threads 2] [--rss-python PY ...] [--quick]
 
 ``--quick``: 1,200 files, 300 draft files, smaller epochs (a few minutes on 2 busy cores).
 """
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import subprocess
@@ -65,26 +67,41 @@ def goal(name: str, value: float, ok: bool, want: str) -> None:
 # ------------------------------------------------------------------ the photos
 
 
-def source_photos() -> list[np.ndarray]:
-    """The RGB photographs of at least 256 px in skimage/data, as uint8 (H, W, 3)."""
-    import skimage
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
-    folder = Path(skimage.__file__).parent / "data"
+
+def source_photos(folder: Path | None = None, limit: int = 64) -> tuple[list[np.ndarray], str]:
+    """RGB photographs of at least 256 px as uint8 (H, W, 3), and a tag naming the set.
+
+    From skimage/data by default; with ``folder`` (``--photos``), from the images under it,
+    recursively: at most ``limit`` of them, spread over the sorted list, each shrunk to at most
+    1024 px on its long side (memory stays bounded whatever the folder holds).
+    """
+    tag = "skimage" if folder is None else ""
+    if folder is None:
+        import skimage
+
+        folder = Path(skimage.__file__).parent / "data"
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
+    if len(files) > limit:
+        files = [files[i * len(files) // limit] for i in range(limit)]
+    if tag != "skimage":
+        tag = f"{folder.name}-{hashlib.sha1(chr(0).join(map(str, files)).encode()).hexdigest()[:8]}"
     out = []
-    for f in sorted(folder.iterdir()):
-        if f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            continue
+    for f in files:
         try:
-            im = Image.open(f)
-            im.load()
+            with Image.open(f) as im:
+                im.draft("RGB", (1024, 1024))
+                im = im.convert("RGB") if im.mode in ("RGB", "RGBA", "CMYK") else None  # photographs, not scans
         except Exception:
             continue
-        if im.mode not in ("RGB", "RGBA") or min(im.size) < 256:
+        if im is None or min(im.size) < 256:
             continue
-        out.append(np.asarray(im.convert("RGB")))
-    if not out:
-        raise SystemExit("no RGB photographs found in skimage/data")
-    return out
+        im.thumbnail((1024, 1024))
+        out.append(np.asarray(im))
+    if len(out) < 2:
+        raise SystemExit(f"need 2 or more RGB photographs of 256 px or more in {folder}")
+    return out, tag
 
 
 def make_folder(root: Path, n: int, px: int, photos: list[np.ndarray], seed: int) -> Path:
@@ -159,7 +176,7 @@ def median_ratio(a: list[float], b: list[float]) -> float:
     return float(np.median([x / y for x, y in zip(a, b, strict=True)]))
 
 
-def bench_decode(work: Path, photos, n_draft: int, threads: int, files224: list[str], rounds: int) -> None:
+def bench_decode(work: Path, photos, tag: str, n_draft: int, threads: int, files224: list[str], rounds: int) -> None:
     print(f"1. decode + resize to 3x224x224 ({threads} threads, {rounds} interleaved rounds)", flush=True)
     sub = files224[: max(n_draft, 200)]
     t = interleaved(
@@ -172,7 +189,7 @@ def bench_decode(work: Path, photos, n_draft: int, threads: int, files224: list[
     r = median_ratio(t["plain"], t["ours"])
     goal("convspec loader / plain Pillow at 224 from 224 px (speed)", r, r >= 0.9, ">= 0.9")
     for px in (256, 512):
-        f = jpegs(make_folder(work / f"photos{px}", n_draft, px, photos, seed=px))
+        f = jpegs(make_folder(work / f"photos{px}-{n_draft}-{tag}", n_draft, px, photos, seed=px))
         t = interleaved(
             {
                 "plain": lambda f=f: pillow_decode(f, threads, False),
@@ -417,6 +434,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--draft-files", type=int, default=1000)
     ap.add_argument("--work", default="/tmp/convspec-real-size")
+    ap.add_argument(
+        "--photos", type=Path, help="make the JPEGs from the photographs under this folder (default: skimage/data)"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=2, help="alternating epoch rounds")
     ap.add_argument("--decode-rounds", type=int, default=5, help="interleaved decode rounds")
@@ -438,16 +458,16 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    photos = source_photos()
-    root = make_folder(work / f"photos224-{args.files}", args.files, SIZE, photos, seed=0)
+    photos, tag = source_photos(args.photos)
+    root = make_folder(work / f"photos224-{args.files}-{tag}", args.files, SIZE, photos, seed=0)
     files = jpegs(root)
     print(
-        f"{len(files)} JPEGs of 224x224 from {len(photos)} skimage photos in {root} "
+        f"{len(files)} JPEGs of 224x224 from {len(photos)} photos ({tag}) in {root} "
         f"({args.threads} threads; {time.perf_counter() - t0:.0f} s to make or find)",
         flush=True,
     )
     if "decode" not in args.skip:
-        bench_decode(work, photos, args.draft_files, args.threads, files, args.decode_rounds)
+        bench_decode(work, photos, tag, args.draft_files, args.threads, files, args.decode_rounds)
     if "train" not in args.skip:
         bench_training(root, work, args.rounds)
     if "rss" not in args.skip:
