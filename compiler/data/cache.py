@@ -25,11 +25,6 @@ class CachedImages:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def pin(self) -> None:
-        """Page-lock the RAM cache so that host-to-GPU copies can be asynchronous."""
-        if self.tensor is not None:
-            self.tensor = self.tensor.pin_memory()
-
     def take(self, idx: torch.Tensor, *, pin: bool = False) -> torch.Tensor:
         """Rows ``idx`` copied ONCE into a new tensor (page-locked with ``pin``, for async copies to a GPU)."""
         out = torch.empty((len(idx), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin)
