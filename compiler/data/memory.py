@@ -1,0 +1,87 @@
+"""How much RAM a decode may still take: the kernel's MemAvailable, capped by a cgroup limit.
+
+Why by hand: psutil is not a dependency, and neither it nor ``os.sysconf`` sees the cgroup
+limit of a container or a CI job, which is what kills a process that decodes past it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")
+OWN_CGROUP = Path("/proc/self/cgroup")
+
+
+def available_bytes() -> int | None:
+    """Bytes this process can still allocate without swapping or being killed; None when unknown."""
+    room = [r for r in (_meminfo_available(), _cgroup_room()) if r is not None]
+    return min(room) if room else None
+
+
+def gib(n: int | float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in MEMINFO.read_text("ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """The least room (limit less usage) of this process's cgroup and its parents; None when unlimited.
+
+    Why the parents too: a container's limit sits on a folder above the process's own one.
+    """
+    rooms = []
+    for folder, limit_name, usage_name in _cgroup_chain():
+        try:
+            text = (folder / limit_name).read_text("ascii").strip()
+            if text == "max" or int(text) >= 1 << 60:  # v1 writes "no limit" as a huge number
+                continue
+            used = int((folder / usage_name).read_text("ascii").strip()) - _inactive_file(folder)
+            rooms.append(max(0, int(text) - used))
+        except (OSError, ValueError):
+            continue
+    return min(rooms) if rooms else None
+
+
+def _inactive_file(folder: Path) -> int:
+    """Page cache the kernel drops before it kills anything (kubelet's working set leaves it out too)."""
+    try:
+        stats = dict(line.split(" ", 1) for line in (folder / "memory.stat").read_text("ascii").splitlines())
+        return int(stats.get("total_inactive_file", stats.get("inactive_file", 0)))  # v1 (with children), v2
+    except (OSError, ValueError):
+        return 0
+
+
+def _cgroup_chain() -> list[tuple[Path, str, str]]:
+    """``(folder, limit file, usage file)`` from this process's cgroup up to the root, v2 and v1."""
+    chain = []
+    try:
+        lines = OWN_CGROUP.read_text("ascii").splitlines()
+    except OSError:
+        return chain
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            base, names = CGROUP, ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            base, names = CGROUP / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        folder = base / path.strip("/")
+        while True:
+            chain.append((folder, *names))
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return chain
