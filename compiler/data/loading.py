@@ -261,10 +261,10 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
     """Decode through the cache ``mode``. Returns ``(images, kept, bad)`` as :func:`load_images`."""
     n = len(files)
     nbytes = n * channels * size[0] * size[1]
+    asked, disk_unusable = mode, False
     if mode == "auto":
         room = available_bytes()
         mode = "memory" if nbytes < AUTO_MEMORY_LIMIT and (room is None or 2 * nbytes <= room) else "disk"  # 2x: margin
-    declared = mode
     key = _cache_key(files, channels, size, resize) if mode in ("memory", "disk") else ""
 
     def finish(result):
@@ -300,9 +300,9 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
         )
         if result is not None:
             return finish(result)
-        mode = "memory"  # the disk cache was unusable; already warned
+        mode, disk_unusable = "memory", True  # already warned
 
-    _check_room(nbytes, n, channels, size, declared, log)
+    _check_room(nbytes, n, channels, size, asked, log, disk_unusable=disk_unusable)
     t0 = time.perf_counter()
     log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]}")
     out = np.empty((n, channels, *size), np.uint8)  # (N, C, H, W)
@@ -321,7 +321,7 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
     return result
 
 
-def _check_room(nbytes: int, n: int, channels: int, size, mode: str, log: Log) -> None:
+def _check_room(nbytes: int, n: int, channels: int, size, mode: str, log: Log, *, disk_unusable: bool) -> None:
     """Refuse an in-RAM decode that cannot fit, and warn of one that leaves training little room.
 
     One message now rather than the kernel's kill later. The warning's margin is what training
@@ -335,7 +335,7 @@ def _check_room(nbytes: int, n: int, channels: int, size, mode: str, log: Log) -
     where = f"{gib(room)} is available (free memory, or the cgroup's limit)"
     fix = "use data.cache: disk (a memmap, read from disk as it trains) or a smaller input.size"
     if nbytes > room:
-        why = "the disk cache is unusable (see the warning above), and " if mode == "disk" else ""
+        why = "the disk cache is unusable (see the warning above), and " if disk_unusable else ""
         raise DataError(f"data.cache: {mode}: {why}{what}, and {where}: {fix}")
     if nbytes + max(nbytes // 2, 512 << 20) > room:
         log(f"warning: data.cache: {mode}: {what} and {where}: training may run out of memory; {fix}")

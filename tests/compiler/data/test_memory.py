@@ -106,3 +106,12 @@ def test_auto_takes_the_disk_when_the_data_would_fill_the_room(shapes_folder, mo
     data = load_dataset(spec, cache_dir=tmp_path / "cache", log=log.append)
     assert len(data) == 36 and list((tmp_path / "cache" / "images").glob("*.npy")), log
     assert not any("warning" in m for m in log), log
+
+
+def test_an_unusable_disk_cache_then_too_little_room_says_both(shapes_folder, monkeypatch, tmp_path):
+    room(monkeypatch, 50_000)
+    (tmp_path / "a-file").write_text("not a folder")
+    log: list[str] = []
+    with pytest.raises(DataError, match=r"data.cache: auto: the disk cache is unusable .* need 0.0 GiB of RAM"):
+        load_dataset(shapes_spec(shapes_folder, "auto"), cache_dir=tmp_path / "a-file" / "cache", log=log.append)
+    assert any(m.startswith("warning:") and "cache" in m for m in log), log
