@@ -131,6 +131,17 @@ class _SplitFile(BaseModel):
         unknown = sorted({lab for p in self.splits.values() for lab in p.labels} - set(self.class_names))
         if unknown:
             raise ValueError(f"labels not in class_names: {short_list(unknown)}")
+        first: dict[str, str] = {}
+        twice = []
+        for name in SPLITS:
+            for f in self.splits[name].files:
+                if f in first:
+                    twice.append(f"{f} ({first[f]} and {name})")
+                first.setdefault(f, name)
+        if twice:
+            raise ValueError(
+                f"{len(twice)} files are listed twice (a file in two splits leaks into the scores): {short_list(twice)}"
+            )
         return self
 
 

@@ -309,6 +309,19 @@ def test_split_file_with_missing_files(tmp_path, digits_folder):
         read_split(tmp_path / "bad.json")
 
 
+def test_an_edited_split_with_a_file_in_two_splits_is_refused(tmp_path, digits_folder):
+    """A test image copied into train would inflate the test score without a word: refused by name."""
+    spec = make_spec({"type": "folder", "path": str(digits_folder)}, size=(8, 8))
+    path = save_split(load_dataset(spec, log=Log()), tmp_path / "split.json")
+    doc = json.loads(path.read_text())
+    test = doc["splits"]["test"]
+    doc["splits"]["train"]["files"].append(test["files"][0])
+    doc["splits"]["train"]["labels"].append(test["labels"][0])
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=rf"1 files are listed twice .*: {test['files'][0]} \(train and test\)"):
+        load_dataset(spec, split_file=path, log=Log())
+
+
 def test_split_from_folders(tmp_path, shapes_folder):
     for split, ks in (("train", range(0, 8)), ("val", range(8, 10)), ("test", range(10, 12))):
         for shape in ("circle", "square"):
