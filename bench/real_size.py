@@ -5,9 +5,10 @@ The photos are random crops + resizes of the real photographs scikit-image ships
 each a class), written once as JPEG (quality 90) into ``--work`` (default
 /tmp/convspec-real-size) and reused by later runs with the same photos and counts:
 
-- ``photos224/<class>/*.jpg``: ``--files`` 224x224 files (default 10,000), the class being the
-  source photograph; the training, evaluation, RSS and predict figures use these;
-- ``photos256/`` and ``photos512/``: ``--draft-files`` 256 and 512 px files for the decode figures.
+- ``photos224-N-SET/<class>/*.jpg``: ``--files`` 224x224 files (default 10,000), the class being
+  the source photograph; the training, evaluation, RSS and predict figures use these;
+- ``photos256-N-SET/`` and ``photos512-N-SET/``: ``--draft-files`` 256 and 512 px files for the
+  decode figures (SET: ``skimage``, or the photos folder's name and a hash of its file list).
 
 Printed, each against its goal (ok / MISSED):
 
