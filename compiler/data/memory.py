@@ -44,19 +44,27 @@ def _cgroup_room() -> int | None:
             text = (folder / limit_name).read_text("ascii").strip()
             if text == "max" or int(text) >= 1 << 60:  # v1 writes "no limit" as a huge number
                 continue
-            used = int((folder / usage_name).read_text("ascii").strip()) - _inactive_file(folder)
+            used = int((folder / usage_name).read_text("ascii").strip()) - _page_cache(folder)
             rooms.append(max(0, int(text) - used))
         except (OSError, ValueError):
             continue
     return min(rooms) if rooms else None
 
 
-def _inactive_file(folder: Path) -> int:
-    """Page cache the kernel drops before it kills anything (kubelet's working set leaves it out too)."""
+def _page_cache(folder: Path) -> int:
+    """File pages, active and inactive: the kernel reclaims them before it kills anything in the cgroup.
+
+    Why all of them: the room decides a refusal, which must be certain; the usage counts the
+    page cache of every image file read lately.
+    """
     try:
         stats = dict(line.split(" ", 1) for line in (folder / "memory.stat").read_text("ascii").splitlines())
-        return int(stats.get("total_inactive_file", stats.get("inactive_file", 0)))  # v1 (with children), v2
     except (OSError, ValueError):
+        return 0
+    prefix = "total_" if "total_inactive_file" in stats else ""  # v1's total_ keys count the children; v2's own do
+    try:
+        return sum(int(stats.get(f"{prefix}{kind}_file", 0)) for kind in ("active", "inactive"))
+    except ValueError:
         return 0
 
 

@@ -47,7 +47,7 @@ def test_meminfo_alone(fake_proc):
     assert memory.available_bytes() == 2 * GIB
 
 
-def test_v2_limit_on_a_parent_less_usage_less_inactive_file(fake_proc):
+def test_v2_limit_on_a_parent_less_usage_less_page_cache(fake_proc):
     write(fake_proc / "meminfo", "MemAvailable: 20971520 kB\n")  # 20 GiB free on the host
     write(fake_proc / "self-cgroup", "0::/job/step\n")
     job, step = fake_proc / "cgroup" / "job", fake_proc / "cgroup" / "job" / "step"
@@ -55,8 +55,8 @@ def test_v2_limit_on_a_parent_less_usage_less_inactive_file(fake_proc):
     write(step / "memory.current", "1\n")
     write(job / "memory.max", f"{4 * GIB}\n")  # the container's limit sits above the process's own cgroup
     write(job / "memory.current", f"{3 * GIB}\n")
-    write(job / "memory.stat", f"anon 1\ninactive_file {GIB // 2}\n")
-    assert memory.available_bytes() == 4 * GIB - (3 * GIB - GIB // 2)
+    write(job / "memory.stat", f"anon 1\nactive_file {GIB // 4}\ninactive_file {GIB // 2}\nshmem 7\n")
+    assert memory.available_bytes() == 4 * GIB - (3 * GIB - GIB // 4 - GIB // 2)
 
 
 def test_v1_memory_controller_and_its_no_limit_number(fake_proc):
@@ -67,8 +67,9 @@ def test_v1_memory_controller_and_its_no_limit_number(fake_proc):
     write(v1 / "memory.usage_in_bytes", f"{10 * GIB}\n")
     write(v1 / "ci" / "job" / "memory.limit_in_bytes", f"{2 * GIB}\n")
     write(v1 / "ci" / "job" / "memory.usage_in_bytes", f"{GIB}\n")
-    write(v1 / "ci" / "job" / "memory.stat", f"inactive_file 5\ntotal_inactive_file {GIB // 4}\n")
-    assert memory.available_bytes() == 2 * GIB - (GIB - GIB // 4)
+    stat = f"active_file 3\ninactive_file 5\ntotal_active_file {GIB // 8}\ntotal_inactive_file {GIB // 4}\n"
+    write(v1 / "ci" / "job" / "memory.stat", stat)
+    assert memory.available_bytes() == 2 * GIB - (GIB - GIB // 8 - GIB // 4)
 
 
 def test_nothing_readable_is_unknown(fake_proc):
