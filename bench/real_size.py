@@ -78,16 +78,15 @@ def source_photos(folder: Path | None = None, limit: int = 64) -> tuple[list[np.
     recursively: at most ``limit`` of them, spread over the sorted list, each shrunk to at most
     1024 px on its long side (memory stays bounded whatever the folder holds).
     """
-    tag = "skimage" if folder is None else ""
-    if folder is None:
+    mine = folder is not None
+    if not mine:
         import skimage
 
         folder = Path(skimage.__file__).parent / "data"
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
     if len(files) > limit:
         files = [files[i * len(files) // limit] for i in range(limit)]
-    if tag != "skimage":
-        tag = f"{folder.name}-{hashlib.sha1(chr(0).join(map(str, files)).encode()).hexdigest()[:8]}"
+    tag = f"{folder.name}-{hashlib.sha1(chr(0).join(map(str, files)).encode()).hexdigest()[:8]}" if mine else "skimage"
     out = []
     for f in files:
         try:

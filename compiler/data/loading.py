@@ -261,9 +261,8 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
     """Decode through the cache ``mode``. Returns ``(images, kept, bad)`` as :func:`load_images`."""
     n = len(files)
     nbytes = n * channels * size[0] * size[1]
-    asked, disk_unusable = mode, False
+    asked, disk_unusable, room = mode, False, available_bytes()
     if mode == "auto":
-        room = available_bytes()
         mode = "memory" if nbytes < AUTO_MEMORY_LIMIT and (room is None or 2 * nbytes <= room) else "disk"  # 2x: margin
     key = _cache_key(files, channels, size, resize) if mode in ("memory", "disk") else ""
 
@@ -302,7 +301,7 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
             return finish(result)
         mode, disk_unusable = "memory", True  # already warned
 
-    _check_room(nbytes, n, channels, size, asked, log, disk_unusable=disk_unusable)
+    _check_room(nbytes, room, n, channels, size, asked, log, disk_unusable=disk_unusable)
     t0 = time.perf_counter()
     log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]}")
     out = np.empty((n, channels, *size), np.uint8)  # (N, C, H, W)
@@ -321,14 +320,15 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
     return result
 
 
-def _check_room(nbytes: int, n: int, channels: int, size, mode: str, log: Log, *, disk_unusable: bool) -> None:
+def _check_room(
+    nbytes: int, room: int | None, n: int, channels: int, size, mode: str, log: Log, *, disk_unusable: bool
+) -> None:
     """Refuse an in-RAM decode that cannot fit, and warn of one that leaves training little room.
 
     One message now rather than the kernel's kill later. The warning's margin is what training
     held beside a 0.56 GiB cache at 224 px, batch 64 (batches, the model, evaluation, the test
     split's copy, torch._dynamo): about 0.5 GiB, killed under a cgroup limit that left 0.8 GiB.
     """
-    room = available_bytes()
     if room is None:
         return
     what = f"{n:,} images of {channels}x{size[0]}x{size[1]} uint8 need {gib(nbytes)} of RAM"

@@ -59,12 +59,9 @@ def _page_cache(folder: Path) -> int:
     """
     try:
         stats = dict(line.split(" ", 1) for line in (folder / "memory.stat").read_text("ascii").splitlines())
-    except (OSError, ValueError):
-        return 0
-    prefix = "total_" if "total_inactive_file" in stats else ""  # v1's total_ keys count the children; v2's own do
-    try:
+        prefix = "total_" if "total_inactive_file" in stats else ""  # v1's total_ keys count the children
         return sum(int(stats.get(f"{prefix}{kind}_file", 0)) for kind in ("active", "inactive"))
-    except ValueError:
+    except (OSError, ValueError):
         return 0
 
 

@@ -78,10 +78,8 @@ def why_not_a_torch_file(path: Path) -> str | None:
     Why before torch.load: its messages for these cases are an EOFError, an errno or a pickle opcode.
     """
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(4)
-        is_zip = zipfile.is_zipfile(path)
+            size, head, is_zip = os.fstat(f.fileno()).st_size, f.read(4), zipfile.is_zipfile(f)
     except OSError as e:
         return f"cannot read it ({e.strerror or e})"
     if size == 0:
