@@ -44,6 +44,7 @@ LIMITS: dict[str, int] = {
     "image": 256 * MB,
     "model": 4096 * MB,
     "checkpoint": 8192 * MB,
+    "cache": 1 << 62,  # a decoded data set on disk (data.cache: disk): as large as the data
     "file": 256 * MB,
 }
 _WHAT = {
@@ -54,6 +55,7 @@ _WHAT = {
     "image": "an image file",
     "model": "an ONNX model",
     "checkpoint": "a checkpoint",
+    "cache": "a disk cache file",
     "file": "a file",
 }
 

@@ -50,6 +50,7 @@ from convspec.runtime.datasets import (
 from convspec.runtime.files import atomic_write, atomic_write_text
 from convspec.runtime.images import ImageError, decode_into, prepare_array
 from convspec.specs.classes import DIGITS, sort_names
+from convspec.specs.readfile import FileReadError, check_regular, read_json
 
 from .dataset import SPLITS, Dataset
 from .memory import available_bytes, gib
@@ -344,9 +345,10 @@ def _check_room(
 def _disk_read(folder: Path, key: str, chw: tuple[int, int, int]):
     npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
     try:
-        info = json.loads(meta.read_text("utf-8"))
+        info = read_json(meta, "json")
+        check_regular(npy, "cache")  # Why: np.load opens a FIFO put in its place and waits for a writer forever
         images = np.load(npy, mmap_mode="r")
-    except (OSError, ValueError):
+    except (OSError, ValueError, FileReadError):  # a miss: decoded again, and the entry replaced
         return None
     try:
         bad = [(int(i), str(p), str(r)) for i, p, r in info["bad"]]

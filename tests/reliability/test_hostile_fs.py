@@ -162,6 +162,39 @@ def test_a_read_only_convspec_cache_trains(data_spec, tmp_path, monkeypatch):
         (cache / "images").chmod(0o755)
 
 
+@pytest.mark.parametrize("damage", ["fifo", "dev_zero", "cut_short", "json_fifo", "json_garbage"])
+def test_a_damaged_disk_cache_entry_is_decoded_again_and_replaced(data_spec, tmp_path, damage):
+    """An edited cache folder: a FIFO or /dev/zero in an entry's place, a .npy cut short, a bad .json.
+
+    Never a hang (np.load opens a FIFO and waits for a writer), never wrong pixels: a miss.
+    """
+    import os
+
+    from convspec.compiler.data import loading
+    from convspec.specs import load_spec
+
+    spec = load_spec(data_spec[0], overrides=["data.cache=disk"])
+    cache = tmp_path / "cache"
+    first = np.array(loading.load_dataset(spec, cache_dir=cache, log=lambda _m: None).images)  # a copy, not the memmap
+    (npy,) = (cache / "images").glob("*.npy")
+    target = npy.with_suffix(".json") if damage.startswith("json") else npy
+    if damage == "cut_short":
+        npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
+    elif damage == "json_garbage":
+        target.write_bytes(b"\xff{not json")
+    else:
+        target.unlink()
+        os.mkfifo(target) if damage in ("fifo", "json_fifo") else target.symlink_to("/dev/zero")
+    lines: list[str] = []
+    again = loading.load_dataset(spec, cache_dir=cache, log=lines.append)
+    assert not any("from the disk cache" in ln for ln in lines), lines  # a miss, decoded again
+    assert np.array_equal(np.asarray(again.images), first)
+    assert npy.is_file() and npy.with_suffix(".json").is_file()  # the entry rewritten
+    lines.clear()
+    loading.load_dataset(spec, cache_dir=cache, log=lines.append)
+    assert any("from the disk cache" in ln for ln in lines), lines
+
+
 # ------------------------------------------------- run folders inside the data
 
 
