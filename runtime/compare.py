@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from convspec.specs import ConvspecError
+from convspec.specs.readfile import FileReadError, read_bytes, read_json, read_text
 
 from .files import atomic_write
 
@@ -134,7 +135,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
     if not run.is_dir():
         raise CompareError(f"{run}: not a folder (expected a run folder written by convspec train)")
     spec_file = run / "spec.yaml"
-    if not spec_file.is_file():
+    if not spec_file.exists() and not spec_file.is_symlink():  # a FIFO in its place: _read_spec names it
         raise CompareError(f"{run}: not a run folder (no spec.yaml; expected a folder written by convspec train)")
     spec = _read_spec(spec_file)
     results = _read_json(run / "results.json") if (run / "results.json").exists() else {}
@@ -211,11 +212,11 @@ def _read_spec(path: Path) -> dict:
     from convspec.specs.yamlio import parse_yaml, to_plain
 
     try:
-        data = to_plain(parse_yaml(path.read_bytes(), str(path)))
+        data = to_plain(parse_yaml(read_bytes(path, "spec"), str(path)))
+    except FileReadError as e:  # a FIFO, a device, a folder: named, never opened
+        raise CompareError(str(e)) from None
     except SpecError as e:
         raise CompareError(f"{path}: not a readable spec ({str(e).splitlines()[0]})") from None
-    except OSError as e:
-        raise CompareError(f"{path}: cannot read: {e.strerror}") from None
     if not isinstance(data, dict):
         raise CompareError(f"{path}: not a spec (expected a mapping, got {type(data).__name__})")
     return data
@@ -223,22 +224,22 @@ def _read_spec(path: Path) -> dict:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CompareError(f"{path}: not readable JSON ({e})") from None
+        data = read_json(path, "json")
+    except FileReadError as e:
+        raise CompareError(str(e)) from None
     if not isinstance(data, dict):
         raise CompareError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
 def _read_history(path: Path) -> list[dict]:
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
     out = []
     try:
-        lines = path.read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CompareError(f"{path}: cannot read ({e})") from None
+        lines = read_text(path, "json").splitlines()
+    except FileReadError as e:
+        raise CompareError(str(e)) from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

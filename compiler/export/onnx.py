@@ -31,6 +31,7 @@ import torch
 from convspec.runtime.files import atomic_write, atomic_write_bytes
 from convspec.runtime.metadata import ModelInfo
 from convspec.specs import Spec, load_spec_text
+from convspec.specs.readfile import FileReadError
 
 from ..run import checkpoint, report
 from ..run.checkpoint_format import load_weights
@@ -320,9 +321,9 @@ def _read_results(run: Run, log: Callable[[str], None] | None = None) -> dict:
     """The run's results.json, or {} (with a warning) when it is unreadable: export does not need it."""
     try:
         results = run.read_results()
-    except (OSError, ValueError) as e:
+    except FileReadError as e:  # a FIFO, a device, not JSON: its own message names it
         if log is not None:
-            log(f"warning: {run.results} is not readable JSON ({e}); leaving it as it is")
+            log(f"warning: {e}; leaving it as it is")
         return {}
     return results if isinstance(results, dict) else {}
 

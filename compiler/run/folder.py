@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from convspec.runtime.files import atomic_write_text
+from convspec.specs.readfile import read_json, read_text
 
 from .files import MARKER, writing
 
@@ -39,16 +40,17 @@ class Run:
         return str(self.path)
 
     def read_results(self) -> dict[str, Any]:
-        return json.loads(self.results.read_text()) if self.results.exists() else {}
+        """results.json, or {} when there is none. Raises FileReadError: a FIFO, a device, not JSON."""
+        return read_json(self.results, "json") if self.results.exists() or self.results.is_symlink() else {}
 
     def write_json(self, path: Path, data: Any) -> None:
         with writing(path):
             atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
     def history(self) -> list[dict]:
-        if not self.metrics.exists():
+        if not self.metrics.exists() and not self.metrics.is_symlink():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in read_text(self.metrics, "json").splitlines() if line.strip()]
 
 
 def _jsonable(x):

@@ -220,12 +220,18 @@ def test_corrupt_split_json_is_named_by_evaluate_and_resume(run_copy):
     user_error(cli("train", "--resume", run_copy), "split.json", "not a readable split file")
 
 
-def test_export_with_a_corrupt_results_json_warns_and_still_exports(run_copy):
+@pytest.mark.parametrize("damage", ["truncated", "fifo"])
+def test_export_with_a_corrupt_results_json_warns_and_still_exports(run_copy, damage):
     (run_copy / "model.onnx").unlink()
-    (run_copy / "results.json").write_text('{"test": ', "utf-8")
+    if damage == "fifo":  # reading one would wait for a writer forever
+        (run_copy / "results.json").unlink()
+        os.mkfifo(run_copy / "results.json")
+    else:
+        (run_copy / "results.json").write_text('{"test": ', "utf-8")
     result = cli("export", run_copy)
     assert result.exit_code == 0, result.stderr
-    assert "results.json is not readable JSON" in result.stderr and "Traceback" not in result.stderr
+    want = "is a FIFO (named pipe)" if damage == "fifo" else "is not valid JSON (line 1"
+    assert f"results.json: {want}" in result.stderr and "Traceback" not in result.stderr
     onnx.checker.check_model(onnx.load(str(run_copy / "model.onnx")))
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,11 @@ def test_compare_png(tmp_path):
         assert im.format == "PNG" and im.width > 800
 
 
+def _replace(path, kind: str) -> None:
+    path.unlink()
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [
@@ -96,7 +102,15 @@ def test_compare_png(tmp_path):
         (lambda p: (p.write_text("x"), p)[1], "not a folder"),
         (
             lambda p: ((make_run(p.parent, p.name) / "results.json").write_text("{oops"), p)[1],
-            "results.json: not readable JSON",
+            "results.json: is not valid JSON (line 1",
+        ),
+        *(  # a FIFO or a device in a run file's place: named, never opened (reading one waits forever)
+            (
+                lambda p, name=name, kind=kind: (_replace(make_run(p.parent, p.name) / name, kind), p)[1],
+                f"{name}: is {'a FIFO (named pipe)' if kind == 'fifo' else 'a device'}, not a regular file",
+            )
+            for name in ("results.json", "metrics.jsonl", "spec.yaml")
+            for kind in ("fifo", "dev_zero")
         ),
         (
             lambda p: ((make_run(p.parent, p.name) / "metrics.jsonl").write_text("{}\n{bad\n"), p)[1],
@@ -106,7 +120,7 @@ def test_compare_png(tmp_path):
 )
 def test_bad_folders_are_one_line_errors(tmp_path, setup, message):
     bad = setup(tmp_path / "bad")
-    with pytest.raises(CompareError, match=message.replace("(", r"\(")):
+    with pytest.raises(CompareError, match=re.escape(message)):
         compare_runs([make_run(tmp_path, "good"), bad])
 
 
