@@ -34,6 +34,7 @@ from convspec.specs.backbones import BackboneInfo, lookup, timm_names
 from convspec.specs.errors import ConvspecError
 from convspec.specs.extras import require
 from convspec.specs.layers import Backbone
+from convspec.specs.readfile import FileReadError, check_regular
 
 from ..run.checkpoint import why_not_a_torch_file
 
@@ -223,8 +224,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     Accepts a plain state dict, or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``,
     and strips a ``module.`` prefix (DDP).
     """
-    if not os.path.isfile(path):
-        raise BackboneError(f"model.layers[0].weights: no such file: {path}")
+    try:
+        check_regular(path, "checkpoint")  # Why: safetensors and torch.load open a FIFO and wait forever
+    except FileReadError as e:
+        raise BackboneError(f"model.layers[0].weights: {e}") from None
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".safetensors":

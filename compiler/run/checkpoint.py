@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from convspec.runtime.files import atomic_write
+from convspec.specs.readfile import describe_mode
 
 from . import checkpoint_format
 from .checkpoint_format import CheckpointError
@@ -47,7 +48,7 @@ def load(path: str | os.PathLike, *, resume: bool = False) -> dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if path.exists() and not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file (a device, pipe or socket), not a checkpoint")
+        raise CheckpointError(f"{path}: is {describe_mode(path.stat().st_mode)}, not a checkpoint file")
     if not path.is_file():
         if not path.parent.is_dir():
             raise CheckpointError(f"{path.parent}: folder not found (looked for the checkpoint {path.name} in it)")

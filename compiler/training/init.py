@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 
 from convspec.specs import ConvspecError
 from convspec.specs.extras import require
+from convspec.specs.readfile import FileReadError, check_regular
 
 from ..run import checkpoint
 from ..run.folder import Run
@@ -51,6 +52,10 @@ def read_source(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor],
     f = source_file(path)
     if f.suffix == ".safetensors":
         st = require("safetensors.torch", "timm", "training.init from .safetensors")
+        try:
+            check_regular(f, "checkpoint")  # Why: safetensors opens a FIFO and waits for a writer forever
+        except FileReadError as e:
+            raise InitError(f"training.init: {e}") from None
         try:
             return f, st.load_file(str(f)), None
         except Exception as e:  # Why: safetensors raises its own error types for truncated or foreign files

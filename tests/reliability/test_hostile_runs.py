@@ -144,7 +144,7 @@ def test_checkpoint_that_is_a_folder_or_a_device(tiny_run):
     refused(tiny_run, "export", "best.pt", "is a folder")
     (tiny_run / "best.pt").rmdir()
     os.symlink("/dev/zero", tiny_run / "last.pt")
-    refused(tiny_run, "resume", "last.pt", "not a regular file")
+    refused(tiny_run, "resume", "last.pt", "is a device, not a checkpoint file")
 
 
 def test_a_run_path_that_is_a_file(tmp_path):

@@ -6,6 +6,7 @@ Weights files are random-weight timm models saved by the tests (nothing is downl
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -179,7 +180,14 @@ def invoke_train(spec, tmp_path):
 def test_missing_weights_file_exits_1(tmp_path):
     spec = spec_of([{"type": "backbone", "name": SMALL, "weights": str(tmp_path / "nope.safetensors")}])
     err = invoke_train(spec, tmp_path)
-    assert f"model.layers[0].weights: no such file: {tmp_path / 'nope.safetensors'}" in err
+    assert f"model.layers[0].weights: {tmp_path / 'nope.safetensors'}: file not found" in err
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pth"])
+def test_a_fifo_weights_file_is_named_not_waited_on(tmp_path, name):
+    os.mkfifo(tmp_path / name)  # safetensors and torch.load would wait for a writer forever
+    err = invoke_train(spec_of([{"type": "backbone", "name": SMALL, "weights": str(tmp_path / name)}]), tmp_path)
+    assert f"model.layers[0].weights: {tmp_path / name}: is a FIFO (named pipe), not a regular file" in err
 
 
 def test_weights_of_another_architecture_exit_1_naming_the_key_and_shapes(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,14 @@ def test_init_from_a_missing_path_writes_nothing(tmp_path):
     f.write_text(DIGITS.read_text("utf-8"), "utf-8")
     user_error(["train", f, "--set", "training.init=nowhere", "--out", tmp_path / "runs"], str(tmp_path / "nowhere"))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pt"])
+def test_init_from_a_fifo_is_named_not_waited_on(tmp_path, name):
+    f = tmp_path / "spec.yaml"
+    f.write_text(DIGITS.read_text("utf-8"), "utf-8")
+    os.mkfifo(tmp_path / name)  # reading one would wait for a writer forever
+    user_error(["train", f, "--set", f"training.init={tmp_path / name}", "--out", tmp_path / "runs"], name, "FIFO")
 
 
 def test_init_from_another_channel_count_or_input_size_names_both(source, tmp_path):
