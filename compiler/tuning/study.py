@@ -39,6 +39,7 @@ from convspec.runtime.compare import flatten
 from convspec.runtime.files import atomic_write_text
 from convspec.specs import ConvspecError, Spec, SpecError, apply_values, get_value, load_spec
 from convspec.specs.errors import format_path
+from convspec.specs.readfile import describe_mode
 from convspec.specs.spec import ChoiceDist, FloatDist, IntDist
 
 from ..run.files import check_run_out
@@ -381,6 +382,9 @@ def _storage(url: str | None, folder: Path):
     if backend == "sqlite":
         db = parsed.database
         if db and db != ":memory:":
+            if os.path.exists(db) and not os.path.isfile(db):  # Why: SQLite only says "disk I/O error"
+                what = describe_mode(os.stat(db).st_mode)
+                raise TuneError(f"--storage {shown}: {db} is {what}, not a SQLite database file")
             try:
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:

@@ -100,7 +100,12 @@ def test_bad_space_is_a_spec_error_at_load(tmp_path, space, expected):
         (
             "tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n",
             "DIR",
-            "cannot open the study database",
+            "is a folder, not a SQLite database file",
+        ),
+        (
+            "tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n",
+            "FIFO",
+            "is a FIFO (named pipe), not a SQLite database file",  # SQLite itself: "disk I/O error"
         ),
     ],
 )
@@ -111,6 +116,9 @@ def test_tune_refuses_before_any_trial(tmp_path, tune_yaml, storage, expected):
         storage = "sqlite:///" + str(tmp_path / "a-file" / "sub" / "study.db")
     elif storage == "DIR":  # the database "file" is a folder
         storage = "sqlite:///" + str(tmp_path)
+    elif storage == "FIFO":
+        os.mkfifo(tmp_path / "study.db")
+        storage = str(tmp_path / "study.db")
     out = tmp_path / "runs"
     with pytest.raises(TuneError) as e:
         tune(path, storage=storage, out=out, log=quiet, progress=False)
