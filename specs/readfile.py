@@ -45,6 +45,7 @@ LIMITS: dict[str, int] = {
     "model": 4096 * MB,
     "checkpoint": 8192 * MB,
     "cache": 1 << 62,  # a decoded data set on disk (data.cache: disk): as large as the data
+    "weights": 1 << 62,  # backbone or training.init weights: a large backbone's file is many GB
     "file": 256 * MB,
 }
 _WHAT = {
@@ -56,6 +57,7 @@ _WHAT = {
     "model": "an ONNX model",
     "checkpoint": "a checkpoint",
     "cache": "a disk cache file",
+    "weights": "a weights file",
     "file": "a file",
 }
 

@@ -225,7 +225,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     and strips a ``module.`` prefix (DDP).
     """
     try:
-        check_regular(path, "checkpoint")  # Why: safetensors and torch.load open a FIFO and wait forever
+        check_regular(path, "weights")  # Why: safetensors and torch.load open a FIFO and wait forever
     except FileReadError as e:
         raise BackboneError(f"model.layers[0].weights: {e}") from None
     ext = os.path.splitext(path)[1].lower()

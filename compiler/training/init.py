@@ -53,7 +53,7 @@ def read_source(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor],
     if f.suffix == ".safetensors":
         st = require("safetensors.torch", "timm", "training.init from .safetensors")
         try:
-            check_regular(f, "checkpoint")  # Why: safetensors opens a FIFO and waits for a writer forever
+            check_regular(f, "weights")  # Why: safetensors opens a FIFO and waits for a writer forever
         except FileReadError as e:
             raise InitError(f"training.init: {e}") from None
         try:
