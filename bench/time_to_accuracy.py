@@ -128,20 +128,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.bytecode_cache:
         cache_bytecode()
-    print(
-        "bytecode: "
-        + (
-            "cached, as on a user's second and later runs (--no-bytecode-cache: as the environment says)"
-            if args.bytecode_cache
-            else "as the environment says"
-            + (
-                " (PYTHONDONTWRITEBYTECODE set: every run compiles from source)"
-                if os.environ.get("PYTHONDONTWRITEBYTECODE")
-                else ""
-            )
-        ),
-        flush=True,
-    )
+        how = "cached, as on a user's second and later runs (--no-bytecode-cache: as the environment says)"
+    elif os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        how = "as the environment says (PYTHONDONTWRITEBYTECODE set: every run compiles from source)"
+    else:
+        how = "as the environment says"
+    print(f"bytecode: {how}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:

@@ -135,7 +135,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
     if not run.is_dir():
         raise CompareError(f"{run}: not a folder (expected a run folder written by convspec train)")
     spec_file = run / "spec.yaml"
-    if not spec_file.exists() and not spec_file.is_symlink():  # a FIFO in its place: _read_spec names it
+    if not os.path.lexists(spec_file):  # a FIFO or a broken link in its place: _read_spec names it
         raise CompareError(f"{run}: not a run folder (no spec.yaml; expected a folder written by convspec train)")
     spec = _read_spec(spec_file)
     results = _read_json(run / "results.json") if (run / "results.json").exists() else {}
@@ -233,7 +233,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_history(path: Path) -> list[dict]:
-    if not path.exists() and not path.is_symlink():
+    if not os.path.lexists(path):
         return []
     out = []
     try:

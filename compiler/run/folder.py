@@ -41,14 +41,14 @@ class Run:
 
     def read_results(self) -> dict[str, Any]:
         """results.json, or {} when there is none. Raises FileReadError: a FIFO, a device, not JSON."""
-        return read_json(self.results, "json") if self.results.exists() or self.results.is_symlink() else {}
+        return read_json(self.results, "json") if os.path.lexists(self.results) else {}
 
     def write_json(self, path: Path, data: Any) -> None:
         with writing(path):
             atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
     def history(self) -> list[dict]:
-        if not self.metrics.exists() and not self.metrics.is_symlink():
+        if not os.path.lexists(self.metrics):
             return []
         return [json.loads(line) for line in read_text(self.metrics, "json").splitlines() if line.strip()]
 
