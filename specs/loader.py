@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -128,7 +129,7 @@ def _non_finite(data: Any, path: tuple = ()) -> list[Issue]:
 
 def _schema_issues(e: ValidationError, data: Any, locate) -> list[Issue]:
     """Pydantic errors as Issues; a union's several failures at one key become one message."""
-    by_path: dict[tuple, list[str]] = {}
+    by_path: dict[tuple, dict[str, bool]] = {}  # path -> {message: it only says "not this type"}
     keyish: set[tuple] = set()
     for err in e.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -138,25 +139,50 @@ def _schema_issues(e: ValidationError, data: Any, locate) -> list[Issue]:
         if err["type"] == "extra_forbidden":
             keyish.add(path)
         msg = describe(err, valid_keys(Spec, loc) if err["type"] == "extra_forbidden" else None)
-        if msg not in by_path.setdefault(path, []):
-            by_path[path].append(msg)
+        by_path.setdefault(path, {}).setdefault(msg, _is_type_mismatch(err["type"]))
     issues = []
-    for path, msgs in by_path.items():
+    for path, found in by_path.items():
+        msgs = list(found)
+        if _some_member_took_it(path, by_path):
+            msgs = [m for m, mismatch in found.items() if not mismatch]
         msgs = _merge_union(msgs)
         for msg in msgs:
             issues.append(locate(Issue(msg, path), at_key=path in keyish))
     return issues
 
 
+def _is_type_mismatch(kind: str) -> bool:
+    """A pydantic error that says the value is not of a union member's type (not what is wrong in it)."""
+    return kind.endswith(("_type", "_parsing")) or kind in {"literal_error", "is_instance_of"}
+
+
+def _some_member_took_it(path: tuple, by_path: dict[tuple, dict[str, bool]]) -> bool:
+    """Whether a union member took the value at ``path`` by type and found a fault in it or below it.
+
+    Why: ``classes: [a]`` fails the ``auto`` and integer members by type and the list member
+    by length; only the list member's message says what to fix.
+    """
+    mismatch = by_path[path].values()
+    if not any(mismatch):
+        return False  # no type mismatch at the path: nothing to drop
+    if not all(mismatch):
+        return True  # a member's own fault at the path (a length, a bound)
+    return any(len(p) > len(path) and p[: len(path)] == path for p in by_path)
+
+
+_MUST = re.compile(r"must be (?P<want>.+?) \(got (?P<got>.+)\)(?P<hint>(; did you mean .+)?)", re.S)
+
+
 def _merge_union(msgs: list[str]) -> list[str]:
     """'must be a list (got 3)' + "must be one of auto (got 3)" -> one 'must be ... or ...'."""
-    musts = [m for m in msgs if m.startswith("must be ") and m.endswith(")") and "(got " in m]
+    musts = [(m, found) for m in msgs if (found := _MUST.fullmatch(m))]
     if len(musts) < 2:
         return msgs
-    got = musts[0][musts[0].rindex("(got ") :]
-    wants = [m[len("must be ") : m.rindex(" (got ")] for m in musts]
-    merged = "must be " + " or ".join(dict.fromkeys(wants)) + f" {got}"
-    return [merged] + [m for m in msgs if m not in musts]
+    wants = " or ".join(dict.fromkeys(found["want"] for _, found in musts))
+    hint = next((found["hint"] for _, found in musts if found["hint"]), "")
+    merged = f"must be {wants} (got {musts[0][1]['got']}){hint}"
+    merged_away = {m for m, _ in musts}
+    return [merged] + [m for m in msgs if m not in merged_away]
 
 
 def _apply_overrides(doc, overrides: list[str], name: str) -> dict[str, tuple]:

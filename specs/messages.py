@@ -84,6 +84,8 @@ def describe(err: dict, valid_keys: list[str] | None) -> str:
     }
     if kind in simple:
         return f"must be {simple[kind]} (got {got(value)})"
+    if kind == "too_short" and isinstance(value, str) and ctx.get("min_length") == 1:
+        return "must not be empty"  # Why: a string behind a BeforeValidator gets the generic length error
     if kind in ("too_short", "too_long"):
         n = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
         word = "at least" if kind == "too_short" else "at most"
@@ -173,8 +175,12 @@ def doc_path(data: Any, loc: tuple) -> Path:
     return tuple(path)
 
 
+# How pydantic names union members and wrapped schemas in an error's location.
+_BRANCH_PREFIXES = (
+    *("function-", "literal", "tuple", "list", "dict", "int", "float", "str", "bool", "union"),
+    *("constrained-", "nullable", "lax-or-strict", "json-or-python", "is-instance"),
+)
+
+
 def _is_branch_label(seg: Any) -> bool:
-    return isinstance(seg, str) and (
-        "[" in seg
-        or seg.startswith(("function-", "literal", "tuple", "list", "dict", "int", "float", "str", "bool", "union"))
-    )
+    return isinstance(seg, str) and ("[" in seg or seg.startswith(_BRANCH_PREFIXES))
