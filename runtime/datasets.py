@@ -15,6 +15,7 @@ import os
 import warnings
 from collections.abc import Callable
 
+from convspec.specs.base import class_name_problem
 from convspec.specs.classes import OUTPUT_IMAGES, folder_classes, is_run_folder, sort_names
 from convspec.specs.errors import ConvspecError
 from convspec.specs.readfile import FileReadError, check_regular, describe_mode, read_text
@@ -150,6 +151,9 @@ def list_folder(
             f"{key}: no class folders in {root}{hint}; expected one sub-folder per "
             f"class, e.g. {os.path.join(root, 'cat', '1.png')}"
         )
+    for name in classes:
+        if problem := class_name_problem(name):
+            raise DataError(f"{key}: class folder {os.path.join(root, name)!r}: {problem}")
     samples: Samples = []
     empty = []
     for label, name in enumerate(classes):
@@ -299,6 +303,9 @@ def list_csv(
         if not label:
             problems.append(f"{name}:{n}: empty label for {path}")
             continue
+        if bad := class_name_problem(label):
+            problems.append(f"{name}:{n}: {bad}")
+            continue
         full = os.path.normpath(os.path.join(root, os.path.expanduser(path)))
         if not allow_outside_root and not _inside(full, root):
             hint = (
@@ -315,7 +322,9 @@ def list_csv(
         samples_named.append((full, label))
     if problems:
         more = f"\n  ... and {len(problems) - _SHOW} more" if len(problems) > _SHOW else ""
-        raise DataError(f"{key}: {len(problems)} bad rows in {csv_path}:\n  " + "\n  ".join(problems[:_SHOW]) + more)
+        rows_word = "row" if len(problems) == 1 else "rows"
+        shown = "\n  ".join(problems[:_SHOW])
+        raise DataError(f"{key}: {len(problems)} bad {rows_word} in {csv_path}:\n  {shown}{more}")
     if not samples_named:
         raise DataError(f"{key}: {csv_path} has a header but no rows")
     odd = [p for p, _ in samples_named if not os.path.isfile(p) and os.path.exists(p)]

@@ -208,7 +208,15 @@ def evaluate_files(
     def load(start: int):
         # one decode thread a core: ORT's threads run beside them on the previous chunk
         chunk = paths[start : start + CHUNK]
-        return load_images(chunk, info.channels, info.size, info.resize, on_error="skip", workers=os.cpu_count())
+        return load_images(
+            chunk,
+            info.channels,
+            info.size,
+            info.resize,
+            on_error="skip",
+            workers=os.cpu_count(),
+            bits_stored=info.bits_stored,
+        )
 
     starts = range(0, len(paths), CHUNK)
     # Why a thread ahead: the next chunk decodes while ORT scores this one (about 15 % faster on 2 cores)

@@ -11,7 +11,9 @@ Pipeline of one image, in order:
    only PNG, JPEG (and MPO), BMP, GIF, TIFF and WebP are accepted; animated GIF / WebP /
    PNG and multi-page TIFF give their first frame;
 2. apply the EXIF orientation (phone photos are stored sideways with a rotate tag);
-3. convert the mode to 8-bit: 16-bit grey ('I;16', 'I') is scaled by 255/65535, float 'F'
+3. convert the mode to 8-bit: 16-bit grey ('I;16', 'I') is scaled by 255/65535 (by
+   255/(2**bits_stored - 1) for images that use only the low ``bits_stored`` bits, as 12-bit
+   X-rays do; values above clip), float 'F'
    from [0, 1] (or clipped to [0, 255] when its values exceed 1), CMYK / YCbCr / LAB / HSV
    go to RGB, and anything with transparency (RGBA, LA, PA, P or L or RGB with a
    ``transparency`` entry) is composited onto **black**;
@@ -34,6 +36,7 @@ pixels and for transparent pixels that hold leftover colour.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -47,6 +50,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from convspec.specs.base import BITS_STORED
 from convspec.specs.errors import ConvspecError
 from convspec.specs.readfile import FileReadError, open_regular
 
@@ -62,6 +66,7 @@ __all__ = [
     "open_image_bytes",
     "OpenedImage",
     "prepare_array",
+    "sixteen_bit_peak",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -173,6 +178,8 @@ def load_image(
     channels: int,
     size: Sequence[int],
     resize: str = "stretch",
+    *,
+    bits_stored: int = 16,
 ) -> np.ndarray:
     """Decode one image file into the uint8 pixels a model takes.
 
@@ -181,6 +188,7 @@ def load_image(
         channels: 1 (grey) or 3 (RGB).
         size: ``(height, width)`` of the result.
         resize: ``stretch``, ``letterbox`` or ``crop`` (see the module docstring).
+        bits_stored: 16-bit grey pixels hold values up to ``2**bits_stored - 1`` (8..16).
 
     Returns:
         uint8 array of shape ``(channels, height, width)``.
@@ -189,10 +197,10 @@ def load_image(
         ImageError: the file is missing, empty, not an image, truncated, too large
             (``Image.MAX_IMAGE_PIXELS``) or in a format outside the list above.
     """
-    _check_args(channels, size, resize)
+    _check_args(channels, size, resize, bits_stored)
     name = os.fspath(path)
     im, fp = _open(name)
-    return _decode(name, im, fp, channels, size, resize)
+    return _decode(name, im, fp, channels, size, resize, bits_stored)
 
 
 def load_image_bytes(
@@ -201,19 +209,21 @@ def load_image_bytes(
     channels: int,
     size: Sequence[int],
     resize: str = "stretch",
+    *,
+    bits_stored: int = 16,
 ) -> np.ndarray:
     """Decode an encoded image held in memory (an upload) exactly as :func:`load_image` decodes a file.
 
     Args:
         data: the encoded file's bytes.
         name: how errors name it (an upload's file name, ``"body"``).
-        channels, size, resize: as :func:`load_image`.
+        channels, size, resize, bits_stored: as :func:`load_image`.
 
     Raises:
         ImageError: as :func:`load_image` (:class:`ImageTooLarge` over the pixel limit).
     """
-    _check_args(channels, size, resize)
-    return open_image_bytes(data, name).decode(channels, size, resize)
+    _check_args(channels, size, resize, bits_stored)
+    return open_image_bytes(data, name).decode(channels, size, resize, bits_stored=bits_stored)
 
 
 class OpenedImage:
@@ -230,10 +240,12 @@ class OpenedImage:
         """Width x height as stored (before any JPEG draft)."""
         return self._im.width * self._im.height
 
-    def decode(self, channels: int, size: Sequence[int], resize: str = "stretch") -> np.ndarray:
+    def decode(
+        self, channels: int, size: Sequence[int], resize: str = "stretch", *, bits_stored: int = 16
+    ) -> np.ndarray:
         """``(C, H, W)`` uint8, as :func:`load_image_bytes`; raises ImageError as it does."""
-        _check_args(channels, size, resize)
-        return _decode(self.name, self._im, self._fp, channels, size, resize)
+        _check_args(channels, size, resize, bits_stored)
+        return _decode(self.name, self._im, self._fp, channels, size, resize, bits_stored)
 
 
 def open_image_bytes(data: bytes, name: str) -> OpenedImage:
@@ -249,7 +261,9 @@ def open_image_bytes(data: bytes, name: str) -> OpenedImage:
     return OpenedImage(name, _open_fp(name, fp), fp)
 
 
-def _decode(name: str, im: Image.Image, fp, channels: int, size: Sequence[int], resize: str) -> np.ndarray:
+def _decode(
+    name: str, im: Image.Image, fp, channels: int, size: Sequence[int], resize: str, bits_stored: int
+) -> np.ndarray:
     """An opened image -> ``(C, H, W)`` uint8: draft, full decode, orientation, mode, resize."""
     try:
         if im.format in ("JPEG", "MPO"):
@@ -265,7 +279,7 @@ def _decode(name: str, im: Image.Image, fp, channels: int, size: Sequence[int], 
             if oriented is not im:
                 im.close()  # Why now: free the decode as stored before the rotated copy is converted
             try:
-                return _finish(oriented, channels, size, resize, owned=True)
+                return _finish(oriented, channels, size, resize, bits_stored, owned=True)
             except ImageError:
                 raise
             except MemoryError:
@@ -282,6 +296,8 @@ def prepare_array(
     channels: int,
     size: Sequence[int],
     resize: str = "stretch",
+    *,
+    bits_stored: int = 16,
 ) -> np.ndarray:
     """Convert an in-memory image exactly as :func:`load_image` converts a decoded file.
 
@@ -293,6 +309,7 @@ def prepare_array(
         channels: 1 or 3.
         size: ``(height, width)`` of the result.
         resize: ``stretch``, ``letterbox`` or ``crop``.
+        bits_stored: uint16 arrays hold values up to ``2**bits_stored - 1``, as :func:`load_image`.
 
     Returns:
         uint8 array of shape ``(channels, height, width)``.
@@ -300,7 +317,7 @@ def prepare_array(
     Raises:
         ImageError: (path ``<array>``) for a shape or dtype it cannot read.
     """
-    _check_args(channels, size, resize)
+    _check_args(channels, size, resize, bits_stored)
     a = np.asarray(array)
     if a.ndim == 3:
         if a.shape[-1] in (1, 3, 4):
@@ -321,9 +338,9 @@ def prepare_array(
         raise ImageError("<array>", f"empty image (shape {a.shape})")
     a = _array_to_8bit_or_16bit(a)
     if a.dtype == np.uint16:
-        a = _scale16(a)  # the same scaling a 16-bit PNG gets
+        a = _scale16(a, bits_stored)  # the same scaling a 16-bit PNG gets
     im = Image.fromarray(np.ascontiguousarray(a))  # (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
-    return _finish(im, channels, size, resize)
+    return _finish(im, channels, size, resize, bits_stored)
 
 
 def load_images(
@@ -335,12 +352,13 @@ def load_images(
     workers: int | None = None,
     on_error: str = "skip",
     progress: Callable[[int], None] | None = None,
+    bits_stored: int = 16,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Decode many files in a thread pool (Pillow releases the GIL), keeping their order.
 
     Args:
         paths: image files.
-        channels, size, resize: as :func:`load_image`.
+        channels, size, resize, bits_stored: as :func:`load_image`.
         workers: threads; default ``min(32, CPUs + 4)``.
         on_error: ``skip`` (leave bad files out, report them) or ``error`` (raise the first
             bad file's :class:`ImageError`, in input order).
@@ -351,9 +369,19 @@ def load_images(
         ``(images, kept, failures)``: uint8 ``(len(kept), C, H, W)``; the input indices of
         the images, ascending; ``(path, reason)`` for each file left out.
     """
-    _check_args(channels, size, resize)
+    _check_args(channels, size, resize, bits_stored)
     out = np.empty((len(paths), channels, int(size[0]), int(size[1])), np.uint8)  # (N, C, H, W)
-    bad = decode_into(paths, out, channels, size, resize, workers=workers, on_error=on_error, progress=progress)
+    bad = decode_into(
+        paths,
+        out,
+        channels,
+        size,
+        resize,
+        workers=workers,
+        on_error=on_error,
+        progress=progress,
+        bits_stored=bits_stored,
+    )
     if not bad:
         return out, list(range(len(paths))), []
     skipped = {i for i, _, _ in bad}
@@ -371,6 +399,7 @@ def decode_into(
     workers: int | None = None,
     on_error: str = "skip",
     progress: Callable[[int], None] | None = None,
+    bits_stored: int = 16,
 ) -> list[tuple[int, str, str]]:
     """Decode ``paths[i]`` into ``out[i]`` (an array or a writable memmap), in a thread pool.
 
@@ -398,7 +427,7 @@ def decode_into(
             if i > first_bad[0]:  # Why not stop outright: a lower index may still fail first
                 break
             try:
-                out[i] = load_image(paths[i], channels, size, resize)
+                out[i] = load_image(paths[i], channels, size, resize, bits_stored=bits_stored)
             except ImageError as e:
                 with lock:
                     failures.append((i, os.fspath(paths[i]), e.reason))
@@ -436,16 +465,49 @@ def decode_into(
     return failures
 
 
+def sixteen_bit_peak(paths: Sequence[str | os.PathLike], sample: int = 8) -> tuple[int, int] | None:
+    """How many of ``sample`` files spread over ``paths`` are 16-bit grey, and their largest value.
+
+    None when none of them is. Other files cost a header read only; unreadable ones are passed
+    over (decoding reports them). Why a sample: it tells 12-bit X-rays stored in 16-bit PNGs
+    from full-range ones for the price of a few decodes, not a pass over the data.
+    """
+    if not paths:
+        return None
+    step = max(1, len(paths) // sample)
+    count, peak = 0, 0
+    for path in list(paths)[::step][:sample]:
+        try:
+            im, fp = _open(os.fspath(path))
+        except ImageError:
+            continue
+        try:
+            if not (im.mode.startswith("I;16") or im.mode == "I"):
+                continue
+            with DECODE_BUDGET.hold(decoded_bytes(im)):
+                peak = max(peak, int(np.asarray(im).max()))
+            count += 1
+        except Exception:  # noqa: BLE001 - a file that fails to decode is decoding's to report
+            continue
+        finally:
+            im.close()
+            fp.close()
+    return (count, peak) if count else None
+
+
 # ---------------------------------------------------------------- internals
 
 
-def _check_args(channels: int, size: Sequence[int], resize: str) -> None:
+def _check_args(channels: int, size: Sequence[int], resize: str, bits_stored: int = 16) -> None:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3 (got {channels!r})")
     if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
         raise ValueError(f"size must be (height, width) with both >= 1 (got {size!r})")
     if resize not in _RESIZE_MODES:
         raise ValueError(f"resize must be one of {', '.join(_RESIZE_MODES)} (got {resize!r})")
+    low, high = BITS_STORED
+    if not (isinstance(bits_stored, int) and low <= bits_stored <= high):
+        raise ValueError(f"bits_stored must be an integer from {low} to {high} (got {bits_stored!r})")
 
 
 def _open(name: str) -> tuple[Image.Image, BinaryIO]:
@@ -543,7 +605,9 @@ def _short(e: Exception) -> str:
     return text[:200]
 
 
-def _finish(im: Image.Image, channels: int, size: Sequence[int], resize: str, *, owned: bool = False) -> np.ndarray:
+def _finish(
+    im: Image.Image, channels: int, size: Sequence[int], resize: str, bits_stored: int = 16, *, owned: bool = False
+) -> np.ndarray:
     """Decoded image -> 8-bit 'L'/'RGB' -> resized -> ``(C, H, W)`` uint8.
 
     ``owned``: ``im`` is this loader's own; a large one is closed (its memory freed) once
@@ -554,12 +618,12 @@ def _finish(im: Image.Image, channels: int, size: Sequence[int], resize: str, *,
     if im.width * im.height > STREAM_PIXELS and not plain:
         # Why grey stays grey until after the resize: resizing one band and copying it to three
         # gives exactly the pixels of resizing three equal bands, in a third of the memory.
-        converted = _convert_in_strips(im, "L" if im.mode in _GREY_MODES else target)
+        converted = _convert_in_strips(im, "L" if im.mode in _GREY_MODES else target, bits_stored)
         if owned:
             im.close()
         im = converted
     else:
-        im = _to_mode(im, target)
+        im = _to_mode(im, target, bits_stored=bits_stored)
     im = _resize(im, int(size[0]), int(size[1]), resize)
     if im.mode != target:
         im = im.convert(target)
@@ -569,12 +633,12 @@ def _finish(im: Image.Image, channels: int, size: Sequence[int], resize: str, *,
     return np.ascontiguousarray(a.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
 
 
-def _to_mode(im: Image.Image, target: str, float_scale: bool | None = None) -> Image.Image:
-    im = _to_8bit(im, float_scale)
+def _to_mode(im: Image.Image, target: str, float_scale: bool | None = None, bits_stored: int = 16) -> Image.Image:
+    im = _to_8bit(im, float_scale, bits_stored)
     return im if im.mode == target else im.convert(target)
 
 
-def _convert_in_strips(im: Image.Image, target: str) -> Image.Image:
+def _convert_in_strips(im: Image.Image, target: str, bits_stored: int = 16) -> Image.Image:
     """:func:`_to_mode` a strip of rows at a time: the same pixels, with no full-size temporary
     beyond the result (a 9400x9400 16-bit PNG held an int64 copy of 700 MB and more at once).
 
@@ -592,11 +656,12 @@ def _convert_in_strips(im: Image.Image, target: str) -> Image.Image:
         float_scale = top <= 1.0
     out = Image.new(target, im.size)
     for y in range(0, im.height, rows):
-        out.paste(_to_mode(im.crop((0, y, im.width, min(y + rows, im.height))), target, float_scale), (0, y))
+        strip = im.crop((0, y, im.width, min(y + rows, im.height)))
+        out.paste(_to_mode(strip, target, float_scale, bits_stored), (0, y))
     return out
 
 
-def _to_8bit(im: Image.Image, float_scale: bool | None = None) -> Image.Image:
+def _to_8bit(im: Image.Image, float_scale: bool | None = None, bits_stored: int = 16) -> Image.Image:
     """Any Pillow mode -> 'L' or 'RGB' (transparency composited onto black).
 
     ``float_scale``: for mode 'F', whether values are multiplied by 255 (default: when the
@@ -606,7 +671,7 @@ def _to_8bit(im: Image.Image, float_scale: bool | None = None) -> Image.Image:
     if mode in ("L", "RGB") and "transparency" not in im.info:
         return im
     if mode.startswith("I;16") or mode == "I":
-        return Image.fromarray(_scale16(np.asarray(im)), mode="L")
+        return Image.fromarray(_scale16(np.asarray(im), bits_stored), mode="L")
     if mode == "F":
         a = np.asarray(im, dtype=np.float32)
         a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
@@ -628,15 +693,19 @@ def _to_8bit(im: Image.Image, float_scale: bool | None = None) -> Image.Image:
     return im.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
-# Why a table: 0-65535 -> 0-255 by one uint8 lookup per pixel, no int64 copy of the image.
-_LUT16 = ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+@functools.cache
+def _lut16(bits_stored: int) -> np.ndarray:
+    """Why a table: 0..2**bits-1 -> 0-255 by one uint8 lookup per pixel, no int64 copy of the image."""
+    top = (1 << bits_stored) - 1
+    v = np.minimum(np.arange(65536, dtype=np.int64), top)
+    return ((v * 255 + top // 2) // top).astype(np.uint8)
 
 
-def _scale16(a: np.ndarray) -> np.ndarray:
-    """0-65535 -> 0-255, rounded (values outside are clipped)."""
+def _scale16(a: np.ndarray, bits_stored: int = 16) -> np.ndarray:
+    """0..2**bits_stored-1 -> 0-255, rounded (values above, and outside 0-65535, are clipped)."""
     if a.dtype != np.uint16:
         a = np.clip(a, 0, 65535).astype(np.uint16)
-    return _LUT16[a]
+    return _lut16(bits_stored)[a]
 
 
 def _array_to_8bit_or_16bit(a: np.ndarray) -> np.ndarray:

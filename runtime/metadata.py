@@ -10,6 +10,7 @@
 | ``convspec.channels`` | ``1`` or ``3`` |
 | ``convspec.input_size`` | JSON ``[height, width]`` |
 | ``convspec.resize`` | ``stretch``, ``letterbox`` or ``crop`` |
+| ``convspec.bits_stored`` | 16-bit grey pixels hold values up to ``2**bits_stored - 1`` (absent: 16) |
 | ``convspec.layout`` | ``NCHW uint8`` |
 | ``convspec.output`` | ``probabilities`` |
 | ``convspec.spec`` | the resolved spec (YAML) |
@@ -29,6 +30,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from convspec.specs.base import BITS_STORED, class_name_problem
+
 from .session import ModelError, open_session
 
 FORMAT = "1"
@@ -41,6 +44,7 @@ KEYS = (
     "channels",
     "input_size",
     "resize",
+    "bits_stored",
     "layout",
     "output",
     "spec",
@@ -71,6 +75,7 @@ class ModelInfo:
         channels: 1 or 3.
         size: ``(height, width)``.
         resize: how images are fitted to ``size`` on load.
+        bits_stored: how 16-bit grey images are scaled to 8 bits on load (see ``load_image``).
         spec: the spec's YAML text ("" when absent).
         version: the convspec version that exported it ("" when absent).
         test_metrics: the run's test metrics at export time ({} when absent).
@@ -84,6 +89,7 @@ class ModelInfo:
     channels: int
     size: tuple[int, int]
     resize: str = "stretch"
+    bits_stored: int = 16
     spec: str = ""
     version: str = ""
     test_metrics: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +115,8 @@ class ModelInfo:
             "spec": self.spec,
             "version": self.version,
         }
+        if self.bits_stored != 16:  # Why only then: a model for 8-bit or full-range images reads as before
+            props["bits_stored"] = str(self.bits_stored)
         if self.test_metrics:
             props["test_metrics"] = json.dumps(self.test_metrics)
         if self.threshold is not None:
@@ -134,7 +142,7 @@ def from_props(
     Raises:
         ValueError: metadata present but malformed (classes not a JSON list of unique names,
             input_size not two sides 1..MAX_SIDE, an unknown task or resize mode, channels
-            not 1 or 3), an output width that differs from the class list, or a graph that
+            not 1 or 3, bits_stored not 8..16), an output width that differs from the class list, or a graph that
             tells neither channels nor size (the caller turns it into a ModelError).
     """
     ours = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
@@ -163,6 +171,12 @@ def from_props(
                 f"{source}: malformed convspec metadata: convspec.resize must be one of {', '.join(RESIZE_MODES)} "
                 f"(got {_clip(resize)!r})"
             )
+        bits_stored = _int(ours["bits_stored"], "bits_stored", source) if ours.get("bits_stored") else 16
+        if not BITS_STORED[0] <= bits_stored <= BITS_STORED[1]:
+            raise ValueError(
+                f"{source}: malformed convspec metadata: convspec.bits_stored must be "
+                f"{BITS_STORED[0]} to {BITS_STORED[1]} (got {bits_stored})"
+            )
         if task == "binary" and len(classes) != 2:
             raise ValueError(
                 f"{source}: malformed convspec metadata: a binary model has 2 classes (got {len(classes)})"
@@ -183,6 +197,7 @@ def from_props(
             channels=channels,
             size=size,
             resize=resize,
+            bits_stored=bits_stored,
             spec=ours.get("spec", ""),
             version=ours.get("version", ""),
             test_metrics=metrics,
@@ -266,6 +281,9 @@ def _classes(text: str, source: str) -> tuple[str, ...]:
         raise ValueError(
             f"{source}: malformed convspec metadata: convspec.classes lists {len(classes)} class(es); at least 2"
         )
+    bad = next((problem for c in classes if (problem := class_name_problem(c))), None)
+    if bad:
+        raise ValueError(f"{source}: malformed convspec metadata: convspec.classes: {bad}")
     if len(set(classes)) != len(classes):
         dup = sorted({c for c in classes if classes.count(c) > 1})
         raise ValueError(f"{source}: malformed convspec metadata: convspec.classes repeats {', '.join(dup[:5])}")

@@ -296,12 +296,12 @@ class Predictor:
         if isinstance(item, np.ndarray):
             src = f"<array {i}>"
             try:
-                return src, prepare_array(item, c, (h, w), how)
+                return src, prepare_array(item, c, (h, w), how, bits_stored=self.info.bits_stored)
             except ImageError as e:
                 return src, ImageError(src, e.reason)
         src = os.fspath(item)
         try:
-            return src, load_image(src, c, (h, w), how)
+            return src, load_image(src, c, (h, w), how, bits_stored=self.info.bits_stored)
         except ImageError as e:
             return src, e
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic import Strict as PydanticStrict
+
+from .errors import control_character
 
 Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "gelu", "silu", "elu", "softmax", "none"]
 
@@ -42,7 +44,33 @@ def _as_name(value):
     return value
 
 
-ClassName = Annotated[str, BeforeValidator(_as_name, json_schema_input_type=str | int | float), Field(min_length=1)]
+# The range of ``input.bits_stored``; the loader and the model metadata check the same bounds.
+BITS_STORED = (8, 16)
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class name, or None: the one rule for the spec, data and models.
+
+    Why printable: class names are printed in terminal tables, plots and report.md, where a
+    newline breaks the row and an escape sequence rewrites the user's terminal.
+    """
+    code = control_character(name)
+    return f"class name {name!r} holds a control character ({code}); class names must be printable" if code else None
+
+
+def _printable_name(name: str) -> str:
+    problem = class_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+ClassName = Annotated[
+    str,
+    BeforeValidator(_as_name, json_schema_input_type=str | int | float),
+    AfterValidator(_printable_name),
+    Field(min_length=1),
+]
 
 
 # The one pattern of ``training.device`` and ``--device``; the compiler's placement uses it too.

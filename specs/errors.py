@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 Path = tuple  # a location in the spec document: ("model", "layers", 2, "filters")
@@ -16,6 +17,25 @@ def format_path(path: Path) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # the same, newline and tab aside
+
+
+def control_character(text: str) -> str | None:
+    """The first control character of ``text`` as ``U+001B``, or None."""
+    found = _CONTROL.search(text)
+    return f"U+{ord(found.group()):04X}" if found else None
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters, newline and tab aside, written as escapes (``\\x1b``).
+
+    Why: file and class names are user data; printed raw, an escape sequence in one rewrites
+    the user's terminal (``ls`` escapes them too).
+    """
+    return _CONTROL_BUT_LINES.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 @dataclass(frozen=True)

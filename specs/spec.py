@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
+from pydantic import Strict as PydanticStrict
 
-from .base import DEVICE_PATTERN, ClassName, NonNegInt, Pair, PosInt, Strict
+from .base import BITS_STORED, DEVICE_PATTERN, ClassName, NonNegInt, Pair, PosInt, Strict
 from .layers import Layer
 from .pipeline import AugmentStep, PreprocessStep
 
@@ -68,6 +69,9 @@ class Input(Strict):
     channels: Literal[1, 3]
     size: Pair
     resize: Literal["stretch", "letterbox", "crop"] = "stretch"
+    # 16-bit grey images hold values up to 2**bits_stored - 1 (DICOM's BitsStored: 12 for most
+    # X-rays and CT); they are scaled by 255 / (2**bits_stored - 1) to 8 bits, larger values clip.
+    bits_stored: Annotated[int, PydanticStrict(), Field(ge=BITS_STORED[0], le=BITS_STORED[1])] = 16
 
 
 class Model(Strict):

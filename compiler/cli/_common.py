@@ -11,9 +11,18 @@ import typer
 from rich.console import Console
 
 from convspec.specs import ConvspecError
+from convspec.specs.errors import printable
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Console(Console):
+    """Every string printed, table cells included, with control characters escaped (see ``printable``)."""
+
+    def render_str(self, text: str, **kwargs):
+        return super().render_str(printable(text), **kwargs)
+
+
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 RANK_ERRORS = "CONVSPEC_RANK_ERRORS"  # a folder where each torchrun process leaves its error
 
 

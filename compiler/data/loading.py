@@ -13,7 +13,7 @@ Caching (``data.cache``):
 - ``disk``: decoded once into ``<cache_dir>/images/<key>.npy`` and opened later with
   ``np.load(mmap_mode="r")``: pages come from the OS page cache, RAM is not needed for the
   whole set. ``cache_dir`` defaults to ``$CONVSPEC_CACHE`` or ``~/.cache/convspec``. The key
-  hashes the file list with each file's size and mtime, the channels, size and resize, and
+  hashes the file list with each file's size and mtime, the channels, size, resize and bits_stored, and
   the loader's and Pillow's versions: a changed, added or removed file misses the cache.
 - ``auto``: ``memory`` when the decoded array is under 2 GiB, else ``disk``.
 - ``none``: decoded into RAM for this call only; nothing is kept or written.
@@ -48,7 +48,7 @@ from convspec.runtime.datasets import (
     short_list,
 )
 from convspec.runtime.files import atomic_write, atomic_write_text
-from convspec.runtime.images import ImageError, decode_into, prepare_array
+from convspec.runtime.images import ImageError, decode_into, prepare_array, sixteen_bit_peak
 from convspec.specs.classes import DIGITS, sort_names
 from convspec.specs.readfile import FileReadError, check_regular, read_json
 
@@ -129,6 +129,7 @@ def load_dataset(
             channels,
             size,
             resize,
+            bits_stored=spec.input.bits_stored,
             mode=spec.data.cache,
             cache_dir=cache_dir,
             on_error=spec.data.on_bad_image,
@@ -136,6 +137,7 @@ def load_dataset(
             progress=progress,
             workers=workers,
         )
+        _check_bit_depth(all_files, spec.input.bits_stored, warn)
         files = [all_files[i] for i in kept]
         labels = np.asarray([samples[i][1] for i in kept], np.int64)
         if preset is not None:
@@ -170,6 +172,31 @@ def load_dataset(
         f"train {n['train']}, val {n['val']}, test {n['test']}"
     )
     return ds
+
+
+def _check_bit_depth(files: list[str], bits_stored: int, warn: Callable[[str], None]) -> None:
+    """Warn when sampled 16-bit images do not fit ``input.bits_stored``: too few bits used, or clipped.
+
+    Why: a 12-bit X-ray scaled as full-range 16-bit keeps 16 grey levels, and trains worse
+    without a word (on 12-bit faces: 87 % test accuracy against 97 % with bits_stored: 12).
+    """
+    found = sixteen_bit_peak(files)
+    if found is None:
+        return
+    n, peak = found
+    used, top = max(8, peak.bit_length()), (1 << bits_stored) - 1
+    sampled = f"in {n} sampled"
+    if peak > top:
+        warn(
+            f"input.bits_stored is {bits_stored}, but the 16-bit images hold values up to {peak} ({sampled}); "
+            f"values above {top} become white (set input.bits_stored: {used})"
+        )
+    elif used <= bits_stored - 2:
+        warn(
+            f"the 16-bit images hold values up to {peak} ({used} bits, {sampled}); scaled by 255/{top} they keep "
+            f"{peak * 255 // top + 1} grey levels. If they are {used}-bit images (X-rays and CT often are), "
+            f"set input.bits_stored: {used}"
+        )
 
 
 def _resolve_classes(spec, data_names: list[str]) -> tuple[list[str], np.ndarray]:
@@ -242,12 +269,12 @@ _MEMO_LOCK = threading.Lock()
 _MEMO: dict[str, tuple[np.ndarray, list[int], list[tuple[str, str]]]] = {}
 
 
-def _cache_key(files: list[str], channels: int, size: tuple[int, int], resize: str) -> str:
+def _cache_key(files: list[str], channels: int, size: tuple[int, int], resize: str, bits_stored: int) -> str:
     """Hash of everything the decoded array depends on (file identity by size and mtime)."""
     import PIL
 
     h = hashlib.sha256()
-    h.update(json.dumps([LOADER_VERSION, PIL.__version__, channels, list(size), resize]).encode())
+    h.update(json.dumps([LOADER_VERSION, PIL.__version__, channels, list(size), resize, bits_stored]).encode())
     for f in files:
         try:
             st = os.stat(f)
@@ -258,14 +285,14 @@ def _cache_key(files: list[str], channels: int, size: tuple[int, int], resize: s
     return h.hexdigest()[:32]
 
 
-def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, log, progress, workers):
+def _decode_files(files, channels, size, resize, *, bits_stored, mode, cache_dir, on_error, log, progress, workers):
     """Decode through the cache ``mode``. Returns ``(images, kept, bad)`` as :func:`load_images`."""
     n = len(files)
     nbytes = n * channels * size[0] * size[1]
     asked, disk_unusable, room = mode, False, available_bytes()
     if mode == "auto":
         mode = "memory" if nbytes < AUTO_MEMORY_LIMIT and (room is None or 2 * nbytes <= room) else "disk"  # 2x: margin
-    key = _cache_key(files, channels, size, resize) if mode in ("memory", "disk") else ""
+    key = _cache_key(files, channels, size, resize, bits_stored) if mode in ("memory", "disk") else ""
 
     def finish(result):
         images, kept, bad = result
@@ -293,6 +320,7 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
             size,
             resize,
             nbytes,
+            bits_stored=bits_stored,
             on_error=on_error,
             log=log,
             progress=progress,
@@ -306,9 +334,7 @@ def _decode_files(files, channels, size, resize, *, mode, cache_dir, on_error, l
     t0 = time.perf_counter()
     log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]}")
     out = np.empty((n, channels, *size), np.uint8)  # (N, C, H, W)
-    bad = decode_into(
-        files, out, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
-    )
+    bad = _decode_rows(files, out, channels, size, resize, bits_stored, on_error, workers, progress)
     kept = _kept(n, bad)
     images = out if not bad else _compact(out, kept)
     images.flags.writeable = False
@@ -360,7 +386,17 @@ def _disk_read(folder: Path, key: str, chw: tuple[int, int, int]):
     return images, kept, [(p, r) for _, p, r in bad]
 
 
-def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_error, log, progress, workers):
+def _decode_rows(files, out, channels, size, resize, bits_stored, on_error, workers, progress):
+    """:func:`decode_into` with the loader's settings, counting progress."""
+    return decode_into(
+        files, out, channels, size, resize, bits_stored=bits_stored, workers=workers, on_error=on_error,
+        progress=_counter(progress, len(files)),
+    )  # fmt: skip
+
+
+def _disk_write(
+    folder: Path, key, files, channels, size, resize, nbytes, *, bits_stored, on_error, log, progress, workers
+):
     """Decode straight into a memmap under ``folder``; None (after a warning) when it cannot."""
     n = len(files)
     try:
@@ -383,9 +419,7 @@ def _disk_write(folder: Path, key, files, channels, size, resize, nbytes, *, on_
         fd, full = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
         os.close(fd)
         mm = np.lib.format.open_memmap(full, mode="w+", dtype=np.uint8, shape=(n, channels, *size))
-        bad = decode_into(
-            files, mm, channels, size, resize, workers=workers, on_error=on_error, progress=_counter(progress, n)
-        )
+        bad = _decode_rows(files, mm, channels, size, resize, bits_stored, on_error, workers, progress)
         mm.flush()
         kept = _kept(n, bad)
         if bad:  # write only the good rows, in chunks (never the whole set in RAM)

@@ -292,6 +292,7 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         channels=spec.input.channels,
         size=tuple(spec.input.size),
         resize=spec.input.resize,
+        bits_stored=spec.input.bits_stored,
         spec=spec.to_yaml(),
         version=version,
         test_metrics={k: v for k, v in metrics.items() if v == v},  # drop NaN

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from convspec.runtime.files import atomic_write, atomic_write_text
+from convspec.specs.errors import printable
 
 
 def _pyplot():
@@ -59,6 +60,17 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path, 
     plt.close(fig)
 
 
+def _cell(text: str) -> str:
+    """A class name in a Markdown table: a ``|`` in it would start a new column."""
+    return text.replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    """A file name as Markdown code: control characters escaped, backticks in it kept inside."""
+    text = printable(text).replace("\n", "\\n").replace("\t", "\\t")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.4f}"
@@ -72,7 +84,7 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
     lines += [
         "## Data",
         "",
-        "| split | " + " | ".join(r["classes"]) + " | total |",
+        "| split | " + " | ".join(map(_cell, r["classes"])) + " | total |",
         "|---" * (len(r["classes"]) + 2) + "|",
     ]
     for split, counts in r["counts"].items():  # {split: {class name: count}}
@@ -81,7 +93,7 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
     bad = r.get("bad_files", [])
     lines += ["", f"Bad files skipped: {len(bad)}."]
     for p, why in bad:
-        lines.append(f"- `{p}`: {why}")
+        lines.append(f"- {_code(p)}: {printable(why)}")
     lines += [
         "",
         "## Training",
@@ -101,7 +113,8 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
         lines += [f"| {k} | {_fmt(v)} |" for k, v in test["metrics"].items()]
         lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
         for name, c in test["per_class"]["classes"].items():
-            lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+            scores = f"{c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']}"
+            lines.append(f"| {_cell(name)} | {scores} |")
         lines += ["", "![confusion](confusion.png)", ""]
         lines += [
             f"![{n}]({n}.png)" for n in ("errors", "roc", "pr", "calibration") if (path.parent / f"{n}.png").exists()

@@ -14,8 +14,10 @@ def stderr_log() -> Log:
     """Messages to stderr through Rich (no markup: paths and class names are user data)."""
     from rich.console import Console
 
+    from convspec.specs.errors import printable
+
     console = Console(stderr=True, highlight=False)
-    return lambda msg: console.print(msg, markup=False)
+    return lambda msg: console.print(printable(msg), markup=False)
 
 
 def silent(_msg: str) -> None:

@@ -98,6 +98,10 @@ def create_app(
     predictor = Predictor(model_path, intra_op_threads=intra_op_threads, spinning=False)
     info = predictor.info
     channels, size, resize = info.channels, info.size, info.resize
+
+    def decode_one(opened) -> np.ndarray:
+        return opened.decode(channels, size, resize, bits_stored=info.bits_stored)
+
     classes = predictor.classes
 
     registry = prom.CollectorRegistry()
@@ -261,11 +265,11 @@ def create_app(
             # decode; larger images (and so every slow decode) go to the pool and never block the loop.
             if opened.pixels <= INLINE_PIXELS:
                 try:
-                    results[i] = opened.decode(channels, size, resize)
+                    results[i] = decode_one(opened)
                 except ImageError as e:
                     results[i] = e
             else:
-                jobs[i] = asyncio.get_running_loop().run_in_executor(decode_pool, opened.decode, channels, size, resize)
+                jobs[i] = asyncio.get_running_loop().run_in_executor(decode_pool, decode_one, opened)
         if jobs:
             for i, r in zip(jobs, await asyncio.gather(*jobs.values(), return_exceptions=True)):
                 results[i] = r
@@ -302,7 +306,7 @@ def create_app(
         "model": os.path.basename(predictor.path),
         "classes": classes,
         "task": info.task,
-        "input": {"channels": channels, "size": list(size), "resize": resize},
+        "input": {"channels": channels, "size": list(size), "resize": resize, "bits_stored": info.bits_stored},
         "threshold": _threshold(predictor),
         "test_metrics": info.test_metrics or None,
         "version": _version(),

@@ -157,7 +157,9 @@ def image_folder(root: Path, classes=("a", "b"), per_class: int = 4) -> Path:
     return root
 
 
-def probe_model(path: Path, channels: int = 1, size: tuple[int, int] = (6, 6), resize: str = "stretch") -> Path:
+def probe_model(
+    path: Path, channels: int = 1, size: tuple[int, int] = (6, 6), resize: str = "stretch", bits_stored: int = 16
+) -> Path:
     """An ONNX "model" whose outputs are its input pixels: uint8 (N, C, H, W) -> float (N, C*H*W).
 
     Its metadata names C*H*W classes ``p0, p1, ...``, so ``Predictor.predict(...).probabilities``
@@ -184,6 +186,7 @@ def probe_model(path: Path, channels: int = 1, size: tuple[int, int] = (6, 6), r
             "convspec.channels": str(channels),
             "convspec.input_size": json.dumps([h, w]),
             "convspec.resize": resize,
+            **({"convspec.bits_stored": str(bits_stored)} if bits_stored != 16 else {}),
         },
     )
     onnx.save(model, path)

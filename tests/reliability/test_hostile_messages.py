@@ -11,6 +11,7 @@ import json
 import pytest
 
 from convspec.runtime.datasets import DataError, list_csv
+from convspec.specs.errors import printable
 
 from .conftest import classifier_model, cli, image_folder, save_png, tiny_spec, user_error, write
 
@@ -118,3 +119,55 @@ def test_evaluate_refuses_csv_paths_outside_its_folder(tmp_path):
     save_png(tmp_path / "x.png", 10)
     csv = csv_data(tmp_path, [("a/0.png", "a"), ("../x.png", "b")])
     user_error(cli("evaluate", model, csv), "labels.csv:3: ../x.png is outside", "relative to the CSV's folder")
+
+
+# ------------------------------------------------- control characters in names
+
+ESC_NAME = "x\x1b[2Jy"  # an escape sequence that clears the terminal
+
+
+def test_a_csv_label_with_a_control_character_is_refused_with_its_row(tmp_path):
+    csv = csv_data(tmp_path, [("a/0.png", "a"), ("a/1.png", "a"), ("b/0.png", ESC_NAME), ("b/1.png", "b")])
+    spec = write(tmp_path / "s.yaml", tiny_spec("{type: csv, path: data/labels.csv}"))
+    stderr = user_error(cli("train", spec, "--out", tmp_path / "runs"), "1 bad row in", "labels.csv:4: class name")
+    assert "'x\\x1b[2Jy' holds a control character (U+001B)" in stderr and "\x1b" not in stderr
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(DataError, match="labels.csv:4: class name"):
+        list_csv(str(csv))
+
+
+def test_a_class_folder_with_a_control_character_is_refused_by_train_and_evaluate(tmp_path):
+    image_folder(tmp_path / "data", classes=("a", ESC_NAME))
+    spec = write(tmp_path / "s.yaml", tiny_spec(f"{{type: folder, path: {tmp_path / 'data'}}}"))
+    stderr = user_error(cli("train", spec, "--out", tmp_path / "runs"), "class folder", "U+001B")
+    assert "\x1b" not in stderr
+    model = classifier_model(tmp_path / "m.onnx", ("a", "b"))
+    assert "\x1b" not in user_error(cli("evaluate", model, tmp_path / "data"), "class folder", "U+001B")
+
+
+def test_a_model_whose_metadata_has_a_control_character_in_a_class_is_refused(tmp_path):
+    model = classifier_model(tmp_path / "m.onnx", ("a", "b"), props={"convspec.classes": json.dumps(["a", ESC_NAME])})
+    save_png(tmp_path / "img.png", 10)
+    stderr = user_error(cli("predict", model, tmp_path / "img.png"), "malformed convspec metadata", "U+001B")
+    assert "\x1b" not in stderr
+
+
+def test_file_names_with_control_characters_are_printed_escaped(tmp_path):
+    model = classifier_model(tmp_path / "m.onnx", ("a", "b"))
+    good = save_png(tmp_path / "imgs" / f"{ESC_NAME}.png", 10)
+    write(tmp_path / "imgs" / f"bad{ESC_NAME}.png", b"not an image")
+    result = cli("predict", model, tmp_path / "imgs")
+    assert result.exit_code == 1  # one input could not be predicted
+    assert "\x1b" not in result.stdout and "\x1b" not in result.stderr
+    assert "x\\x1b[2Jy.png" in result.stdout.replace("\n", "")
+    assert f"bad{printable(ESC_NAME)}.png: not an image" in result.stderr
+    # machine formats keep the name as it is: JSON escapes it, CSV quotes nothing it need not
+    listed = json.loads(cli("predict", model, good, "--format", "json").stdout)
+    assert listed[0]["source"] == str(good)
+
+
+@pytest.mark.parametrize("value,says", [("20", "must be 8 to 16 (got 20)"), ("twelve", "must be an integer")])
+def test_a_model_with_a_bad_bits_stored_is_refused(tmp_path, value, says):
+    model = classifier_model(tmp_path / "m.onnx", ("a", "b"), props={"convspec.bits_stored": value})
+    save_png(tmp_path / "img.png", 10)
+    user_error(cli("predict", model, tmp_path / "img.png"), "m.onnx", "convspec.bits_stored", says)

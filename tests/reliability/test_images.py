@@ -139,6 +139,40 @@ def test_16_bit_png_is_scaled_to_8_bits(probe, tmp_path):
     assert np.array_equal(got[0], expected)
 
 
+def test_12_bit_images_get_the_same_pixels_in_training_predict_and_serve(tmp_path):
+    """``input.bits_stored: 12``: training scales 0..4095 to 0..255, and the exported model's
+    metadata makes predict and serve do the same."""
+    from fastapi.testclient import TestClient
+
+    from convspec.compiler.data.loading import load_dataset
+    from convspec.runtime.serve import create_app
+    from convspec.specs import load_spec
+
+    folder = tmp_path / "data"
+    xray = (gradient().astype(np.uint32) * 4095 // 255).astype(np.uint16)  # 12 bits in a 16-bit PNG
+    for k, name in enumerate("ab"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((xray // (k + 1) + i).astype(np.uint16)).save(folder / name / f"{i}.png")
+    text = tiny_spec("{type: folder, path: data}").replace("size: [8, 8]", f"size: [{H}, {W}], bits_stored: 12")
+    spec = load_spec(write(tmp_path / "spec.yaml", text))
+    data = load_dataset(spec, log=lambda _m: None)
+    trained = data.images[data.files.index(str(folder / "a" / "0.png"))]
+    assert np.array_equal(trained[0], (xray.astype(np.int64) * 255 + 2047) // 4095) and trained.max() > 200
+
+    probe = probe_model(tmp_path / "probe.onnx", 1, (H, W), bits_stored=12)
+    [served] = probe_pixels(Predictor(probe, providers="cpu"), [folder / "a" / "0.png"])
+    assert np.array_equal(served, trained)
+    with TestClient(create_app(probe)) as client:
+        assert client.get("/metadata").json()["input"]["bits_stored"] == 12
+        body = (folder / "a" / "0.png").read_bytes()
+        reply = client.post(f"/predict?top_k={H * W}", content=body, headers={"content-type": "image/png"})
+    assert reply.status_code == 200, reply.text
+    (pred,) = reply.json()["predictions"]
+    by_pixel = {int(t["label"][1:]): t["probability"] for t in pred["top"]}
+    assert np.array_equal(np.array([by_pixel[i] for i in range(H * W)]).reshape(1, H, W), trained)
+
+
 def test_cmyk_jpeg_loads_as_its_colours(tmp_path):
     rgb = np.zeros((H, W, 3), np.uint8)
     rgb[:, : W // 2] = (200, 30, 30)

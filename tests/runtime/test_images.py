@@ -18,6 +18,7 @@ from convspec.runtime.images import (
     load_image,
     load_images,
     prepare_array,
+    sixteen_bit_peak,
 )
 from convspec.specs import ConvspecError
 
@@ -91,6 +92,48 @@ def test_16_bit_png_is_scaled(tmp_path):
     x = load_image(tmp_path / "d.png", 1, (4, 4))
     assert x[0, 0].tolist() == [0, 255, 128, 1]
     assert np.array_equal(prepare_array(a, 1, (4, 4)), x)
+
+
+def test_bits_stored_scales_16_bit_grey_from_its_own_range(tmp_path):
+    a = np.array([[0, 4095, 2048, 5000]], np.uint16).repeat(4, 0)  # a 12-bit image; 5000 is out of range
+    Image.fromarray(a).save(tmp_path / "x.png")
+    x = load_image(tmp_path / "x.png", 1, (4, 4), bits_stored=12)
+    assert x[0, 0].tolist() == [0, 255, 128, 255]  # 2048 * 255 / 4095 = 127.5 -> 128; 5000 clips
+    assert load_image(tmp_path / "x.png", 1, (4, 4))[0, 0].tolist() == [0, 16, 8, 19]  # as full-range 16-bit
+    assert np.array_equal(prepare_array(a, 1, (4, 4), bits_stored=12), x)
+    assert np.array_equal(load_images([tmp_path / "x.png"], 1, (4, 4), bits_stored=12)[0][0], x)
+    # 8-bit images are not affected; a value outside 8..16 is refused
+    _save(tmp_path / "g.png", np.full((4, 4), 200, np.uint8))
+    assert load_image(tmp_path / "g.png", 1, (4, 4), bits_stored=12)[0, 0, 0] == 200
+    with pytest.raises(ValueError, match="bits_stored must be an integer from 8 to 16"):
+        load_image(tmp_path / "x.png", 1, (4, 4), bits_stored=17)
+
+
+def test_bits_stored_in_a_large_image_converted_in_strips(tmp_path, monkeypatch):
+    from convspec.runtime import images
+
+    a = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "big.png")
+    whole = load_image(tmp_path / "big.png", 1, (64, 64), bits_stored=12)
+    monkeypatch.setattr(images, "STREAM_PIXELS", 100)
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 64 * 5)
+    assert np.array_equal(load_image(tmp_path / "big.png", 1, (64, 64), bits_stored=12), whole)
+    assert whole.max() == 255
+
+
+def test_sixteen_bit_peak_samples_16_bit_grey_files_only(tmp_path):
+    paths = []
+    for i in range(20):
+        p = tmp_path / f"{i:02d}.png"
+        if i % 2:
+            Image.fromarray(np.full((4, 4), 100 * i, np.uint16)).save(p)
+        else:
+            _save(p, np.full((4, 4), 250, np.uint8))
+        paths.append(p)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    count, peak = sixteen_bit_peak([*paths, tmp_path / "bad.png"], sample=20)
+    assert count == 10 and peak == 1900
+    assert sixteen_bit_peak(paths[::2]) is None and sixteen_bit_peak([]) is None
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):

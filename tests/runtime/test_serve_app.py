@@ -123,7 +123,7 @@ def test_top_k(client):
 def test_metadata_health_page(client):
     m = client.get("/metadata").json()
     assert m["classes"] == ["a", "b", "c"] and m["task"] == "multiclass"
-    assert m["input"] == {"channels": 1, "size": [6, 6], "resize": "stretch"}
+    assert m["input"] == {"channels": 1, "size": [6, 6], "resize": "stretch", "bits_stored": 16}
     assert m["threshold"] is None and m["test_metrics"] is None
     assert m["version"] and m["model"] == "band.onnx"
     assert client.get("/health").json() == {"status": "ok"}

@@ -34,6 +34,7 @@ def make_spec(
     split=None,
     cache="none",
     on_bad_image="skip",
+    bits_stored=16,
 ):
     data = {"source": source, "cache": cache, "on_bad_image": on_bad_image}
     if split is not None:
@@ -44,7 +45,7 @@ def make_spec(
             "task": task,
             "classes": classes,
             "data": data,
-            "input": {"channels": channels, "size": list(size), "resize": resize},
+            "input": {"channels": channels, "size": list(size), "resize": resize, "bits_stored": bits_stored},
             "model": {"layers": [{"type": "flatten"}]},
         },
         base_dir=str(base_dir),
@@ -390,3 +391,44 @@ def test_arrays_are_writable_copies():
     x, y = ds.arrays("val")
     assert x.shape == (len(ds.splits["val"]), 1, 8, 8) and x.flags.writeable
     assert np.array_equal(y, ds.labels[ds.splits["val"]])
+
+
+def _twelve_bit_folder(root, peak=4095):
+    for k, name in enumerate(("dark", "light")):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), (peak // 2) * k + i, np.uint16)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_bits_stored_is_used_and_keyed_in_the_cache(tmp_path):
+    root = _twelve_bit_folder(tmp_path / "xray")
+    source = {"type": "folder", "path": str(root)}
+    full = load_dataset(make_spec(source, size=(8, 8), cache="disk"), cache_dir=tmp_path / "c", log=Log())
+    log = Log()
+    twelve = load_dataset(
+        make_spec(source, size=(8, 8), cache="disk", bits_stored=12), cache_dir=tmp_path / "c", log=log
+    )
+    assert not any("from the disk cache" in m for m in log)  # another bits_stored: another cache entry
+    light = twelve.labels == 1
+    assert np.asarray(twelve.images)[light].max() == 128 and np.asarray(full.images)[light].max() == 8
+    assert len(list((tmp_path / "c" / "images").glob("*.npy"))) == 2
+
+
+def test_a_warning_when_16_bit_images_do_not_fit_bits_stored(tmp_path):
+    source = {"type": "folder", "path": str(_twelve_bit_folder(tmp_path / "xray", peak=4095))}
+    log = Log()
+    load_dataset(make_spec(source, size=(8, 8)), log=log)
+    (message,) = [m for m in log.warnings() if "16-bit" in m]
+    assert "hold values up to 2050 (12 bits, in 8 sampled)" in message and "set input.bits_stored: 12" in message
+    log = Log()
+    load_dataset(make_spec(source, size=(8, 8), bits_stored=12), log=log)
+    assert not [m for m in log.warnings() if "16-bit" in m], log
+    log = Log()
+    load_dataset(make_spec(source, size=(8, 8), bits_stored=10), log=log)
+    (message,) = [m for m in log.warnings() if "16-bit" in m]
+    assert "input.bits_stored is 10" in message and "values above 1023 become white" in message
+    full = {"type": "folder", "path": str(_twelve_bit_folder(tmp_path / "photo", peak=65535))}
+    log = Log()
+    load_dataset(make_spec(full, size=(8, 8)), log=log)
+    assert not [m for m in log.warnings() if "16-bit" in m], log

@@ -99,3 +99,26 @@ def test_report_links_the_pictures_and_the_threshold(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "![errors](errors.png)" in text and "![calibration](calibration.png)" in text and "pr.png" not in text
     assert "Operating threshold 0.3100 (recall 0.95, chosen on validation): test sensitivity 0.9600" in text
+
+
+def test_report_keeps_its_tables_and_lines_whole_for_any_names(tmp_path):
+    from convspec.compiler.run.report import write_report
+
+    results = {
+        "name": "names",
+        "task": "binary",
+        "classes": ["ok|fine", "defect"],
+        "counts": {"train": {"ok|fine": 3, "defect": 2}},
+        "bad_files": [["/data/a\x1b[2J\nb.png", "not an image"], ["/data/tick`.png", "truncated"]],
+        "epochs_run": 1,
+        "epochs": 1,
+        "device": "cpu",
+        "precision": "fp32",
+        "timings": {"data_s": 0.1, "train_s": 1.0, "images_per_s": 10.0},
+    }
+    write_report(tmp_path / "report.md", results)
+    text = (tmp_path / "report.md").read_text()
+    assert "| split | ok\\|fine | defect | total |" in text and "| train | 3 | 2 | 5 |" in text
+    assert "- `/data/a\\x1b[2J\\nb.png`: not an image" in text
+    assert "- `` /data/tick`.png ``: truncated" in text
+    assert "\x1b" not in text
