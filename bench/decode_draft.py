@@ -1,4 +1,4 @@
-"""JPEG decode speed of convspec's one loader (draft mode) against plain Pillow, same run.
+"""JPEG decode speed of convspec's one loader (scaled decoding) against plain Pillow, same run.
 
 Images: crops of scikit-image's photos (astronaut, coffee, chelsea, rocket, motorcycle...),
 saved as JPEG quality 90: 256x256 crops (the usual dataset size) and, for the draft's
@@ -6,9 +6,9 @@ scaling, whole photos upscaled to 1024 px on the long side. Each image is decode
 (stretch) as a 1-channel and as a 3-channel model sees it:
 
 - plain Pillow: ``Image.open(p).convert(mode).resize((224, 224), BILINEAR)`` then numpy;
-- convspec: :func:`convspec.runtime.images.load_image` (``draft("L")`` for grey models:
-  libjpeg decodes the luma plane only; 1/2..1/8 scaled decoding when the source is at least
-  twice the target).
+- convspec: :func:`convspec.runtime.images.load_image` (libjpeg-turbo through simplejpeg:
+  grey models decode the luma plane only; M/8 scaled decoding whenever the source is larger
+  than the target).
 
 Prints images per second and the ratio convspec / Pillow per case (median of 5 rounds).
 

@@ -60,7 +60,9 @@ __all__ = ["DataError", "Dataset", "default_cache_dir", "load_dataset"]
 
 AUTO_MEMORY_LIMIT = 2 << 30  # bytes: ``cache: auto`` keeps smaller data sets in RAM
 # Bump when decoding or resizing changes the pixels: old disk caches then miss.
-LOADER_VERSION = 2  # 2: grey models decode a JPEG's luma plane (draft "L"); pixels moved by <= 1 level
+# 2: grey models decode a JPEG's luma plane (draft "L"); pixels moved by <= 1 level.
+# 3: JPEGs larger than needed decode at M/8 scale (libjpeg-turbo's scaled IDCT), not 1/2, 1/4, 1/8.
+LOADER_VERSION = 3
 
 Log = Callable[[str], None]
 

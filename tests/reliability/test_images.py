@@ -222,8 +222,8 @@ def test_exif_rotated_jpeg_same_pixels_in_training_and_deployment(tmp_path):
         for i in range(3):
             save_png(folder / name / f"{i}.png", 60 + 100 * k, (24, 16))
     Image.fromarray(stored).save(folder / "a" / "phone.jpg", quality=100, exif=exif.tobytes())
-    size = (16, 12)  # upright: 24 high, 16 wide. Why not smaller: at half size or less libjpeg's
-    # reduced-scale decode (draft) kicks in, in training and serving alike, but not in the reference below
+    size = (24, 16)  # upright: 24 high, 16 wide. Why not smaller: below it libjpeg-turbo's scaled
+    # IDCT kicks in, in training and serving alike, but not in the reference below
     spec = load_spec(
         write(
             tmp_path / "spec.yaml",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -213,12 +214,17 @@ def test_image_error_pickles():
 
 
 @pytest.mark.parametrize("pixels", [150, 400])  # above the limit (Pillow warns) and above 2x (Pillow raises)
-def test_decompression_bomb_refused_by_name(tmp_path, monkeypatch, pixels):
-    path = _save(tmp_path / "big.png", np.zeros((10, pixels // 10), np.uint8))
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])  # JPEG: the header is read by libjpeg-turbo first
+def test_decompression_bomb_refused_by_name(tmp_path, monkeypatch, pixels, suffix):
+    path = _save(tmp_path / f"big{suffix}", np.zeros((10, pixels // 10), np.uint8))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(ImageError) as e:
-        load_image(path, 1, (8, 8))
-    assert str(e.value) == f"{path}: image is too large: {pixels} pixels, limit 100"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning reaches the user either
+        with pytest.raises(ImageError) as e:
+            load_image(path, 1, (8, 8))
+        assert str(e.value) == f"{path}: image is too large: {pixels} pixels, limit 100"
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels)  # at the limit: decoded
+        assert load_image(path, 1, (8, 8)).shape == (1, 8, 8)
 
 
 # ------------------------------------------------------------------ resize
