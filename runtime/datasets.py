@@ -15,8 +15,7 @@ import os
 import warnings
 from collections.abc import Callable
 
-from convspec.specs.base import class_name_problem
-from convspec.specs.classes import OUTPUT_IMAGES, folder_classes, is_run_folder, sort_names
+from convspec.specs.classes import OUTPUT_IMAGES, class_name_problem, folder_classes, is_run_folder, sort_names
 from convspec.specs.errors import ConvspecError
 from convspec.specs.readfile import FileReadError, check_regular, describe_mode, read_text
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +20,7 @@ from convspec.specs.readfile import FileReadError, check_regular
 
 from . import metrics
 from .datasets import DataError, list_csv, list_folder
-from .images import load_images
 from .predictor import Predictor
-
-CHUNK = 512  # images decoded at a time (and as many decoding ahead): bounds memory on large folders
 
 
 @dataclass
@@ -185,7 +181,7 @@ def evaluate(
             readable image at all.
         ModelError: an unusable model file.
     """
-    predictor = model if isinstance(model, Predictor) else Predictor(model, spinning=False)  # decoding runs meanwhile
+    predictor = model if isinstance(model, Predictor) else Predictor(model, intra_op_threads=1)  # a run per core
     paths, names = _samples(data, log)
     index = match_classes(sorted(set(names)), predictor.classes, data)
     labels = np.array([index[n] for n in names], np.int64)
@@ -201,37 +197,14 @@ def evaluate_files(
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Score ``predictor`` on image files whose true class indices (into its classes) are ``labels``."""
-    info = predictor.info
     failures: list[tuple[str, str]] = []
     probs, kept_labels = [], []
-
-    def load(start: int):
-        # one decode thread a core: ORT's threads run beside them on the previous chunk
-        chunk = paths[start : start + CHUNK]
-        return load_images(
-            chunk,
-            info.channels,
-            info.size,
-            info.resize,
-            on_error="skip",
-            workers=os.cpu_count(),
-            bits_stored=info.bits_stored,
-        )
-
-    starts = range(0, len(paths), CHUNK)
-    # Why a thread ahead: the next chunk decodes while ORT scores this one (about 15 % faster on 2 cores)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convspec-ahead") as ahead:
-        upcoming = ahead.submit(load, 0) if starts else None
-        for start in starts:
-            images, kept, bad = upcoming.result()
-            if start + CHUNK < len(paths):
-                upcoming = ahead.submit(load, start + CHUNK)
-            failures.extend(bad)
-            for i in range(0, len(images), batch_size):
-                probs.append(predictor.class_probabilities(predictor.predict_arrays(images[i : i + batch_size])))
-            kept_labels.append(labels[start : start + CHUNK][kept])
-            if progress is not None:
-                progress(min(CHUNK, len(paths) - start))
+    for chunk in predictor.scored_chunks(list(paths), batch_size):
+        failures.extend(chunk.failures)
+        probs.append(chunk.probabilities)
+        kept_labels.append(labels[chunk.kept])
+        if progress is not None:
+            progress(len(chunk.kept) + len(chunk.failures))
     if not sum(len(p) for p in probs):
         raise DataError(
             f"no readable images among {len(paths)} files"

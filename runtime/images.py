@@ -52,7 +52,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from convspec.specs.base import BITS_STORED
+from convspec.specs.classes import BITS_STORED
 from convspec.specs.errors import ConvspecError
 from convspec.specs.readfile import FileReadError, open_regular
 
@@ -254,7 +254,7 @@ class OpenedImage:
             if self._im is None:
                 grey = channels == 1 or self._header.colorspace == "Gray"
                 need = _needed(self._header.size, h, w, resize, 1)
-                a = _jpeg_pixels(self._fp, self._header.size, need, grey)
+                a = _jpeg_pixels(self._fp, self._header.size, need, grey, self._header)
                 if a is not None:
                     return _array_to_model(self.name, a, 1, channels, (h, w), resize, bits_stored)
                 # Why Pillow now: libjpeg-turbo refused or warned (a cut-short or corrupt file);
@@ -293,11 +293,13 @@ def _decode_opened(
     return _decode_with_pillow(name, im, fp, channels, size, resize, bits_stored)
 
 
-def _jpeg_pixels(fp, stored: tuple[int, int], need: tuple[int, int], grey: bool) -> np.ndarray | None:
+def _jpeg_pixels(
+    fp, stored: tuple[int, int], need: tuple[int, int], grey: bool, header: jpeg.Header | None = None
+) -> np.ndarray | None:
     """:func:`jpeg.decode` within the decode budget."""
     w, h = jpeg.scaled_size(stored, need)
     with DECODE_BUDGET.hold(w * h * 6):  # Why 6: the decoded RGB and its converted copy
-        return jpeg.decode(fp, stored, need, grey)
+        return jpeg.decode(fp, stored, need, grey, header)
 
 
 def _array_to_model(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
@@ -55,6 +55,7 @@ class Header:
     height: int
     colorspace: str  # turbojpeg's: Gray, YCbCr, RGB, CMYK or YCCK
     app1: bool  # an APP1 segment (EXIF or XMP) before the scan: it may hold an orientation
+    whole: bytes | None = field(default=None, repr=False, compare=False)  # the file, when the header read took it all
 
     @property
     def size(self) -> tuple[int, int]:
@@ -80,7 +81,8 @@ def read_header(fp: BinaryIO) -> Header | None:
             return None
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(head)
         app1 = _has_app1(head)
-        return None if app1 is None else Header(width, height, colorspace, app1)
+        whole = head if len(head) < HEADER_BYTES else None  # Why keep it: decode then reads nothing again
+        return None if app1 is None else Header(width, height, colorspace, app1, whole)
     except (ValueError, OSError):
         return None
     finally:
@@ -120,21 +122,25 @@ def _read_whole(fp: BinaryIO) -> bytes | None:
     return fp.read()
 
 
-def decode(fp: BinaryIO, stored: tuple[int, int], need: tuple[int, int], grey: bool) -> np.ndarray | None:
+def decode(
+    fp: BinaryIO, stored: tuple[int, int], need: tuple[int, int], grey: bool, header: Header | None = None
+) -> np.ndarray | None:
     """The JPEG in ``fp`` (``stored``: its ``(width, height)``) decoded at :func:`scaled_size`:
     uint8 ``(H, W)`` luma (``grey``) or ``(H, W, 3)`` RGB; None when Pillow must decode it.
+    ``header``: :func:`read_header`'s, whose bytes are used when it read the whole file.
 
     None for a file over :data:`MAX_FILE_BYTES`, a size that disagrees with ``stored``, or
     anything libjpeg-turbo refuses or warns about (a cut-short or corrupt file: Pillow then
     decodes what it can or names what is wrong). The caller checks the mode (not CMYK).
     """
     try:
-        data = _read_whole(fp)
+        data = header.whole if header is not None and header.whole is not None else _read_whole(fp)
         if data is None:
             return None
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        if (width, height) != tuple(stored):
-            return None
+        if header is None or header.whole is None:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            if (width, height) != tuple(stored):
+                return None
         w, h = scaled_size(stored, need)
         a = simplejpeg.decode_jpeg(data, colorspace="GRAY" if grey else "RGB", min_width=w, min_height=h)
     except (ValueError, OSError):  # simplejpeg's errors and warnings (strict) are ValueError

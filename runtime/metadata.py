@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from convspec.specs.base import BITS_STORED, class_name_problem
+from convspec.specs.classes import BITS_STORED, class_name_problem
 
 from .session import ModelError, open_session
 

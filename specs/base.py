@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic import Strict as PydanticStrict
 
-from .errors import control_character
+from .classes import class_name_problem
 
 Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "gelu", "silu", "elu", "softmax", "none"]
 
@@ -42,20 +42,6 @@ def _as_name(value):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value
-
-
-# The range of ``input.bits_stored``; the loader and the model metadata check the same bounds.
-BITS_STORED = (8, 16)
-
-
-def class_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a class name, or None: the one rule for the spec, data and models.
-
-    Why printable: class names are printed in terminal tables, plots and report.md, where a
-    newline breaks the row and an escape sequence rewrites the user's terminal.
-    """
-    code = control_character(name)
-    return f"class name {name!r} holds a control character ({code}); class names must be printable" if code else None
 
 
 def _printable_name(name: str) -> str:

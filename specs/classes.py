@@ -6,10 +6,24 @@ import csv
 import io
 import os
 
-from .errors import Issue, SpecError
+from .errors import Issue, SpecError, control_character
 from .readfile import FileReadError, read_text
 
 DIGITS = [str(i) for i in range(10)]
+
+# The range of ``input.bits_stored``; the loader and the model metadata check the same bounds.
+# Why here, beside the class-name rule: the runtime reads both without importing pydantic.
+BITS_STORED = (8, 16)
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class name, or None: the one rule for the spec, data and models.
+
+    Why printable: class names are printed in terminal tables, plots and report.md, where a
+    newline breaks the row and an escape sequence rewrites the user's terminal.
+    """
+    code = control_character(name)
+    return f"class name {name!r} holds a control character ({code}); class names must be printable" if code else None
 
 
 # ---------------------------------------------------------------- convspec's own outputs

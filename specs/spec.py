@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
 from pydantic import Strict as PydanticStrict
 
-from .base import BITS_STORED, DEVICE_PATTERN, ClassName, NonNegInt, Pair, PosInt, Strict
+from .base import DEVICE_PATTERN, ClassName, NonNegInt, Pair, PosInt, Strict
+from .classes import BITS_STORED
 from .layers import Layer
 from .pipeline import AugmentStep, PreprocessStep
 

@@ -49,8 +49,9 @@ def _predictor(model: Path):
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # Why no spinning: images decode while ORT runs, and spinning ORT threads would take their cores
-        predictor = Predictor(path, spinning=False)
+        # Why one ORT thread: predict and evaluate run one worker a core, each decoding and scoring
+        # its own batch (Predictor.scored_chunks); more ORT threads would only fight them for the cores
+        predictor = Predictor(path, intra_op_threads=1)
     for w in caught:
         err.print(f"warning: {w.message}", markup=False)
     return predictor

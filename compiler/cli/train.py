@@ -1,6 +1,7 @@
 """``convspec train``, ``tune`` and ``export``: the commands that need torch.
 
-Torch and Optuna are imported inside the commands, so ``convspec --help`` stays fast.
+Torch, Optuna and the spec models are imported inside the commands, so ``convspec --help`` and
+the torch-free commands start fast.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Annotated
 
 import typer
 
-from convspec.specs import ConvspecError, load_spec
-from convspec.specs.base import DEVICE_PATTERN
+from convspec.specs import ConvspecError
 
 from ._common import err, out, user_errors
 from ._group import at_least
@@ -50,6 +50,9 @@ def train(
     allow_out_in_data: AllowOutInData = False,
 ) -> None:
     """Train a spec: writes runs/NAME/ with checkpoints, metrics, plots, report and model.onnx."""
+    from convspec.specs import load_spec
+    from convspec.specs.base import DEVICE_PATTERN
+
     if spec_path is None and resume is None:
         raise ConvspecError("give a SPEC file, or --resume RUN")
     if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
@@ -94,6 +97,8 @@ def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, npr
         raise ConvspecError("--folds K trains a SPEC from the start, in one process (not with --resume or --nproc)")
     if folds < 2:
         raise ConvspecError(f"--folds {folds}: must be at least 2")
+
+    from convspec.specs import load_spec
 
     from ..training.folds import train_folds
 

@@ -6,6 +6,7 @@ inside a data folder, skipped with a warning, never used.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -102,12 +103,14 @@ def test_output_width_that_differs_from_the_class_list_is_refused(tmp_path, comm
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_output_shape_that_differs_at_run_time_is_refused(tmp_path, command):
-    data = image_folder(tmp_path / "data")
-    # (N, 3) scores reshaped to (-1, 2): the declared shape fits 2 classes, a batch of 8 gives (12, 2)
+    data = image_folder(tmp_path / "data", per_class=8)  # 16 files: an even batch on up to 8 cores
+    # (N, 3) scores reshaped to (-1, 2): the declared shape fits 2 classes, a batch of N gives (3N/2, 2)
     model = classifier_model(
         tmp_path / "m.onnx", ("a", "b", "c"), reshape_to=[-1, 2], props={"convspec.classes": '["a", "b"]'}
     )
-    user_error(cli(command, model, data), "m.onnx", "returned [12, 2] for a batch of 8", "(8, 2) was expected")
+    stderr = user_error(cli(command, model, data), "m.onnx", "the model returned [", "lists 2 classes, so (")
+    n = int(re.search(r"for a batch of (\d+)", stderr).group(1))  # the batch a worker ran (split by cores)
+    assert f"returned [{3 * n // 2}, 2] for a batch of {n}" in stderr and f"({n}, 2) was expected" in stderr, stderr
 
 
 @pytest.mark.parametrize(

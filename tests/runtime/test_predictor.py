@@ -269,6 +269,29 @@ def test_batches_decoded_ahead_keep_order_and_failures(model, tmp_path, batch_si
         p.predict(files, batch_size=batch_size)
 
 
+def test_scored_chunks_run_cache_sized_batches_and_keep_every_index(model, tmp_path, monkeypatch):
+    """Each worker scores its batch in runs of at most CPU_RUN_BYTES of float input; the
+    chunks, in order, account for every item once (kept or failed), with the same scores."""
+    import convspec.runtime.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "CPU_RUN_BYTES", 2 * 4 * H * W)  # two 1x6x6 images a run
+    p = Predictor(model)
+    runs: list[int] = []
+    real = p.predict_arrays
+    monkeypatch.setattr(p, "predict_arrays", lambda batch: runs.append(len(batch)) or real(batch))
+    items = [band_image(j % 3) for j in range(13)]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    items.insert(5, tmp_path / "bad.png")
+    chunks = list(p.scored_chunks(items, batch_size=5))
+    assert [c.start for c in chunks] == list(range(0, 14, 5))
+    assert sorted(i for c in chunks for i in c.kept) == [i for i in range(14) if i != 5]
+    assert [src for c in chunks for src, _ in c.failures] == [str(tmp_path / "bad.png")]
+    assert runs and max(runs) == 2
+    got = np.concatenate([c.probabilities for c in chunks])
+    want = p.class_probabilities(real(np.stack([a for a in items if isinstance(a, np.ndarray)])))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_concurrent_predict_is_consistent(model):
     p = Predictor(model, intra_op_threads=1)
     rng = np.random.default_rng(1)
