@@ -29,6 +29,8 @@ from .session import CPU, CUDA, ModelError, cuda_usable, open_session, resolve_p
 
 # The float input of one ORT run on the CPU in :meth:`Predictor.scored_chunks` (see _run_images).
 CPU_RUN_BYTES = 2 << 20
+# The uint8 pixels of one worker's batch in :meth:`Predictor.scored_chunks`, at most.
+CHUNK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -293,28 +295,27 @@ class Predictor:
         Why each worker loads and scores its own batch, one worker a core: on the CPU, decoding and
         ONNX Runtime share the cores; a worker that does both keeps its batch in cache and hands
         nothing to another thread, and the workers' runs fill the cores (with ``intra_op_threads=1``
-        they fill them exactly, as the CLI does: ``convspec predict`` went from 0.69x to 0.9x of
-        Pillow's decoding alone at 224 px, bench/real_size.py). A few batches at most are in memory.
+        they fill them exactly, as the CLI does: ``convspec predict`` went from 0.69x to 1.05x of
+        Pillow's decoding alone at 224 px, bench/real_size.py). Memory: one batch a worker and one
+        waiting, each at most :data:`CHUNK_BYTES` of pixels (64 images at 224 px, 21 at 1024 px).
         """
         cores = min(8, os.cpu_count() or 1)
         # Why smaller batches for a few items: each core still gets one (50 files, 2 cores: 2 of 25)
-        batch_size = max(1, min(batch_size, -(-len(items) // cores)))
+        fit = max(1, CHUNK_BYTES // math.prod(self.info.input_shape))
+        batch_size = max(1, min(batch_size, fit, -(-len(items) // cores)))
         starts = range(0, len(items), batch_size)
 
         def chunk(start: int) -> Chunk:
             loaded = [self._load(i, it) for i, it in enumerate(items[start : start + batch_size], start)]
             good = [(i, src, a) for i, (src, a) in enumerate(loaded, start) if not isinstance(a, ImageError)]
             bad = [(a.path, a.reason) for _, a in loaded if isinstance(a, ImageError)]
-            batch = np.stack([a for _, _, a in good]) if good else None
-            run = self._run_images or batch_size
-            probs = (
-                self.class_probabilities(
-                    np.concatenate([self.predict_arrays(batch[i : i + run]) for i in range(0, len(batch), run)])
-                )
-                if good
-                else np.zeros((0, len(self._classes)))
-            )
-            return Chunk(start, [i for i, _, _ in good], [src for _, src, _ in good], probs, bad)
+            if not good:
+                return Chunk(start, [], [], np.zeros((0, len(self._classes))), bad)
+            batch = np.stack([a for _, _, a in good])
+            run = self._run_images or len(batch)
+            probs = np.concatenate([self.predict_arrays(batch[i : i + run]) for i in range(0, len(batch), run)])
+            kept, sources = [i for i, _, _ in good], [src for _, src, _ in good]
+            return Chunk(start, kept, sources, self.class_probabilities(probs), bad)
 
         # Why no pool for one image: a server calling predict([image]) from many threads must not start threads per call
         workers = min(cores, len(starts))
@@ -323,8 +324,8 @@ class Predictor:
             return
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convspec-predict")
         try:
-            pending = collections.deque(pool.submit(chunk, s) for s in starts[: 2 * workers])
-            for s in starts[2 * workers :]:
+            pending = collections.deque(pool.submit(chunk, s) for s in starts[: workers + 1])
+            for s in starts[workers + 1 :]:
                 yield pending.popleft().result()
                 pending.append(pool.submit(chunk, s))
             while pending:

@@ -292,6 +292,14 @@ def test_scored_chunks_run_cache_sized_batches_and_keep_every_index(model, tmp_p
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_a_workers_batch_is_bounded_by_bytes(model, monkeypatch):
+    import convspec.runtime.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "CHUNK_BYTES", 3 * H * W)  # three 1x6x6 images
+    chunks = list(Predictor(model).scored_chunks([band_image(j % 3) for j in range(10)], batch_size=64))
+    assert [c.start for c in chunks] == [0, 3, 6, 9] and [len(c.kept) for c in chunks] == [3, 3, 3, 1]
+
+
 def test_concurrent_predict_is_consistent(model):
     p = Predictor(model, intra_op_threads=1)
     rng = np.random.default_rng(1)
