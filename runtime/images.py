@@ -12,7 +12,7 @@ Pipeline of one image, in order:
    only PNG, JPEG (and MPO), BMP, GIF, TIFF and WebP are accepted; animated GIF / WebP /
    PNG and multi-page TIFF give their first frame;
 2. apply the EXIF orientation (phone photos are stored sideways with a rotate tag);
-3. convert the mode to 8-bit: 16-bit grey ('I;16', 'I') is scaled by 255/65535 (by
+3. convert the mode to 8-bit (:mod:`.modes`): 16-bit grey ('I;16', 'I') is scaled by 255/65535 (by
    255/(2**bits_stored - 1) for images that use only the low ``bits_stored`` bits, as 12-bit
    X-rays do; values above clip), float 'F'
    from [0, 1] (or clipped to [0, 255] when its values exceed 1), CMYK / YCbCr / LAB / HSV
@@ -38,7 +38,6 @@ pixels and for transparent pixels that hold leftover colour.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import math
 import os
@@ -57,6 +56,7 @@ from convspec.specs.errors import ConvspecError
 from convspec.specs.readfile import FileReadError, open_regular
 
 from . import jpeg
+from .modes import convert_in_strips, scale16, to_mode
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -81,9 +81,8 @@ _RESAMPLE = Image.Resampling.BILINEAR
 _RESIZE_MODES = ("stretch", "letterbox", "crop")
 
 # Images above this many pixels are converted to 8 bits a strip of rows at a time (the same
-# pixels as in one go; see _convert_in_strips), strips of about _STRIP_PIXELS pixels.
+# pixels as in one go; see modes.convert_in_strips).
 STREAM_PIXELS = 1 << 22
-_STRIP_PIXELS = 1 << 20
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
@@ -401,7 +400,7 @@ def prepare_array(
         raise ImageError("<array>", f"empty image (shape {a.shape})")
     a = _array_to_8bit_or_16bit(a)
     if a.dtype == np.uint16:
-        a = _scale16(a, bits_stored)  # the same scaling a 16-bit PNG gets
+        a = scale16(a, bits_stored)  # the same scaling a 16-bit PNG gets
     im = Image.fromarray(np.ascontiguousarray(a))  # (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
     return _finish(im, channels, size, resize, bits_stored)
 
@@ -721,12 +720,12 @@ def _finish(
     if im.width * im.height > STREAM_PIXELS and not plain:
         # Why grey stays grey until after the resize: resizing one band and copying it to three
         # gives exactly the pixels of resizing three equal bands, in a third of the memory.
-        converted = _convert_in_strips(im, "L" if im.mode in _GREY_MODES else target, bits_stored)
+        converted = convert_in_strips(im, "L" if im.mode in _GREY_MODES else target, bits_stored)
         if owned:
             im.close()
         im = converted
     else:
-        im = _to_mode(im, target, bits_stored=bits_stored)
+        im = to_mode(im, target, bits_stored=bits_stored)
     im = _resize(im, int(size[0]), int(size[1]), resize)
     if im.mode != target:
         im = im.convert(target)
@@ -736,81 +735,6 @@ def _finish(
 def _chw(a: np.ndarray) -> np.ndarray:
     """uint8 ``(H, W)`` -> ``(1, H, W)``, ``(H, W, 3)`` -> ``(3, H, W)``, contiguous."""
     return np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-
-
-def _to_mode(im: Image.Image, target: str, float_scale: bool | None = None, bits_stored: int = 16) -> Image.Image:
-    im = _to_8bit(im, float_scale, bits_stored)
-    return im if im.mode == target else im.convert(target)
-
-
-def _convert_in_strips(im: Image.Image, target: str, bits_stored: int = 16) -> Image.Image:
-    """:func:`_to_mode` a strip of rows at a time: the same pixels, with no full-size temporary
-    beyond the result (a 9400x9400 16-bit PNG held an int64 copy of 700 MB and more at once).
-
-    Why only the conversion in strips, not the resize: the conversions are per pixel, so
-    strips give exactly the same pixels; Pillow's resize is then called on the whole 8-bit
-    image as before, so the pixels stay those of the one-piece path.
-    """
-    rows = max(1, _STRIP_PIXELS // max(1, im.width))
-    float_scale = None
-    if im.mode == "F":  # Why first: whether to scale by 255 depends on the whole image's maximum
-        top = max(
-            float(np.nan_to_num(np.asarray(im.crop((0, y, im.width, min(y + rows, im.height)))), posinf=255.0).max())
-            for y in range(0, im.height, rows)
-        )
-        float_scale = top <= 1.0
-    out = Image.new(target, im.size)
-    for y in range(0, im.height, rows):
-        strip = im.crop((0, y, im.width, min(y + rows, im.height)))
-        out.paste(_to_mode(strip, target, float_scale, bits_stored), (0, y))
-    return out
-
-
-def _to_8bit(im: Image.Image, float_scale: bool | None = None, bits_stored: int = 16) -> Image.Image:
-    """Any Pillow mode -> 'L' or 'RGB' (transparency composited onto black).
-
-    ``float_scale``: for mode 'F', whether values are multiplied by 255 (default: when the
-    image's maximum is <= 1); the streamed path decides it once for the whole image.
-    """
-    mode = im.mode
-    if mode in ("L", "RGB") and "transparency" not in im.info:
-        return im
-    if mode.startswith("I;16") or mode == "I":
-        return Image.fromarray(_scale16(np.asarray(im), bits_stored), mode="L")
-    if mode == "F":
-        a = np.asarray(im, dtype=np.float32)
-        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
-        if float_scale if float_scale is not None else (a.size and a.max() <= 1.0):
-            a = a.astype(np.float64) * 255.0
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
-    if mode == "1":
-        return im.convert("L")
-    grey_alpha = mode in ("LA", "La") or (mode == "L" and "transparency" in im.info)
-    colour_alpha = mode in ("RGBA", "RGBa", "PA") or (mode in ("P", "RGB") and "transparency" in im.info)
-    if grey_alpha or colour_alpha:
-        a = np.asarray(im.convert("LA" if grey_alpha else "RGBA"))
-        colour = a[..., :-1].astype(np.uint16)  # Why uint16: c * alpha + 127 <= 65152 fits
-        colour *= a[..., -1:]
-        colour += 127
-        colour //= 255  # round(c * a / 255)
-        onto_black = colour.astype(np.uint8)
-        return Image.fromarray(onto_black[..., 0] if grey_alpha else onto_black, mode="L" if grey_alpha else "RGB")
-    return im.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
-
-
-@functools.cache
-def _lut16(bits_stored: int) -> np.ndarray:
-    """Why a table: 0..2**bits-1 -> 0-255 by one uint8 lookup per pixel, no int64 copy of the image."""
-    top = (1 << bits_stored) - 1
-    v = np.minimum(np.arange(65536, dtype=np.int64), top)
-    return ((v * 255 + top // 2) // top).astype(np.uint8)
-
-
-def _scale16(a: np.ndarray, bits_stored: int = 16) -> np.ndarray:
-    """0..2**bits_stored-1 -> 0-255, rounded (values above, and outside 0-65535, are clipped)."""
-    if a.dtype != np.uint16:
-        a = np.clip(a, 0, 65535).astype(np.uint16)
-    return _lut16(bits_stored)[a]
 
 
 def _array_to_8bit_or_16bit(a: np.ndarray) -> np.ndarray:

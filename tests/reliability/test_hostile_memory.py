@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convspec.runtime import images
+from convspec.runtime import images, modes
 from convspec.runtime.images import DecodeBudget
 
 from .conftest import probe_model, run_with_peak
@@ -102,14 +102,14 @@ def test_strip_conversion_gives_the_same_pixels(mode, monkeypatch):
                 monkeypatch.setattr(images, "STREAM_PIXELS", 10**9)
                 whole = images._finish(im, channels, size, how)
                 monkeypatch.setattr(images, "STREAM_PIXELS", 0)
-                monkeypatch.setattr(images, "_STRIP_PIXELS", 5000)  # strips of ~10 rows
+                monkeypatch.setattr(modes, "STRIP_PIXELS", 5000)  # strips of ~10 rows
                 strips = images._finish(im, channels, size, how)
                 assert np.array_equal(whole, strips), (mode, channels, how, size)
 
 
 def test_16_bit_scaling_makes_no_wide_copy():
     a = np.arange(65536, dtype=np.uint16).reshape(256, 256)
-    out = images._scale16(a)
+    out = modes.scale16(a)
     assert out.dtype == np.uint8
     assert np.array_equal(out, ((a.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8))
 

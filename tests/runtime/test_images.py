@@ -111,13 +111,13 @@ def test_bits_stored_scales_16_bit_grey_from_its_own_range(tmp_path):
 
 
 def test_bits_stored_in_a_large_image_converted_in_strips(tmp_path, monkeypatch):
-    from convspec.runtime import images
+    from convspec.runtime import images, modes
 
     a = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096).astype(np.uint16)
     Image.fromarray(a).save(tmp_path / "big.png")
     whole = load_image(tmp_path / "big.png", 1, (64, 64), bits_stored=12)
     monkeypatch.setattr(images, "STREAM_PIXELS", 100)
-    monkeypatch.setattr(images, "_STRIP_PIXELS", 64 * 5)
+    monkeypatch.setattr(modes, "STRIP_PIXELS", 64 * 5)
     assert np.array_equal(load_image(tmp_path / "big.png", 1, (64, 64), bits_stored=12), whole)
     assert whole.max() == 255
 
