@@ -42,14 +42,19 @@ class Chunk:
         kept: the indices of the items that loaded, ascending.
         sources: their sources (file path as given, or ``<array i>``).
         probabilities: ``(len(kept), K)`` class probabilities (binary: ``[1 - p, p]``).
-        failures: ``(source, reason)`` of the items that did not load.
+        errors: the :class:`ImageError` of each item that did not load, in order.
     """
 
     start: int
     kept: list[int]
     sources: list[str]
     probabilities: np.ndarray
-    failures: list[tuple[str, str]]
+    errors: list[ImageError]
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """``(source, reason)`` of the items that did not load."""
+        return [(e.path, e.reason) for e in self.errors]
 
 
 @dataclass(frozen=True)
@@ -158,8 +163,9 @@ class Predictor:
         self._binary = self.info.task == "binary"
         self._threshold = 0.5 if self.info.threshold is None else float(self.info.threshold)
         # Why cache-sized runs on the CPU: a run's float activations of a MB or two stay in cache
-        # (3x224x224, a worker decoding and scoring 64 images a batch with one ORT thread: runs of
-        # 3 images 3,400 images/s, of 64 2,630); a GPU wants whole batches, a fixed-batch model its size
+        # (3x224x224, workers decoding and scoring 64 images a batch: runs of 3 images 3,400
+        # images/s against 2,630 for 64 with one ORT thread, 2,500 against 2,190 with ORT's
+        # default pool); a GPU wants whole batches, a fixed-batch model its size
         on_cpu = CUDA not in self.session.get_providers() and self._fixed_batch is None
         self._run_images = max(1, CPU_RUN_BYTES // (4 * math.prod(self.info.input_shape))) if on_cpu else None
 
@@ -281,11 +287,10 @@ class Predictor:
         k = min(top_k, len(self._classes))
         out: list[Prediction] = []
         for chunk in self.scored_chunks(items, batch_size):
-            for src, reason in chunk.failures:
-                if on_error == "raise":
-                    raise ImageError(src, reason)
-                if failures is not None:
-                    failures.append((src, reason))
+            if chunk.errors and on_error == "raise":
+                raise chunk.errors[0]  # Why the object itself: ImageTooLarge stays ImageTooLarge
+            if failures is not None:
+                failures.extend(chunk.failures)
             out.extend(self._prediction(src, p, k) for src, p in zip(chunk.sources, chunk.probabilities, strict=True))
         return out
 
@@ -308,7 +313,7 @@ class Predictor:
         def chunk(start: int) -> Chunk:
             loaded = [self._load(i, it) for i, it in enumerate(items[start : start + batch_size], start)]
             good = [(i, src, a) for i, (src, a) in enumerate(loaded, start) if not isinstance(a, ImageError)]
-            bad = [(a.path, a.reason) for _, a in loaded if isinstance(a, ImageError)]
+            bad = [a for _, a in loaded if isinstance(a, ImageError)]
             if not good:
                 return Chunk(start, [], [], np.zeros((0, len(self._classes))), bad)
             batch = np.stack([a for _, _, a in good])

@@ -300,6 +300,15 @@ def test_a_workers_batch_is_bounded_by_bytes(model, monkeypatch):
     assert [c.start for c in chunks] == [0, 3, 6, 9] and [len(c.kept) for c in chunks] == [3, 3, 3, 1]
 
 
+def test_the_first_error_is_raised_as_its_own_class(model, tmp_path, monkeypatch):
+    from convspec.runtime.images import ImageTooLarge
+
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageTooLarge, match="big.png: image is too large"):
+        Predictor(model).predict([band_image(0), tmp_path / "big.png", band_image(1)])
+
+
 def test_concurrent_predict_is_consistent(model):
     p = Predictor(model, intra_op_threads=1)
     rng = np.random.default_rng(1)
