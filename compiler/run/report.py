@@ -9,19 +9,12 @@ from typing import Any
 from convspec.runtime.files import atomic_write, atomic_write_text
 from convspec.specs.errors import printable
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # Why: headless servers; never open a window from a training run
-    import matplotlib.pyplot as plt
-
-    return plt
+from .plots import fixed_margins, pyplot
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """Loss and accuracy per epoch, train against validation."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "accuracy")):
@@ -33,13 +26,13 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
+    fixed_margins(fig, left=0.07, bottom=0.12, top=0.92, wspace=0.2)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
 def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     k = len(class_names)
     size = min(3 + 0.5 * k, 14)
     fig, ax = plt.subplots(figsize=(size, size))

@@ -46,15 +46,29 @@ def make_criterion(spec: Spec, weights: np.ndarray | None, device: torch.device)
 
 
 def make_optimizer(spec: Spec, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The spec's optimizer over the model's trainable parameters, one group per ``lr_mult`` (``transfer``)."""
+    """The spec's optimizer over the model's trainable parameters, one group per ``lr_mult`` (``transfer``).
+
+    Fused (one kernel per step for all parameters) on the CPU and CUDA, where torch has those kernels.
+    """
     o = spec.training.optimizer
     params = param_groups(spec, model, o.lr)
+    # Why fused: digits trains 20-30 % faster on 2 CPU cores (bench/time_to_accuracy.py) than with the
+    # per-parameter default; the update is the same rule, rounded differently
+    kw = {"fused": True} if fused_supported(model) else {}
     if o.type == "sgd":
         nesterov = o.nesterov and o.momentum > 0
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=nesterov, weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=nesterov, weight_decay=o.weight_decay, **kw
+        )
     if o.type == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **kw)
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **kw)
+
+
+def fused_supported(model: torch.nn.Module) -> bool:
+    """Whether every trainable parameter is a float tensor on the CPU or a CUDA device (fused kernels exist)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
 def predicted_class(logits: torch.Tensor, task: str) -> torch.Tensor:

@@ -113,9 +113,9 @@ def write_csv(trials, path: Path) -> Path:
 
 def write_plots(optuna, study, folder: Path, rows: list[dict]) -> dict[str, str | None]:
     """history.png and importance.png; returns name -> None (written) or why it was skipped."""
-    from ..run.report import _pyplot
+    from ..run.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     from optuna.visualization import matplotlib as ovm
 
     done: dict[str, str | None] = {}

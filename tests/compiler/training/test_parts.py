@@ -3,6 +3,7 @@ checkpoint round trip, and an epoch that reads no device value per step."""
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
@@ -17,7 +18,7 @@ from convspec.compiler.data.loading import load_dataset
 from convspec.compiler.training.device import placement_for
 from convspec.compiler.training.distributed import Dist
 from convspec.compiler.training.epoch import train_epoch
-from convspec.compiler.training.objective import class_weights, make_criterion
+from convspec.compiler.training.objective import class_weights, make_criterion, make_optimizer
 from convspec.compiler.training.setup import setup_training
 from convspec.compiler.training.stopping import Monitor
 from convspec.specs import load_spec
@@ -130,6 +131,51 @@ def test_an_epoch_reads_no_device_value_per_step(digits, monkeypatch):
     record, n = train_epoch(setup, state, 1)
     assert n == len(data.splits["train"]) and math.isfinite(record["train_loss"])
     assert len(calls) <= 2, f"{len(calls)} host reads in an epoch of {setup.steps_per_epoch} steps"
+
+
+def _steps(model, opt, x, y, n):
+    for _ in range(n):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model.logits(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adam", "sgd"])
+def test_the_fused_optimizer_is_the_same_rule_and_takes_an_unfused_state(digits, kind):
+    """make_optimizer fuses on the CPU; its steps match torch's default implementation, and an
+    optimizer state saved by an unfused one (a run from before) loads and continues alike."""
+    from convspec.compiler.model.builder import build_model
+
+    spec = spec_with(f"training.optimizer.type={kind}", "training.optimizer.weight_decay=0.01")
+    _, data = digits
+    idx = data.splits["train"][:64]
+    x, y = torch.from_numpy(data.images[idx]).float(), torch.from_numpy(data.labels[idx])
+
+    def model():
+        torch.manual_seed(0)
+        net = build_model(spec, num_classes=len(data.class_names), class_names=data.class_names)
+        return net.eval()  # Why: no dropout masks, so both see the same gradients
+
+    fused_model, plain_model, initial = model(), model(), model()
+    fused = make_optimizer(spec, fused_model)
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = make_optimizer(spec, plain_model)
+    for group in plain.param_groups:
+        group["fused"] = None  # torch's default implementation, the same hyperparameters
+    _steps(fused_model, fused, x, y, 3)
+    _steps(plain_model, plain, x, y, 3)
+    for a, b, start in zip(fused_model.parameters(), plain_model.parameters(), initial.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert not torch.equal(a, start)  # it moved
+
+    resumed_model = model()
+    resumed_model.load_state_dict(plain_model.state_dict())
+    resumed = make_optimizer(spec, resumed_model)
+    resumed.load_state_dict(copy.deepcopy(plain.state_dict()))  # Why a copy: as read from last.pt, not shared
+    _steps(resumed_model, resumed, x, y, 2)
+    _steps(plain_model, plain, x, y, 2)
+    for a, b in zip(resumed_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_state_checkpoint_round_trip_continues_identically(digits):
