@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from .errors import ExportError
 from .fold import fold_for_export
 
 PARITY_IMAGES = 256  # compare PyTorch and ORT on at least this many images (when the data has them)
+PARITY_MAX = 2048  # and on at most this many: a seeded sample of a larger test split
 MAX_ABS_DIFF = 1e-4  # largest probability difference accepted between PyTorch and ORT
 INT8_MAX_LOSS = 0.005  # accuracy an INT8 model may lose before the log says so (0.5 pt)
 TIMING_IMAGES = 256  # images timed per model for the INT8 speed ratio
@@ -70,26 +72,28 @@ def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None, log: 
     return run.onnx
 
 
-def export_model(run: Run, *, int8: bool | None = None, log: Callable[[str], None] = print) -> dict:
+def export_model(
+    run: Run, *, int8: bool | None = None, log: Callable[[str], None] = print, images: ExportImages | None = None
+) -> dict:
     """The export itself: write ``model.onnx`` (and ``model.int8.onnx``) and ``export.json``; return that record.
 
     :func:`export_onnx` is this followed by :func:`record_export`; ``convspec train`` runs the two
-    apart, this one in a warm worker process (:mod:`.worker`) while it draws the pictures.
+    apart, this one in a warm worker process (:mod:`.worker`) while it draws the pictures, and hands
+    it the ``images`` it needs from the data it holds (else the run's data is loaded here).
     """
     t0 = time.perf_counter()
     spec, model, class_names, ckpt = _load_run(run)
     check_run_writable(run)  # Why before the export: fail in a second, not after a minute
-    quantize = spec.export.quantize == "int8" if int8 is None else int8
+    quantize = wants_int8(spec, int8)
 
     proto = _export_proto(model, spec)
     _add_metadata(proto, spec, class_names, run)
     _check(proto)
-    data = _dataset(spec, run)
-    idx = _parity_indices(data.splits)
-    images = data.images[idx]  # (N, C, H, W) uint8
+    if images is None or (quantize and images.calibration is None):
+        images = export_images(spec, _dataset(spec, run), int8=quantize)
     blob = proto.SerializeToString()
     try:
-        parity = _parity(model, blob, images, spec.task)
+        parity = _parity(model, blob, images.parity, spec.task)
     except ExportError:
         for stale in (run.onnx, run.onnx_int8):
             if stale.exists():
@@ -112,10 +116,49 @@ def export_model(run: Run, *, int8: bool | None = None, log: Callable[[str], Non
     )
 
     if quantize:
-        info["int8"] = quantize_run(run, spec, blob, data, log=log)
+        info["int8"] = quantize_run(run, spec, blob, images, log=log)
     info["time_s"] = round(time.perf_counter() - t0, 2)
     run.write_json(run.export_json, info)
     return info
+
+
+def wants_int8(spec: Spec, int8: bool | None) -> bool:
+    """Whether an export writes ``model.int8.onnx``: ``int8`` when given, else the spec's ``export.quantize``."""
+    return spec.export.quantize == "int8" if int8 is None else int8
+
+
+@dataclass
+class ExportImages:
+    """The images an export reads, uint8 ``(N, C, H, W)``, picked from a decoded data set by :func:`export_images`.
+
+    Why a class: ``convspec train`` sends these few to its export worker, which then never decodes
+    the data set again (tens of thousands of photos, for 256 images).
+    """
+
+    parity: np.ndarray  # compared between PyTorch and ONNX Runtime
+    calibration: np.ndarray | None = None  # INT8: the quantizer's calibration images (training split)
+    scored_split: str = "test"  # INT8: fp32 and INT8 accuracy on this split
+    scored: np.ndarray | None = None
+    scored_labels: np.ndarray | None = None
+    timing: np.ndarray | None = None  # INT8: the images timed for the speed ratio
+
+
+def export_images(spec: Spec, data, *, int8: bool) -> ExportImages:
+    """Pick what an export of ``spec`` reads from ``data`` (a :class:`..data.dataset.Dataset` with its split)."""
+    picked = ExportImages(parity=data.images[_parity_indices(data.splits, spec.training.seed)])
+    if not int8:
+        return picked
+    split = "test" if len(data.splits["test"]) else "val" if len(data.splits["val"]) else "train"
+    idx = data.splits[split]
+    scored = data.images[idx]
+    calib = _take(data.splits["train"], spec.export.calibration_images, seed=spec.training.seed)
+    if len(scored) < TIMING_IMAGES:
+        timed = data.images[_take(np.arange(len(data.images)), TIMING_IMAGES, 0)]
+    else:
+        timed = scored
+    picked.calibration, picked.scored_split, picked.scored = data.images[calib], split, scored
+    picked.scored_labels, picked.timing = data.labels[idx], timed[:TIMING_IMAGES]
+    return picked
 
 
 def record_export(run: Run, info: dict, log: Callable[[str], None] = print, results: dict | None = None) -> None:
@@ -131,33 +174,29 @@ def record_export(run: Run, info: dict, log: Callable[[str], None] = print, resu
         log(f"warning: could not update {run.report.name} ({type(e).__name__}: {e})")
 
 
-def quantize_run(run: Run, spec: Spec, fp32: bytes, data, *, log: Callable[[str], None] = print) -> dict:
+def quantize_run(
+    run: Run, spec: Spec, fp32: bytes, images: ExportImages, *, log: Callable[[str], None] = print
+) -> dict:
     """Write ``model.int8.onnx`` and score it against fp32 (accuracy on test, speed)."""
     from .quantize import quantize_int8, time_model
 
-    calib = _take(data.splits["train"], spec.export.calibration_images, seed=spec.training.seed)
-    blob = quantize_int8(fp32, data.images[calib], spec.export.dynamic_batch)
+    blob = quantize_int8(fp32, images.calibration, spec.export.dynamic_batch)
     with writing(run.onnx_int8, "the INT8 model"):
         atomic_write_bytes(run.onnx_int8, blob)
-    split = "test" if len(data.splits["test"]) else "val" if len(data.splits["val"]) else "train"
-    idx = data.splits[split]
-    images, labels = data.images[idx], data.labels[idx]
-    acc32 = _ort_accuracy(fp32, images, labels, spec.task)
-    acc8 = _ort_accuracy(blob, images, labels, spec.task)
-    timed = (
-        images if len(images) >= TIMING_IMAGES else data.images[_take(np.arange(len(data.images)), TIMING_IMAGES, 0)]
-    )
-    t32, t8 = time_model(fp32, timed[:TIMING_IMAGES]), time_model(blob, timed[:TIMING_IMAGES])
+    split, scored, labels = images.scored_split, images.scored, images.scored_labels
+    acc32 = _ort_accuracy(fp32, scored, labels, spec.task)
+    acc8 = _ort_accuracy(blob, scored, labels, spec.task)
+    t32, t8 = time_model(fp32, images.timing), time_model(blob, images.timing)
     speedup = t32 / t8 if t8 > 0 else float("nan")
     out = {
         "file": run.onnx_int8.name,
         "split": split,
-        "images": len(idx),
+        "images": len(scored),
         "accuracy": acc8,
         "fp32_accuracy": acc32,
         "speedup": speedup,
         "size_bytes": len(blob),
-        "calibration_images": len(calib),
+        "calibration_images": len(images.calibration),
     }
     log(
         f"wrote {run.onnx_int8} ({len(blob) / 1e6:.2f} MB): {split} accuracy {acc8 * 100:.2f} % "
@@ -336,9 +375,10 @@ def _dataset(spec: Spec, run: Run):
     return load_dataset(spec, split_file=split, log=lambda _m: None)
 
 
-def _parity_indices(splits: dict[str, np.ndarray]) -> np.ndarray:
-    """All test images, topped up with val then train images to ``PARITY_IMAGES``."""
-    idx = list(splits.get("test", []))
+def _parity_indices(splits: dict[str, np.ndarray], seed: int) -> np.ndarray:
+    """The test images (a seeded sample of ``PARITY_MAX`` when there are more), topped up with val then
+    train images to ``PARITY_IMAGES``."""
+    idx = list(_take(splits.get("test", np.zeros(0, np.int64)), PARITY_MAX, seed))
     for name in ("val", "train"):
         if len(idx) >= PARITY_IMAGES:
             break
@@ -434,10 +474,13 @@ def export_to_file(
 
 __all__ = [
     "ExportError",
+    "ExportImages",
+    "export_images",
     "export_model",
     "export_onnx",
     "export_to_file",
     "quantize_run",
     "quiet_exporter",
     "record_export",
+    "wants_int8",
 ]

@@ -34,11 +34,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from convspec.specs import ConvspecError, Spec
 
 from ..run.folder import Run
+
+if TYPE_CHECKING:
+    from .onnx import ExportImages
 
 ENV = "CONVSPEC_EXPORT_WORKER"
 
@@ -86,10 +89,11 @@ class ExportWorker:
             return None
         return worker
 
-    def begin(self, run: Run, int8: bool | None = None) -> bool:
-        """Ask for the export of ``run``; False when the worker is gone (export in-process instead)."""
+    def begin(self, run: Run, int8: bool | None = None, images: ExportImages | None = None) -> bool:
+        """Ask for the export of ``run`` (checked on ``images`` when given, else on the run's data loaded
+        there); False when the worker is gone (export in-process instead)."""
         self._pending = run
-        return self._send({"op": "export", "run": str(run.path), "int8": int8})
+        return self._send({"op": "export", "run": str(run.path), "int8": int8, "images": images})
 
     def warming(self) -> bool:
         """Whether the worker is still warming up (and so using a core); never waits."""
@@ -161,15 +165,18 @@ def warm_exporter(spec: Spec, enabled: bool, started: ExportWorker | None = None
             worker.close()
 
 
-def export_run(worker: ExportWorker | None, run: Run, log: Callable[[str], None]) -> dict:
-    """The export record of ``run``, from the worker when it answers, else exported in this process."""
+def export_run(
+    worker: ExportWorker | None, run: Run, log: Callable[[str], None], images: ExportImages | None = None
+) -> dict:
+    """The export record of ``run``, from the worker when it answers, else exported in this process
+    (on ``images`` when given)."""
     if worker is not None and worker._pending is not None and worker._pending.path == run.path:
         info = worker.result(log)
         if info is not None:
             return info
     from .onnx import export_model
 
-    return export_model(run, log=log)
+    return export_model(run, log=log, images=images)
 
 
 # ------------------------------------------------------------------ the child
@@ -204,7 +211,8 @@ def _export(message: dict) -> dict:
 
     lines: list[str] = []
     try:
-        info = export_model(Run(Path(message["run"])), int8=message.get("int8"), log=lines.append)
+        run = Run(Path(message["run"]))
+        info = export_model(run, int8=message.get("int8"), log=lines.append, images=message.get("images"))
         return {"info": info, "log": lines}
     except ConvspecError as e:
         return {"error": e, "log": lines}

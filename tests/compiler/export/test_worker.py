@@ -113,3 +113,48 @@ def test_train_exports_in_the_worker(tmp_path, monkeypatch):
     results = run.read_results()
     assert results["export"]["top1_agreement"] == 1.0  # the worker's record, merged by the parent
     assert "model.onnx" in run.report.read_text()
+
+
+def test_an_export_reads_the_images_it_is_handed_and_never_the_data(tmp_path, digits_folder):
+    """``convspec train`` hands its export the images it checks on (parity, and INT8's calibration and
+    scoring): a data folder gone since training does not matter, and nothing is decoded again."""
+    import shutil
+
+    from convspec.compiler.data.loading import load_dataset
+    from convspec.compiler.export.onnx import export_images, export_model
+    from convspec.compiler.training.loop import train
+
+    data_dir = Path(shutil.copytree(digits_folder, tmp_path / "data"))
+    spec = load_spec(
+        REPO / "examples" / "digits.yaml",
+        overrides=[f"data.source={{type: folder, path: {data_dir}}}", "training.epochs=1"],
+    )
+    run = train(spec, out=tmp_path / "runs", export=False, progress=False, log=lambda _m: None)
+    data = load_dataset(spec, split_file=run.split, log=lambda _m: None)
+    fp32, int8 = export_images(spec, data, int8=False), export_images(spec, data, int8=True)
+    assert len(fp32.parity) == len(data) and fp32.calibration is None  # 200 images: all of them
+    shutil.rmtree(data_dir)
+
+    worker = ExportWorker.start(spec)
+    try:
+        assert worker.begin(run, images=fp32)
+        info = export_run(worker, run, lambda _m: None)
+    finally:
+        worker.close()
+    assert info["images"] == len(data) and info["top1_agreement"] == 1.0 and run.onnx.exists()
+
+    info = export_model(run, int8=True, log=lambda _m: None, images=int8)
+    assert info["int8"]["calibration_images"] == len(data.splits["train"]) and run.onnx_int8.exists()
+    assert info["int8"]["images"] == len(data.splits["test"])
+
+
+def test_parity_takes_a_seeded_sample_of_a_large_test_split_and_tops_up_a_small_one():
+    from convspec.compiler.export.onnx import PARITY_IMAGES, PARITY_MAX, _parity_indices
+
+    big = {"test": np.arange(10_000, 15_000), "val": np.arange(100), "train": np.arange(100, 9_000)}
+    picked = _parity_indices(big, seed=0)
+    assert len(picked) == PARITY_MAX and set(picked) <= set(big["test"]) and len(set(picked)) == PARITY_MAX
+    assert np.array_equal(picked, _parity_indices(big, seed=0))
+    small = {"test": np.arange(10), "val": np.arange(10, 20), "train": np.arange(20, 1000)}
+    picked = _parity_indices(small, seed=0)
+    assert len(picked) == PARITY_IMAGES and list(picked[:20]) == list(range(20))
