@@ -41,6 +41,7 @@ from ..run.folder import Run
 from .checks import check_run_writable, check_spec_file
 from .errors import ExportError
 from .fold import fold_for_export
+from .registry import reused_registry
 
 PARITY_IMAGES = 256  # compare PyTorch and ORT on at least this many images (when the data has them)
 PARITY_MAX = 2048  # and on at most this many: a seeded sample of a larger test split
@@ -275,7 +276,7 @@ def _export_proto(model: torch.nn.Module, spec: Spec):
     example = torch.zeros((2 if dynamic else 1, c, h, w), dtype=torch.uint8)
     shapes = {"x": {0: torch.export.Dim("batch")}} if dynamic else None
     shapes = _dynamic_shapes(model, shapes)
-    with quiet_exporter() as captured:
+    with quiet_exporter() as captured, reused_registry():
         try:
             program = torch.onnx.export(
                 model,
