@@ -154,7 +154,8 @@ def test_the_fused_optimizer_is_the_same_rule_and_takes_an_unfused_state(digits,
     def model():
         torch.manual_seed(0)
         net = build_model(spec, num_classes=len(data.class_names), class_names=data.class_names)
-        return net.eval()  # Why: no dropout masks, so both see the same gradients
+        # as setup_training places it (channels_last); eval: no dropout masks, so both see the same gradients
+        return net.to(memory_format=torch.channels_last).eval()
 
     fused_model, plain_model, initial = model(), model(), model()
     fused = make_optimizer(spec, fused_model)
