@@ -16,7 +16,7 @@ def stderr_log() -> Log:
 
     from convspec.specs.errors import printable
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # Why soft: a log file gets whole lines
     return lambda msg: console.print(printable(msg), markup=False)
 
 
@@ -25,18 +25,29 @@ def silent(_msg: str) -> None:
 
 
 class Progress:
-    """A Rich progress bar over epochs and steps, showing loss, accuracy and images/s."""
+    """A Rich progress bar over epochs and steps, showing loss, accuracy and images/s.
+
+    When stderr is not a terminal (a log file, CI, ``nohup``), one plain line per epoch instead, as
+    it ends: Rich would draw nothing until the last epoch, and then squeezed to 80 columns.
+    """
 
     def __init__(self, enabled: bool, epochs: int, steps: int):
         self.enabled, self.epochs, self.steps = enabled, epochs, steps
         self.progress = None
         self.task = None
         self.last_read = 0.0
+        self.lines: Log | None = None  # the plain per-epoch log, when stderr is not a terminal
 
     def __enter__(self):
         if self.enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
+
+            console = Console(stderr=True, highlight=False)
+            if not console.is_terminal:
+                self.lines = lambda msg: console.print(msg, markup=False, soft_wrap=True)  # whole lines
+                return self
 
             self.progress = RichProgress(
                 TextColumn("epoch {task.fields[epoch]}"),
@@ -44,6 +55,7 @@ class Progress:
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[stats]}"),
+                console=console,
                 transient=False,
             )
             self.progress.__enter__()
@@ -71,8 +83,12 @@ class Progress:
         self.progress.update(self.task, advance=1, stats=f"loss {loss:.4f} acc {acc:.4f} {ips:,.0f} img/s")
 
     def end_epoch(self, record: dict) -> None:
-        if self.progress is None:
-            return
         val = f" val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.4f}" if "val_loss" in record else ""
         stats = f"loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{val}"
-        self.progress.update(self.task, stats=f"{stats} {record['images_per_s']:,.0f} img/s")
+        if self.lines is not None:
+            self.lines(
+                f"epoch {record['epoch']}/{self.epochs} {stats} {record['images_per_s']:,.0f} img/s "
+                f"{record['time_s']:.1f} s"
+            )
+        elif self.progress is not None:
+            self.progress.update(self.task, stats=f"{stats} {record['images_per_s']:,.0f} img/s")
