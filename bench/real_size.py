@@ -29,13 +29,14 @@ Printed, each against its goal (ok / MISSED):
    repeats it under other interpreters, e.g. a venv with torch's CPU build (0.2 GiB alone);
 5. ``convspec predict`` and ``convspec evaluate`` over the folder (subprocesses, start-up
    included) against Pillow decoding alone of the same files (goal for predict >= 0.9x;
-   evaluate's ratio is printed without one: its scikit-learn import, about 1 s, is a fixed
-   cost that 10,000 files do not hide), and against the same work by hand (Pillow, then ONNX Runtime); each in a process of its own, without torch,
-   interleaved. On cores that decoding already fills, the model's own time comes on top of
-   decoding's: predict keeps up with Pillow alone because its decoder is faster than Pillow's
-   (libjpeg-turbo directly) and each worker decodes and scores its own batch, with ORT runs
-   small enough to stay in cache. ``--quick``'s 1,200 files are too few to hide the commands'
-   start-up (predict 0.4 s, evaluate 1.5 s with scikit-learn's import).
+   evaluate's ratio is printed without one: its scikit-learn import, about 1 s, is a fixed cost
+   that 10,000 files do not hide), and against the same work by hand (Pillow, then ONNX
+   Runtime); each in a process of its own, without torch, interleaved. On cores that decoding
+   already fills, the model's own time comes on top of decoding's: predict keeps up with Pillow
+   alone because its decoder is faster than Pillow's (libjpeg-turbo directly) and each worker
+   decodes and scores its own batch, with ORT runs small enough to stay in cache. ``--quick``'s
+   1,200 files are too few to hide the commands' start-up (predict 0.4 s, evaluate 1.5 s with
+   scikit-learn's import).
 
     python bench/real_size.py [--files 10000] [--photos DIR] [--work DIR] [--threads 2] [--rss-python PY ...] [--quick]
 
