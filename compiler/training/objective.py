@@ -66,9 +66,20 @@ def make_optimizer(spec: Spec, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def fused_supported(model: torch.nn.Module) -> bool:
-    """Whether every trainable parameter is a float tensor on the CPU or a CUDA device (fused kernels exist)."""
+    """Whether every trainable parameter is a float tensor on a device with fused optimizer kernels."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    devices = _fused_devices()
+    return bool(params) and all(p.device.type in devices and p.is_floating_point() for p in params)
+
+
+def _fused_devices() -> tuple[str, ...]:
+    """The device types torch has fused optimizer kernels for (the CPU since torch 2.4)."""
+    try:  # Why torch's private list: it is the one its optimizers check; a torch without it gets CUDA only
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return tuple(d for d in _get_fused_kernels_supported_devices() if d in ("cpu", "cuda"))
+    except (ImportError, AttributeError):
+        return ("cuda",)
 
 
 def predicted_class(logits: torch.Tensor, task: str) -> torch.Tensor:

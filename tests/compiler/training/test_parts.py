@@ -18,7 +18,7 @@ from convspec.compiler.data.loading import load_dataset
 from convspec.compiler.training.device import placement_for
 from convspec.compiler.training.distributed import Dist
 from convspec.compiler.training.epoch import train_epoch
-from convspec.compiler.training.objective import class_weights, make_criterion, make_optimizer
+from convspec.compiler.training.objective import class_weights, fused_supported, make_criterion, make_optimizer
 from convspec.compiler.training.setup import setup_training
 from convspec.compiler.training.stopping import Monitor
 from convspec.specs import load_spec
@@ -131,6 +131,13 @@ def test_an_epoch_reads_no_device_value_per_step(digits, monkeypatch):
     record, n = train_epoch(setup, state, 1)
     assert n == len(data.splits["train"]) and math.isfinite(record["train_loss"])
     assert len(calls) <= 2, f"{len(calls)} host reads in an epoch of {setup.steps_per_epoch} steps"
+
+
+def test_fused_kernels_only_where_torch_has_them():
+    assert fused_supported(torch.nn.Linear(2, 2))
+    assert not fused_supported(torch.nn.Linear(2, 2, device="meta"))  # no kernels there: the default update
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    assert not fused_supported(frozen)  # nothing to train
 
 
 def _steps(model, opt, x, y, n):
