@@ -98,8 +98,12 @@ def user_error(result, *words: str, max_lines: int = 4) -> str:
     stdout = result.stdout if isinstance(result.stdout, str) else ""
     assert code == 1, f"exit code {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     assert "Traceback" not in stderr and "Traceback" not in stdout, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(("data:", "warning:", "  "))]
-    assert 1 <= len(lines) <= max_lines, f"expected one clear message, got {len(lines)} lines:\n{stderr}"
+    said = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert said, f"no message at all\nstdout:\n{stdout}"
+    # The message is the last line (it may start with its key: "data: every image of class b ..."); before
+    # it, only progress lines and warnings (and their indented details) may come.
+    lines = [ln for ln in said[:-1] if not ln.startswith(("data:", "warning:", "  "))] + said[-1:]
+    assert len(lines) <= max_lines, f"expected one clear message, got {len(lines)} lines:\n{stderr}"
     for word in words:
         assert word.casefold() in stderr.casefold(), f"{word!r} not in:\n{stderr}"
     return stderr
