@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ class ExportWorker:
         self.proc, self._replies, self._stderr = proc, replies, stderr
         self._pending: Run | None = None
         self._warm = False  # the child said its warm-up is over (or it is gone)
+        self._sender: threading.Thread | None = None  # writes an export request that holds images
 
     @classmethod
     def start(cls, spec: Spec) -> ExportWorker | None:
@@ -93,7 +95,15 @@ class ExportWorker:
         """Ask for the export of ``run`` (checked on ``images`` when given, else on the run's data loaded
         there); False when the worker is gone (export in-process instead)."""
         self._pending = run
-        return self._send({"op": "export", "run": str(run.path), "int8": int8, "images": images})
+        message = {"op": "export", "run": str(run.path), "int8": int8, "images": images}
+        if images is None:
+            return self._send(message)
+        # Why a thread: the images are megabytes, more than a pipe holds, and a worker still warming up
+        # reads them only when it is done; the caller draws its pictures meanwhile. If the worker dies,
+        # result() reads the end of its pipe and the export runs in the caller.
+        self._sender = threading.Thread(target=self._send, args=(message,), name="export-request", daemon=True)
+        self._sender.start()
+        return self.proc.poll() is None
 
     def warming(self) -> bool:
         """Whether the worker is still warming up (and so using a core); never waits."""
@@ -110,6 +120,8 @@ class ExportWorker:
 
         None when the worker died without answering (the caller exports in-process).
         """
+        if self._sender is not None:
+            self._sender.join()  # the worker replies only after it has read the whole request
         reply = self._read()
         if reply is not None and reply.get("warm"):  # warming() never read it
             self._warm = True
@@ -133,6 +145,8 @@ class ExportWorker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        if self._sender is not None:
+            self._sender.join()  # its write ends with the worker (a broken pipe), before the pipe is closed
         for f in (self.proc.stdin, self._replies, self._stderr):
             if f is not None:
                 with contextlib.suppress(OSError):  # Why: a pipe to a dead worker may still hold bytes

@@ -158,3 +158,34 @@ def test_parity_takes_a_seeded_sample_of_a_large_test_split_and_tops_up_a_small_
     small = {"test": np.arange(10), "val": np.arange(10, 20), "train": np.arange(20, 1000)}
     picked = _parity_indices(small, seed=0)
     assert len(picked) == PARITY_IMAGES and list(picked[:20]) == list(range(20))
+
+
+def test_an_export_request_with_images_never_waits_for_the_warm_up(unexported):
+    """The images are more than a pipe holds: ``begin`` hands them to a thread and returns while the
+    worker is still warming up (the caller draws its pictures meanwhile); the export then answers."""
+    from convspec.compiler.data.loading import load_dataset
+    from convspec.compiler.export.onnx import ExportImages
+
+    spec = load_spec(unexported.spec)
+    data = load_dataset(spec, split_file=unexported.split, log=lambda _m: None)
+    images = ExportImages(parity=np.asarray(data.images))  # 1,797 images, 259 KB: a pipe holds 64 KB
+    worker = ExportWorker.start(spec)
+    try:
+        assert worker.begin(unexported, images=images)
+        assert worker.warming(), "begin waited for the warm-up"
+        info = export_run(worker, unexported, lambda _m: None, images)
+    finally:
+        worker.close()
+    assert info["images"] == len(data) and info["top1_agreement"] == 1.0 and unexported.onnx.exists()
+
+
+def test_closing_a_worker_mid_request_leaves_no_thread_behind(unexported):
+    from convspec.compiler.data.loading import load_dataset
+    from convspec.compiler.export.onnx import ExportImages
+
+    spec = load_spec(unexported.spec)
+    data = load_dataset(spec, split_file=unexported.split, log=lambda _m: None)
+    worker = ExportWorker.start(spec)
+    assert worker.begin(unexported, images=ExportImages(parity=np.asarray(data.images)))
+    worker.close()  # Ctrl-C while it warms: the request's thread ends with the pipe
+    assert not worker._sender.is_alive() and worker.proc.poll() is not None
