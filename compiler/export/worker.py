@@ -154,7 +154,8 @@ class ExportWorker:
 
     def _send(self, message: dict) -> bool:
         try:
-            pickle.dump(message, self.proc.stdin)
+            # Why protocol 5: numpy arrays go out of their own buffer, not through a copy made for pickle
+            pickle.dump(message, self.proc.stdin, protocol=5)
             self.proc.stdin.flush()
             return True
         except (BrokenPipeError, OSError):
