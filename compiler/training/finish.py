@@ -9,6 +9,7 @@ from pathlib import Path
 from convspec.runtime.threshold import threshold_record
 
 from ..data.dataset import Dataset
+from ..export.onnx import export_images, record_export, wants_int8
 from ..export.worker import ExportWorker, export_run
 from ..run import checkpoint, report
 from ..run.files import writing
@@ -67,27 +68,19 @@ def finish(
     tested = _test(setup, model, data, results) if test and len(data.splits["test"]) else None
     with writing(run.path, "the results, plots and report"):
         run.write_json(run.results, results)  # before the export: the model's metadata carries its metrics
-    images = _export_images(setup.spec, data) if export else None
+    # what the export checks the model on, from the data in memory: it never decodes the data again
+    images = export_images(setup.spec, data, int8=wants_int8(setup.spec, None)) if export else None
     exporting = export and worker is not None and worker.begin(run, images=images)  # it exports while we draw
     with writing(run.path, "the results, plots and report"):
         pictures = _pictures(run, setup, state, data, results, tested)
         report.write_report(run.report, results)
     if export:
-        from ..export.onnx import record_export
-
         record_export(run, export_run(worker if exporting else None, run, log, images), log, results)
     epoch_log.finish(results, pictures)
     acc = results.get("test", {}).get("metrics", {}).get("accuracy")
     tail = f" (test accuracy {acc * 100:.2f} %)" if acc is not None else ""
     log(f"done in {time.perf_counter() - timings.t_start:.1f} s: {run}{tail}")
     return results
-
-
-def _export_images(spec, data: Dataset):
-    """What the export checks the model on, taken from the data in memory: it never decodes the data again."""
-    from ..export.onnx import export_images, wants_int8
-
-    return export_images(spec, data, int8=wants_int8(spec, None))
 
 
 def _test(setup: Setup, model, data: Dataset, results: dict) -> dict:
