@@ -353,13 +353,13 @@ print(json.dumps({"torch": torch.__version__, "cuda_build": torch.version.cuda i
 def bench_rss(root: Path, work: Path, python: str) -> None:
     print("4. peak RSS (a subprocess: load, one epoch, evaluate) against the uint8 cache", flush=True)
     for mode in ("memory", "disk"):
-        cache_dir = Path(tempfile.mkdtemp(prefix=f"rss-{mode}-", dir=work))
-        out = subprocess.run(
-            [python, "-c", RSS_CHILD, str(root), mode, str(cache_dir), str(Path(__file__).parent)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        with tempfile.TemporaryDirectory(prefix=f"rss-{mode}-", dir=work) as cache_dir:  # a 1.5-GB memmap
+            out = subprocess.run(
+                [python, "-c", RSS_CHILD, str(root), mode, cache_dir, str(Path(__file__).parent)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
         r = json.loads(out.strip().splitlines()[-1])
         gib = lambda b: b / 2**30  # noqa: E731
         ratio, net = r["peak"] / r["cache"], (r["peak"] - r["base"]) / r["cache"]
@@ -402,10 +402,15 @@ print(time.perf_counter() - t)
 
 
 def bench_serving(root: Path, work: Path, files: list[str], threads: int, rounds: int) -> None:
+    print(f"5. convspec predict / evaluate over the folder against Pillow decoding alone ({rounds} rounds)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="runs-", dir=work) as out:
+        serve_run(root, work, Path(out), files, threads, rounds)
+
+
+def serve_run(root: Path, work: Path, out: Path, files: list[str], threads: int, rounds: int) -> None:
     from convspec.compiler.training.loop import train
 
-    print(f"5. convspec predict / evaluate over the folder against Pillow decoding alone ({rounds} rounds)", flush=True)
-    run = train(spec_for(root, "memory", work), out=work / "runs", progress=False, log=lambda _m: None)
+    run = train(spec_for(root, "memory", work), out=out, progress=False, log=lambda _m: None)
     model = run.path / "model.onnx"
     here = str(Path(__file__).parent)
 
