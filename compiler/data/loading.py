@@ -19,7 +19,8 @@ Caching (``data.cache``):
 - ``none``: decoded into RAM for this call only; nothing is kept or written.
 
 Builtin data sets (``digits``) are built in RAM whatever the mode: there is no file to decode.
-The disk cache is never pruned; delete the folder to reclaim space. A cache folder that
+The disk cache is never pruned (a changed file makes a new entry); writing an entry says how much
+the others hold, so that stale copies are found before they fill the disk. A cache folder that
 cannot be written (read-only, full) is not an error: a warning says so and the images are
 decoded into memory instead.
 
@@ -28,6 +29,7 @@ decoded into memory instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -407,11 +409,18 @@ def _disk_write(
     except OSError as e:
         log(f"warning: cannot use the disk cache in {folder} ({e.strerror or e}); keeping images in memory")
         return None
+    others, others_bytes = _other_entries(folder, key)
+    stale = (
+        f"; {others} other cached data sets there hold {others_bytes / 2**30:.2f} GiB "
+        "(never pruned: delete the ones you no longer train on)"
+        if others
+        else ""
+    )
     # Why check: a memmap on a full disk dies with SIGBUS, not an exception.
     if free < 2 * nbytes + (64 << 20):
         log(
             f"warning: not enough free space in {folder} for the disk cache "
-            f"({nbytes / 2**30:.2f} GiB needed); keeping images in memory"
+            f"({nbytes / 2**30:.2f} GiB needed){stale}; keeping images in memory"
         )
         return None
     t0 = time.perf_counter()
@@ -447,7 +456,22 @@ def _disk_write(
         if full and os.path.exists(full):
             os.unlink(full)
     log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
+    if others:
+        log(f"data: disk cache written{stale}")
     return _disk_read(folder, key, (channels, *size))
+
+
+def _other_entries(folder: Path, key: str) -> tuple[int, int]:
+    """How many cache entries besides ``key``'s ``folder`` holds, and their bytes (a changed file
+    makes a new entry, so a data set edited five times leaves four old copies of its pixels)."""
+    count = total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.name.endswith(".npy") and not entry.name.startswith((".", key)):
+                with contextlib.suppress(OSError):
+                    total += entry.stat(follow_symlinks=False).st_size
+                    count += 1
+    return count, total
 
 
 def _compact(out: np.ndarray, kept: list[int]) -> np.ndarray:

@@ -370,6 +370,34 @@ def test_disk_cache_second_load_is_a_memmap(tmp_path, dirty_shapes):
         )
 
 
+def test_a_new_disk_entry_says_what_the_stale_ones_hold(tmp_path, shapes_folder, monkeypatch):
+    from collections import namedtuple
+
+    from convspec.compiler.data import loading
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    spec = make_spec({"type": "folder", "path": str(data)}, channels=3, size=(16, 16), cache="disk")
+    log = Log()
+    load_dataset(spec, cache_dir=tmp_path / "cache", log=log)
+    assert not any("other cached data sets" in m for m in log)  # the first entry: nothing else there
+    entry = next((tmp_path / "cache" / "images").glob("*.npy"))
+    os.utime(data / "circle" / "00.png", ns=(time.time_ns(), time.time_ns() + 10**9))  # an edited data set
+    log = Log()
+    load_dataset(spec, cache_dir=tmp_path / "cache", log=log)
+    gib = f"{entry.stat().st_size / 2**30:.2f} GiB"
+    assert any(f"1 other cached data sets there hold {gib}" in m for m in log), list(log)
+    # a disk too full for a third entry: the warning points at the stale ones
+    os.utime(data / "circle" / "01.png", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(loading.shutil, "disk_usage", lambda _p: usage(1 << 30, 1 << 30, 0))
+    log = Log()
+    ds = load_dataset(spec, cache_dir=tmp_path / "cache", log=log)
+    (warning,) = log.warnings()
+    assert warning.startswith("warning: not enough free space") and "2 other cached data sets" in warning, warning
+    assert isinstance(ds.images, np.ndarray) and not isinstance(ds.images, np.memmap)
+
+
 def test_memory_cache_decodes_once_per_process(shapes_folder):
     spec = make_spec({"type": "folder", "path": str(shapes_folder)}, size=(12, 12), cache="memory")
     first = load_dataset(spec, log=Log())
