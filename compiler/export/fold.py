@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..model.preprocess import CropStep, NormalizeStep, Preprocess, RescaleStep
+from ..model.preprocess import CropStep, Preprocess, affine_start, compose_affine
 
 
 class AffineStep(nn.Module):
@@ -56,18 +56,10 @@ def _affine_suffix(pre: Preprocess) -> tuple[int, torch.Tensor, torch.Tensor] | 
     """``(k, a, b)``: steps ``k:`` are crops and per-channel affines that compose to ``x*a + b``
     (with the leading 1/255 when ``k == 0``); None when there is nothing to fold."""
     c = pre.out_shape[0]  # the suffix changes no channel count (grayscale cannot be in it)
-    a, b = torch.ones(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
-    k = len(pre.steps)
-    while k > 0 and isinstance(pre.steps[k - 1], (RescaleStep, NormalizeStep, CropStep)):
-        k -= 1
-    for step in list(pre.steps)[k:]:  # compose in order: (a*x + b) -> step
-        if isinstance(step, RescaleStep):
-            a, b = a * step.scale, b * step.scale + step.offset
-        elif isinstance(step, NormalizeStep):
-            m, s = step.mean.flatten().double(), step.std.flatten().double()
-            a, b = a / s, (b - m) / s
-    if k == 0 and pre.scale_first:
-        a = a / 255.0
+    k = affine_start(list(pre.steps))
+    lead = 1.0 / 255.0 if k == 0 and pre.scale_first else 1.0
+    a, b = compose_affine(list(pre.steps)[k:], lead, torch.float64)
+    a, b = (torch.as_tensor(v, dtype=torch.float64).flatten().expand(c).clone() for v in (a, b))
     if torch.equal(a, torch.ones_like(a)) and not b.any():
         return None
     return k, a.float(), b.float()

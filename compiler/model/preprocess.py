@@ -153,6 +153,31 @@ class GrayscaleStep(nn.Module):
         return (x * self.weight).sum(dim=1, keepdim=True)  # (N, 1, H, W)
 
 
+AFFINE_STEPS = (RescaleStep, NormalizeStep)  # each is x * a + b per channel; crops commute with them
+
+
+def affine_start(steps) -> int:
+    """The first index ``k`` such that ``steps[k:]`` are crops and per-channel affines only."""
+    k = len(steps)
+    while k > 0 and isinstance(steps[k - 1], (*AFFINE_STEPS, CropStep)):
+        k -= 1
+    return k
+
+
+def compose_affine(steps, lead: float = 1.0, dtype: torch.dtype | None = None):
+    """``(a, b)`` with ``x * a + b`` equal to multiplying by ``lead``, then the affine ``steps`` in
+    order (crops are skipped). Python floats while only rescales are seen, else ``(1, C, 1, 1)``
+    tensors (in ``dtype`` when given). Computed without reading a device value (no host sync)."""
+    a, b = lead, 0.0
+    for step in steps:
+        if isinstance(step, RescaleStep):
+            a, b = a * step.scale, b * step.scale + step.offset
+        elif isinstance(step, NormalizeStep):
+            m, s = (step.mean, step.std) if dtype is None else (step.mean.to(dtype), step.std.to(dtype))
+            a, b = a / s, (b - m) / s
+    return a, b
+
+
 class Preprocess(nn.Module):
     """The spec's preprocess steps as one module: pixels in [0, 255] -> float32 features.
 
@@ -167,14 +192,29 @@ class Preprocess(nn.Module):
         self.scale_first = scale_first
         self.steps = nn.ModuleList(steps)
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.affine_from = affine_start(steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The steps in order, except that the trailing crops go first and the per-channel affines
+        after them (1/255, rescale, normalize) are one multiply-add. Why: at 224 px the separate
+        passes over the batch cost a third of evaluation (bench/real_size.py); the pixels are the
+        same up to float rounding, and the exported graph folds them further (export/fold.py)."""
         x = x.to(torch.float32)  # (N, C, H, W)
-        if self.scale_first:
-            x = x * (1.0 / 255.0)
-        for step in self.steps:
+        steps, k = list(self.steps), self.affine_from
+        lead = 1.0 / 255.0 if self.scale_first else 1.0
+        if k > 0 and lead != 1.0:
+            x, lead = x * lead, 1.0
+        for step in steps[:k]:
             x = step(x)
-        return x
+        tail = steps[k:]
+        for step in tail:
+            if isinstance(step, CropStep):
+                x = step(x)
+        a, b = compose_affine(tail, lead)
+        if isinstance(a, torch.Tensor):
+            return torch.addcmul(b, x, a)
+        x = x * a if a != 1.0 else x
+        return x + b if b else x
 
     @property
     def auto_normalize(self) -> list[NormalizeStep]:

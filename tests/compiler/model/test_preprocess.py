@@ -141,6 +141,34 @@ def test_steps_chain_and_shapes():
     np.testing.assert_allclose(out, (gray[:, :, 2:8, 2:8] - 0.5) / 0.25, atol=1e-5)
 
 
+def test_trailing_crops_and_affines_are_one_multiply_add_with_the_same_pixels():
+    x = pixels(h=12, w=10).contiguous(memory_format=torch.channels_last)
+    steps = [
+        {"type": "denoise", "method": "median", "kernel": 3},
+        {"type": "rescale", "scale": 2.0, "offset": -1.0},
+        {"type": "center_crop", "size": [8, 8]},
+        {"type": "normalize", "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 2.0]},
+        {"type": "crop", "box": [1, 2, 5, 4]},
+        {"type": "rescale", "scale": 3.0},
+    ]
+    spec = make_spec(steps, size=(12, 10))
+    pre = build_preprocess(spec)
+    assert pre.affine_from == 1  # after the median: rescale, crop, normalize, crop, rescale
+    ref = x.float() / 255.0  # the steps one by one, as the spec lists them
+    for step in pre.steps:
+        ref = step(ref)
+    with torch.no_grad():
+        out = pre(x)
+    assert out.shape == ref.shape == (2, 3, 5, 4)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
+    floats = x.float()
+    kept = floats.clone()
+    np.testing.assert_allclose(pre(floats).numpy(), out.numpy(), rtol=1e-6)  # a float input is not written to
+    assert torch.equal(floats, kept)
+    head_only = build_preprocess(make_spec([{"type": "normalize", "mean": [0.5] * 3, "std": [0.25] * 3}]))
+    assert pre(x).dtype == torch.float32 and head_only(x).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_denoise_kernel_too_large_for_image_is_a_spec_error():
     spec = make_spec([{"type": "center_crop", "size": [4, 4]}, {"type": "denoise", "kernel": 9}])
     with pytest.raises(SpecError, match="too large"):
