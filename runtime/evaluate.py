@@ -220,7 +220,10 @@ def evaluate_files(
 def evaluate_arrays(
     predictor: Predictor, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64
 ) -> EvalResult:
-    """Score ``predictor`` on ready uint8 ``(N, C, H, W)`` images with class indices ``labels``."""
+    """Score ``predictor`` on ready uint8 ``(N, C, H, W)`` images with class indices ``labels``.
+
+    ``images``: an array, or anything with ``len`` whose slices are arrays (read a batch at a time).
+    """
     probs = [
         predictor.class_probabilities(predictor.predict_arrays(images[i : i + batch_size]))
         for i in range(0, len(images), batch_size)

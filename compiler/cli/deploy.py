@@ -171,9 +171,9 @@ def _run_test_split(run: Path, predictor):
         raise ConvspecError(f"{run}: no spec.yaml; cannot rebuild the run's test images")
     spec = load_spec_text(spec_file.read_text("utf-8"), str(spec_file))
     data = load_dataset(spec, split_file=run / "split.json", log=lambda _m: None)
-    images, labels = data.arrays("test")
+    labels = data.labels[data.splits["test"]]
     model_index = [index.get(name, -1) for name in data.class_names]
-    return evaluate_arrays(predictor, images, [model_index[i] for i in labels])
+    return evaluate_arrays(predictor, data.rows("test"), [model_index[i] for i in labels])
 
 
 @user_errors

@@ -6,7 +6,13 @@ limit of a container or a CI job, which is what kills a process that decodes pas
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+# float32 pixels per inference batch (evaluation, the export's parity and INT8 checks): 55 images at
+# 3x224x224, all of digits. Why not 128 MiB: the batch and its preprocessing temporaries set the peak
+# RSS (bench/real_size.py, 2,000 files: 1.65 GiB at 128 MiB, 1.41 GiB at 32 MiB, for a 0.28 GiB cache).
+INFERENCE_BYTES = 32 << 20
 
 MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")
@@ -17,6 +23,11 @@ def available_bytes() -> int | None:
     """Bytes this process can still allocate without swapping or being killed; None when unknown."""
     room = [r for r in (_meminfo_available(), _cgroup_room()) if r is not None]
     return min(room) if room else None
+
+
+def images_per_batch(image_shape: tuple[int, ...]) -> int:
+    """Images per inference batch: as many as fit :data:`INFERENCE_BYTES` of float32 pixels."""
+    return max(1, INFERENCE_BYTES // (4 * math.prod(image_shape)))
 
 
 def gib(n: int | float) -> str:

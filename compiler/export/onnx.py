@@ -17,6 +17,7 @@ import contextlib
 import importlib.metadata
 import io
 import logging
+import math
 import os
 import tempfile
 import time
@@ -34,6 +35,7 @@ from convspec.runtime.metadata import ModelInfo
 from convspec.specs import Spec, load_spec_text
 from convspec.specs.readfile import FileReadError
 
+from ..data.memory import images_per_batch
 from ..run import checkpoint, report
 from ..run.checkpoint_format import load_weights
 from ..run.files import writing
@@ -44,11 +46,11 @@ from .fold import fold_for_export
 from .registry import reused_registry
 
 PARITY_IMAGES = 256  # compare PyTorch and ORT on at least this many images (when the data has them)
-PARITY_MAX = 2048  # and on at most this many: a seeded sample of a larger test split
+PARITY_MAX = 2048  # and on at most this many: a seeded sample of a larger test split,
+PARITY_BYTES = 64 << 20  # and of at most this many uint8 pixels above PARITY_IMAGES (445 images at 3x224x224)
 MAX_ABS_DIFF = 1e-4  # largest probability difference accepted between PyTorch and ORT
 INT8_MAX_LOSS = 0.005  # accuracy an INT8 model may lose before the log says so (0.5 pt)
 TIMING_IMAGES = 256  # images timed per model for the INT8 speed ratio
-BATCH = 256
 
 
 def export_onnx(run: Run | str | os.PathLike, *, int8: bool | None = None, log: Callable[[str], None] = print) -> Path:
@@ -146,7 +148,8 @@ class ExportImages:
 
 def export_images(spec: Spec, data, *, int8: bool) -> ExportImages:
     """Pick what an export of ``spec`` reads from ``data`` (a :class:`..data.dataset.Dataset` with its split)."""
-    picked = ExportImages(parity=data.images[_parity_indices(data.splits, spec.training.seed)])
+    most = min(PARITY_MAX, max(PARITY_IMAGES, PARITY_BYTES // max(1, math.prod(data.images.shape[1:]))))
+    picked = ExportImages(parity=data.images[_parity_indices(data.splits, spec.training.seed, most)])
     if not int8:
         return picked
     split = "test" if len(data.splits["test"]) else "val" if len(data.splits["val"]) else "train"
@@ -376,10 +379,10 @@ def _dataset(spec: Spec, run: Run):
     return load_dataset(spec, split_file=split, log=lambda _m: None)
 
 
-def _parity_indices(splits: dict[str, np.ndarray], seed: int) -> np.ndarray:
-    """The test images (a seeded sample of ``PARITY_MAX`` when there are more), topped up with val then
+def _parity_indices(splits: dict[str, np.ndarray], seed: int, most: int = PARITY_MAX) -> np.ndarray:
+    """The test images (a seeded sample of ``most`` when there are more), topped up with val then
     train images to ``PARITY_IMAGES``."""
-    idx = list(_take(splits.get("test", np.zeros(0, np.int64)), PARITY_MAX, seed))
+    idx = list(_take(splits.get("test", np.zeros(0, np.int64)), most, seed))
     for name in ("val", "train"):
         if len(idx) >= PARITY_IMAGES:
             break
@@ -390,9 +393,10 @@ def _parity_indices(splits: dict[str, np.ndarray], seed: int) -> np.ndarray:
 @torch.inference_mode()
 def torch_probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """PyTorch eval-mode probabilities of uint8 ``(N, C, H, W)`` images, on the CPU, in batches."""
+    step = images_per_batch(images.shape[1:])
     outs = [
-        model(torch.from_numpy(np.ascontiguousarray(images[i : i + BATCH]))).float().numpy()
-        for i in range(0, len(images), BATCH)
+        model(torch.from_numpy(np.ascontiguousarray(images[i : i + step]))).float().numpy()
+        for i in range(0, len(images), step)
     ]
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
 
@@ -402,7 +406,8 @@ def ort_probabilities(blob: bytes, images: np.ndarray) -> np.ndarray:
     from convspec.runtime import Predictor
 
     predictor = Predictor(blob, providers="cpu")
-    outs = [predictor.predict_arrays(images[i : i + BATCH]) for i in range(0, len(images), BATCH)]
+    step = images_per_batch(images.shape[1:])
+    outs = [predictor.predict_arrays(images[i : i + step]) for i in range(0, len(images), step)]
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
 
 

@@ -80,10 +80,11 @@ def plot_errors(
     """errors.png: the worst test mistakes, highest wrong-class probability first.
 
     Each tile is the uint8 image the model saw, titled ``true -> predicted`` and the predicted
-    class's probability. A run without mistakes gets a picture saying so.
+    class's probability. A run without mistakes gets a picture saying so. ``images_uint8``: the
+    ``(n, C, H, W)`` images, or anything with ``len`` and ``[i]`` (a lazy ``SplitRows``).
     """
     plt = pyplot()
-    images = np.asarray(images_uint8)
+    images = images_uint8  # Why not np.asarray: a lazy split (data.dataset.SplitRows) reads only the tiles
     worst = worst_mistakes(y_true, probs, task, threshold, max_items)
     if not worst:
         fig, ax = plt.subplots(figsize=(5, 1.5))
@@ -96,7 +97,7 @@ def plot_errors(
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (i, pred, p) in zip(axes.ravel(), worst, strict=False):
-        img = images[i]  # (C, H, W)
+        img = np.asarray(images[i])  # (C, H, W)
         if img.shape[0] == 1:
             ax.imshow(img[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         else:

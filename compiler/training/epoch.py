@@ -7,7 +7,6 @@ for the host inside an epoch.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from convspec.specs import Spec
 
 from ..data.augment import Augmenter, augmented_batches
 from ..data.cache import CachedImages
+from ..data.memory import images_per_batch
 from . import distributed, metrics
 from .device import Placement
 from .distributed import Dist
@@ -26,11 +26,6 @@ from .objective import Criterion, predicted_class
 from .schedule import lr_at
 from .state import TrainState
 from .transfer import Freeze
-
-# float32 pixels per evaluation batch: 55 images at 3x224x224, all of digits. Why not 128 MiB: the
-# batch and its preprocessing temporaries set the peak RSS (bench/real_size.py, 2,000 files: 1.65 GiB
-# at 128 MiB, 1.41 GiB at 32 MiB, for a 0.28 GiB cache).
-EVAL_BYTES = 32 << 20
 
 
 @dataclass
@@ -129,11 +124,6 @@ def train_step(setup: Setup, state: TrainState, x: torch.Tensor, y: torch.Tensor
     return logits, loss
 
 
-def eval_batch_size(image_shape: tuple[int, ...]) -> int:
-    """Images per evaluation batch: as many as fit :data:`EVAL_BYTES` of float32 pixels."""
-    return max(1, EVAL_BYTES // (4 * math.prod(image_shape)))
-
-
 @torch.inference_mode()
 def evaluate(
     setup: Setup, model: torch.nn.Module, split: str, *, detail: bool = False, class_names=None, threshold: float = 0.5
@@ -143,7 +133,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     idx = torch.as_tensor(setup.splits[split])
-    step = eval_batch_size(setup.images.shape[1:])
+    step = images_per_batch(setup.images.shape[1:])
     all_logits = []
     for i in range(0, len(idx), step):
         x = setup.images.take(idx[i : i + step], pin=place.cuda).to(place.device, non_blocking=True)

@@ -111,7 +111,7 @@ def _pictures(run: Run, setup: Setup, state: TrainState, data: Dataset, results:
     report.plot_confusion(confusion, data.class_names, run.confusion, f"{setup.spec.name}: test split")
     drawn.append(run.confusion)
     threshold = results.get("threshold", {}).get("value")
-    images, _ = data.arrays("test")  # (n, C, H, W) uint8, the pixels the model saw
+    images = data.rows("test")  # (n, C, H, W) uint8, the pixels the model saw; the grid reads 32 of them
     drawn += plot_results(run.path, images, tested["labels"], tested["probs"], data.class_names, setup.spec.task,
                           threshold=threshold).values()  # fmt: skip
     return [Path(p) for p in drawn if p is not None]

@@ -11,12 +11,13 @@ from convspec.specs import Spec
 from ..data.augment import build_augmenter
 from ..data.cache import CachedImages
 from ..data.dataset import Dataset
+from ..data.memory import images_per_batch
 from ..model.backbone import no_weight_loading
 from ..model.builder import build_model
 from . import distributed
 from .device import Placement
 from .distributed import Dist
-from .epoch import Setup, eval_batch_size
+from .epoch import Setup
 from .init import init_from
 from .objective import class_weights, make_criterion, make_optimizer
 from .progress import Log, silent
@@ -92,7 +93,7 @@ def auto_normalization(model, images: CachedImages, idx: torch.Tensor) -> tuple[
     total = total_sq = None
     n = 0
     # A quarter of an evaluation batch: float64 pixels and their squares are 4x its float32 bytes.
-    step = max(1, eval_batch_size(images.shape[1:]) // 4)
+    step = max(1, images_per_batch(images.shape[1:]) // 4)
     for i in range(0, len(idx), step):
         x = model.preprocess.before_auto_normalize(images[idx[i : i + step]]).double()  # (B, C, H, W)
         s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))

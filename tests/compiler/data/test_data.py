@@ -398,6 +398,17 @@ def test_a_new_disk_entry_says_what_the_stale_ones_hold(tmp_path, shapes_folder,
     assert isinstance(ds.images, np.ndarray) and not isinstance(ds.images, np.memmap)
 
 
+def test_split_rows_read_what_is_indexed_and_match_the_split_copy(tmp_path, shapes_folder):
+    spec = make_spec({"type": "folder", "path": str(shapes_folder)}, channels=3, size=(16, 16), cache="disk")
+    ds = load_dataset(spec, cache_dir=tmp_path / "cache", log=Log())
+    images, _ = ds.arrays("test")
+    rows = ds.rows("test")
+    assert len(rows) == len(images) and rows.shape == images.shape
+    assert np.array_equal(rows[3], images[3]) and np.array_equal(rows[-1], images[-1])
+    assert np.array_equal(rows[1:4], images[1:4]) and np.array_equal(rows[:], images)
+    assert np.shares_memory(rows[3], ds.images)  # one image: a view of the memmap, not a copy
+
+
 def test_memory_cache_decodes_once_per_process(shapes_folder):
     spec = make_spec({"type": "folder", "path": str(shapes_folder)}, size=(12, 12), cache="memory")
     first = load_dataset(spec, log=Log())
