@@ -16,7 +16,7 @@ pickle). Ctrl-C is the parent's: the child ignores SIGINT and is closed by the p
 on its own when its stdin closes (a parent killed with -9).
 
 ``CONVSPEC_EXPORT_WORKER=0`` turns it off (the export then runs in the training process, as
-``convspec export`` always does).
+``convspec export`` always does), and so does less than :data:`MIN_ROOM` of free memory.
 
 Why hand-written and not multiprocessing: spawn re-imports the parent's ``__main__`` and shares
 its stdout; a subprocess with its own pipes is simpler to keep quiet and to clean up.
@@ -39,6 +39,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from convspec.specs import ConvspecError, Spec
 
+from ..data.memory import available_bytes
 from ..run.folder import Run
 
 if TYPE_CHECKING:
@@ -47,8 +48,19 @@ if TYPE_CHECKING:
 ENV = "CONVSPEC_EXPORT_WORKER"
 
 
+# Why: the worker is a second process with torch (after its warm-up 0.4 GiB with torch's CPU build,
+# 0.8 GiB with the CUDA build); with less room than this it would take the memory training needs
+# (under a 0.75 GiB cgroup limit it got a 1.4 GiB disk-cached run killed), so the export runs in
+# the training process at the end instead.
+MIN_ROOM = 4 << 30
+
+
 def worker_enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """Not turned off by ``CONVSPEC_EXPORT_WORKER``, and :data:`MIN_ROOM` free (or unknown)."""
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    room = available_bytes()
+    return room is None or room >= MIN_ROOM
 
 
 class ExportWorker:

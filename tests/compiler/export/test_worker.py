@@ -160,6 +160,22 @@ def test_parity_takes_a_seeded_sample_of_a_large_test_split_and_tops_up_a_small_
     assert len(picked) == PARITY_IMAGES and list(picked[:20]) == list(range(20))
 
 
+def test_parity_images_are_capped_by_bytes_at_real_sizes():
+    """At 3x224x224 a 2,048-image parity sample would be 300 MB gathered (and sent to the worker)."""
+    from convspec.compiler.data.dataset import Dataset
+    from convspec.compiler.export.onnx import PARITY_BYTES, PARITY_IMAGES, export_images
+
+    spec = load_spec(REPO / "examples" / "digits.yaml")  # export_images reads its training.seed
+    for side, want in ((224, PARITY_BYTES // (3 * 224 * 224)), (512, PARITY_IMAGES)):
+        n = 3000
+        images = np.broadcast_to(np.zeros((1, 3, side, side), np.uint8), (n, 3, side, side))  # no memory
+        splits = {"train": np.arange(2000), "val": np.arange(2000, 2200), "test": np.arange(2200, n)}
+        data = Dataset(["a", "b"], images, np.zeros(n, np.int64), [f"f{i}" for i in range(n)], splits)
+        parity = export_images(spec, data, int8=False).parity
+        assert len(parity) == want and 256 <= want <= 445, (side, len(parity))
+        assert parity.shape[1:] == (3, side, side)
+
+
 def test_an_export_request_with_images_never_waits_for_the_warm_up(unexported):
     """The images are more than a pipe holds: ``begin`` hands them to a thread and returns while the
     worker is still warming up (the caller draws its pictures meanwhile); the export then answers."""
@@ -189,3 +205,21 @@ def test_closing_a_worker_mid_request_leaves_no_thread_behind(unexported):
     assert worker.begin(unexported, images=ExportImages(parity=np.asarray(data.images)))
     worker.close()  # Ctrl-C while it warms: the request's thread ends with the pipe
     assert not worker._sender.is_alive() and worker.proc.poll() is not None
+
+
+def test_no_worker_where_memory_is_short(unexported, monkeypatch):
+    """Under 4 GiB of room (a small container) the export runs in the training process; unknown room starts one."""
+    from convspec.compiler.export import worker as worker_module
+
+    spec = load_spec(unexported.spec)
+    monkeypatch.setattr(worker_module, "available_bytes", lambda: worker_module.MIN_ROOM - 1)
+    assert ExportWorker.start(spec) is None
+    with warm_exporter(spec, True) as w:
+        assert w is None
+    monkeypatch.setattr(worker_module, "available_bytes", lambda: None)
+    w = ExportWorker.start(spec)
+    assert w is not None
+    w.close()
+    monkeypatch.setenv(ENV, "0")
+    monkeypatch.setattr(worker_module, "available_bytes", lambda: 1 << 40)
+    assert ExportWorker.start(spec) is None
