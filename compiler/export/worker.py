@@ -4,8 +4,9 @@ The first ONNX export in a process costs about two seconds more than the next on
 torch._dynamo and onnxscript, building the exporter's op registry, first-trace caches). ``convspec
 train`` starts this worker as soon as the spec is read; the worker imports the exporter and exports
 the spec's architecture once with random weights (``warm``), on one thread, while the parent loads
-data and trains, and says when it is done (``{"warm": True}``): until then a parent training on the
-CPU leaves it a core (``training.device.CoreShare``). At the end the parent asks for the real
+data and trains, and says when it is done (``{"warm": True}``). A parent training on the CPU either
+trains on one thread fewer beside it or pauses it (SIGSTOP, Linux) while it trains, decided from
+the spec (``training.device.WorkerShare``). At the end the parent asks for the real
 export (:func:`.onnx.export_model` on the run folder) and draws the pictures while the worker
 exports: the export leaves the critical path.
 
@@ -63,13 +64,21 @@ def worker_enabled() -> bool:
     return room is None or room >= MIN_ROOM
 
 
+# Why Linux only: a paused (stopped) worker cannot notice that its parent died; there the kernel
+# kills it then (PR_SET_PDEATHSIG), elsewhere it would stay stopped forever, so it is never paused.
+PAUSABLE = sys.platform.startswith("linux")
+
+
 class ExportWorker:
-    """The parent's handle: :meth:`start`, then :meth:`begin` and :meth:`result`, and :meth:`close`."""
+    """The parent's handle: :meth:`start`, then :meth:`begin` and :meth:`result`, and :meth:`close`;
+    :meth:`pause` and :meth:`resume` around training on the CPU."""
 
     def __init__(self, proc: subprocess.Popen, replies: IO[bytes], stderr: IO[bytes]):
         self.proc, self._replies, self._stderr = proc, replies, stderr
         self._pending: Run | None = None
         self._warm = False  # the child said its warm-up is over (or it is gone)
+        self._guarded = False  # the child said the kernel kills it with this process (it may be paused)
+        self._paused = False
         self._sender: threading.Thread | None = None  # writes an export request that holds images
 
     @classmethod
@@ -84,7 +93,7 @@ class ExportWorker:
         r, w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "convspec.compiler.export.worker", str(w)],
+                [sys.executable, "-m", "convspec.compiler.export.worker", str(w), str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -106,6 +115,7 @@ class ExportWorker:
     def begin(self, run: Run, int8: bool | None = None, images: ExportImages | None = None) -> bool:
         """Ask for the export of ``run`` (checked on ``images`` when given, else on the run's data loaded
         there); False when the worker is gone (export in-process instead)."""
+        self.resume()
         self._pending = run
         message = {"op": "export", "run": str(run.path), "int8": int8, "images": images}
         if images is None:
@@ -117,15 +127,45 @@ class ExportWorker:
         self._sender.start()
         return self.proc.poll() is None
 
+    def pause(self) -> bool:
+        """Stop a worker that is still warming up (SIGSTOP), until :meth:`resume`; False when it is
+        warm, gone, or on a system where it is not paused (see :data:`PAUSABLE`).
+
+        Why: training beside the warm-up had to leave it a core and take the core back when it was
+        done, at a moment timing decided, and a step's floating-point sums depend on the thread
+        count: seeded runs differed (by 0.3 % test accuracy after one epoch at 224 px). Paused, it
+        leaves training every core, at every step, in every run.
+        """
+        if not PAUSABLE or self._paused or not self.warming() or not self._guarded:
+            return False
+        try:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+        except OSError:
+            return False
+        self._paused = True
+        return True
+
+    def resume(self) -> None:
+        """Let a paused worker go on (SIGCONT)."""
+        if self._paused:
+            self._paused = False
+            with contextlib.suppress(OSError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+
     def warming(self) -> bool:
         """Whether the worker is still warming up (and so using a core); never waits."""
-        if not self._warm:
-            if self.proc.poll() is not None:
-                self._warm = True
-            elif select.select([self._replies], [], [], 0)[0]:
-                self._read()  # {"warm": True}, its only message before an export, or the end of the pipe
-                self._warm = True
+        while not self._warm and select.select([self._replies], [], [], 0)[0]:
+            # before an export it says only {"guarded": True} (on Linux), then {"warm": True}
+            self._note(self._read())
+        if not self._warm and self.proc.poll() is not None:
+            self._warm = True
         return not self._warm
+
+    def _note(self, message: dict | None) -> None:
+        if message is not None and message.get("guarded"):
+            self._guarded = True
+        else:  # {"warm": True}, or the end of the pipe (it died)
+            self._warm = True
 
     def result(self, log: Callable[[str], None]) -> dict | None:
         """The export record of :meth:`begin`'s run (its log lines go to ``log``); raises the export's error.
@@ -135,8 +175,8 @@ class ExportWorker:
         if self._sender is not None:
             self._sender.join()  # the worker replies only after it has read the whole request
         reply = self._read()
-        if reply is not None and reply.get("warm"):  # warming() never read it
-            self._warm = True
+        while reply is not None and (reply.get("guarded") or reply.get("warm")):  # warming() never read them
+            self._note(reply)
             reply = self._read()
         if reply is None:
             return None
@@ -245,11 +285,30 @@ def _export(message: dict) -> dict:
         return {"error": e, "log": lines}
 
 
+def _die_with(parent: int) -> bool:
+    """Linux: have the kernel kill this process when ``parent`` dies (a paused worker cannot see its
+    stdin close); whether that holds."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        guarded = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0
+    except (OSError, AttributeError):
+        guarded = False
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(0)
+    return guarded
+
+
 def main(argv: list[str]) -> int:
+    guarded = PAUSABLE and len(argv) > 1 and _die_with(int(argv[1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Why: Ctrl-C is the parent's to handle; it closes us
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)  # Why: a core the parent's training threads wait for slows each step several-fold
     replies = os.fdopen(int(argv[0]), "wb")
+    if guarded:  # the parent may pause us from now on
+        pickle.dump({"guarded": True}, replies)
+        replies.flush()
     os.dup2(2, 1)  # Why: a library's print must never land in the replies
     requests = sys.stdin.buffer
     while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 import torch
@@ -82,40 +81,48 @@ def placement_for(device: str, precision: str, local_rank: int | None = None) ->
     return place
 
 
-class CoreShare:
-    """On the CPU, train on one thread fewer while the export worker warms up, then on all of them.
+# Training work (3 x forward MACs x training images x epochs) under which a CPU run trains beside
+# the warming export worker on one thread fewer, rather than pausing it: about the few seconds the
+# warm-up takes on 2 cores (digits' 20 epochs are 33 GMAC, 2.4 s; one epoch of 8,000 photos at 224 px
+# through bench/real_size.py's net 264 GMAC, 10 s).
+SHORT_RUN_MACS = 100e9
 
-    Why: an OpenMP team whose threads wait for a core that another process holds runs each step
-    several times slower than a team one thread smaller (digits on 2 cores). ``worker`` is anything
-    with a ``warming()`` that never blocks (:class:`..export.worker.ExportWorker`); :meth:`check`,
-    called after every step, asks it at most every :attr:`EVERY_S`; leaving the ``with`` gives
-    every thread back.
+
+class WorkerShare:
+    """How a CPU run shares the machine with the export worker's warm-up, decided once from the spec.
+
+    - A short run (under :data:`SHORT_RUN_MACS` of work) trains on one thread fewer throughout,
+      beside the warm-up: pausing it would put the whole warm-up after training, on the critical path.
+    - A longer run pauses the worker while it trains (``pause()``) and trains on every thread; the
+      worker goes on (``resume()``) while the test split is scored and the pictures drawn.
+
+    Why decided from the spec: a step's floating-point sums depend on the thread count. Leaving the
+    worker a core until it said it was warm, then taking it back, made that moment, and the
+    results, depend on timing (two runs of one spec differed by 0.3 % test accuracy after one epoch at
+    224 px). Why not share cores in a long run: an OpenMP team waits for a core another process holds
+    (each step several times slower). ``work_macs``: None when unknown (a backbone outside the table),
+    taken as long. ``worker``: an :class:`..export.worker.ExportWorker` or None; on CUDA it runs freely.
     """
 
-    EVERY_S = 0.1
+    def __init__(self, place: Placement, worker, work_macs: float | None) -> None:
+        self.threads, self.fewer, self.paused = torch.get_num_threads(), False, None
+        if worker is None or place.cuda:
+            return
+        if work_macs is not None and work_macs < SHORT_RUN_MACS:
+            self.fewer = self.threads > 1
+            if self.fewer:
+                torch.set_num_threads(self.threads - 1)
+        elif worker.pause():
+            self.paused = worker
 
-    def __init__(self, place: Placement, worker) -> None:
-        self.threads = torch.get_num_threads()
-        self.worker = worker if worker is not None and not place.cuda and self.threads > 1 else None
-        self.next_check = 0.0
-        if self.worker is not None and self.worker.warming():
-            torch.set_num_threads(self.threads - 1)
-        else:
-            self.worker = None
-
-    def __enter__(self) -> CoreShare:
+    def __enter__(self) -> WorkerShare:
         return self
 
     def __exit__(self, *exc) -> None:
-        """All the threads back, warm or not: what comes after the loop (and a caller's code) gets them."""
-        if self.worker is not None:
+        """Every thread back and the worker going, whatever happened in the loop."""
+        if self.fewer:
             torch.set_num_threads(self.threads)
-            self.worker = None
-
-    def check(self) -> None:
-        if self.worker is None or time.perf_counter() < self.next_check:
-            return
-        self.next_check = time.perf_counter() + self.EVERY_S
-        if not self.worker.warming():
-            torch.set_num_threads(self.threads)
-            self.worker = None
+            self.fewer = False
+        if self.paused is not None:
+            self.paused.resume()
+            self.paused = None

@@ -50,11 +50,8 @@ class Setup:
         return self.spec.training.epochs * self.steps_per_epoch
 
 
-def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None, after_step=None) -> tuple[dict, int]:
-    """Train one epoch (1-based) over the training split; return its record and the images seen.
-
-    ``after_step()``, when given, runs after every step (the loop's :class:`.device.CoreShare`).
-    """
+def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[dict, int]:
+    """Train one epoch (1-based) over the training split; return its record and the images seen."""
     spec, place, dd = setup.spec, setup.place, setup.dd
     setup.net.train()
     if setup.freeze is not None:
@@ -82,8 +79,6 @@ def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None, after_ste
             loss_sum += loss.detach() * len(idx)
             correct += (predicted_class(logits.detach(), spec.task) == y).sum()
         count += len(idx)
-        if after_step is not None:
-            after_step()
         if bar is not None:
             bar.step(
                 lambda s=loss_sum, c=correct, n=count: (s.item() / n, c.item() / n, n / (time.perf_counter() - t0))

@@ -26,7 +26,7 @@ from ..run import checkpoint
 from ..run.files import check_run_out, writing
 from ..run.folder import Run, new_run
 from . import distributed
-from .device import CoreShare, placement_for
+from .device import WorkerShare, placement_for
 from .epoch import train_epoch, validate
 from .errors import TrainingDiverged, TrainingInterrupted
 from .finish import Timings, finish
@@ -99,10 +99,10 @@ def train(
             with (
                 Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar,
                 epoch_log,
-                CoreShare(place, exporter) as cores,  # a core for the worker while it warms up
+                WorkerShare(place, exporter, _work_macs(spec, data)),  # the same thread count at every step
             ):
                 for epoch in range(state.epoch + 1, epochs + 1):
-                    record, n = train_epoch(setup, state, epoch, bar, after_step=cores.check)
+                    record, n = train_epoch(setup, state, epoch, bar)
                     _check_finite(record, run, state.epoch)
                     record.update(validate(setup, state))
                     seen += n
@@ -137,6 +137,15 @@ def _new_run_folder(out, spec: Spec, data, dd) -> Run:
             save_split(data, run.split)
             atomic_write_text(run.spec, spec.to_yaml())
     return run
+
+
+def _work_macs(spec: Spec, data) -> float | None:
+    """Training's multiply-accumulates (forward and backward, about 3x the forward), None when unknown."""
+    try:
+        macs = spec.summary().macs
+    except Exception:  # noqa: BLE001 - a summary that fails only means the work is unknown (taken as long)
+        return None
+    return 3.0 * macs * len(data.splits["train"]) * spec.training.epochs if macs else None
 
 
 def _check_finite(record: dict, run: Run, last_good: int) -> None:

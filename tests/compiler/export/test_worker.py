@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +90,70 @@ def test_worker_exits_when_its_parent_goes(run_copy):
     w.proc.stdin.close()  # what a parent killed with -9 leaves behind
     assert w.proc.wait(timeout=120) == 0
     w.close()
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (``T``: stopped), or ``gone``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker is paused on Linux only")
+
+
+def _paused(worker: ExportWorker) -> ExportWorker:
+    """Pause ``worker`` as soon as it says it may be (its first message, a fraction of a second in)."""
+    deadline = time.monotonic() + 60
+    while not worker.pause():
+        assert time.monotonic() < deadline and worker.warming(), "the worker never became pausable"
+        time.sleep(0.01)
+    return worker
+
+
+@linux_only
+def test_a_paused_worker_is_stopped_and_the_export_request_resumes_it(unexported):
+    spec = load_spec(unexported.spec)
+    worker = ExportWorker.start(spec)
+    try:
+        assert _paused(worker) and _state(worker.proc.pid) == "T"
+        assert not worker.pause()  # already paused
+        worker.resume()
+        assert _state(worker.proc.pid) != "T"
+        assert worker.pause()
+        assert worker.begin(unexported)  # the request resumes it: the export answers
+        info = export_run(worker, unexported, lambda _m: None)
+        assert info["top1_agreement"] == 1.0 and unexported.onnx.exists()
+        assert not worker.warming() and not worker.pause()  # warm: nothing to pause
+    finally:
+        worker.close()
+    paused = _paused(ExportWorker.start(spec))
+    paused.close()  # Ctrl-C while it is paused: killed, not left stopped
+    assert paused.proc.poll() is not None
+
+
+@linux_only
+def test_a_paused_worker_dies_with_its_parent(run_copy, tmp_path):
+    """A stopped process never reads the end of its stdin: the kernel kills it when the parent dies."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys\n"
+        "import time\n"
+        "from convspec.compiler.export.worker import ExportWorker\n"
+        "from convspec.specs import load_spec\n"
+        f"w = ExportWorker.start(load_spec({str(run_copy.spec)!r}))\n"
+        "while not w.pause():\n"
+        "    time.sleep(0.01)\n"
+        "print(w.proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _state(pid) not in ("gone", "Z") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _state(pid) in ("gone", "Z"), f"worker {pid} outlived its parent ({_state(pid)})"
 
 
 def test_close_stops_a_busy_worker_and_off_switch(run_copy, monkeypatch):

@@ -1,23 +1,29 @@
-"""CoreShare: one thread fewer on the CPU while the export worker warms up, all of them after."""
+"""WorkerShare: how a CPU run shares the machine with the export worker's warm-up, decided from the spec."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from convspec.compiler.training.device import CoreShare, Placement
+from convspec.compiler.training.device import SHORT_RUN_MACS, Placement, WorkerShare
 
 
 class FakeWorker:
-    def __init__(self, warm_after: int):
-        self.asked, self.warm_after = 0, warm_after
+    def __init__(self, warming: bool = True):
+        self.warming, self.paused, self.calls = warming, False, []
 
-    def warming(self) -> bool:
-        self.asked += 1
-        return self.asked <= self.warm_after
+    def pause(self) -> bool:
+        self.calls.append("pause")
+        self.paused = self.warming
+        return self.paused
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+        self.paused = False
 
 
 CPU = Placement(torch.device("cpu"), None, False)
+SHORT, LONG = SHORT_RUN_MACS / 3, SHORT_RUN_MACS * 3
 
 
 @pytest.fixture
@@ -28,52 +34,42 @@ def four_threads():
     torch.set_num_threads(before)
 
 
-def test_one_thread_fewer_until_warm_then_all(four_threads, monkeypatch):
-    monkeypatch.setattr(CoreShare, "EVERY_S", 0.0)
-    worker = FakeWorker(warm_after=3)
-    share = CoreShare(CPU, worker)  # asks once: warming
-    assert torch.get_num_threads() == 3
-    share.check()  # asks again: still warming
-    share.check()  # asks: still warming (3rd)
-    assert torch.get_num_threads() == 3
-    share.check()  # 4th: warm
+def test_a_short_run_trains_on_one_thread_fewer_throughout_warm_or_not(four_threads):
+    for warming in (True, False):  # the same thread count whether or not the worker is still warming
+        worker = FakeWorker(warming)
+        with WorkerShare(CPU, worker, SHORT):
+            assert torch.get_num_threads() == 3 and worker.calls == []
+        assert torch.get_num_threads() == 4
+
+
+def test_a_long_run_pauses_a_warming_worker_and_trains_on_every_thread(four_threads):
+    worker = FakeWorker(warming=True)
+    with WorkerShare(CPU, worker, LONG):
+        assert worker.paused and torch.get_num_threads() == 4
+    assert worker.calls == ["pause", "resume"] and not worker.paused
+    warm = FakeWorker(warming=False)  # nothing to pause: nothing to resume
+    with WorkerShare(CPU, warm, None):  # unknown work counts as long
+        assert torch.get_num_threads() == 4
+    assert warm.calls == ["pause"]
+
+
+def test_the_loop_failing_still_gives_back_threads_and_the_worker(four_threads):
+    worker = FakeWorker(warming=True)
+    with pytest.raises(KeyboardInterrupt), WorkerShare(CPU, worker, LONG):
+        raise KeyboardInterrupt
+    assert worker.calls == ["pause", "resume"]
+    with pytest.raises(KeyboardInterrupt), WorkerShare(CPU, FakeWorker(), SHORT):
+        raise KeyboardInterrupt
     assert torch.get_num_threads() == 4
-    share.check()
-    assert worker.asked == 4  # never asked again once warm
 
 
-def test_leaving_gives_every_thread_back_even_if_never_warm(four_threads):
-    with CoreShare(CPU, FakeWorker(warm_after=10**6)) as share:
-        share.check()
-        assert torch.get_num_threads() == 3
-    assert torch.get_num_threads() == 4
-
-
-def test_checks_are_throttled(four_threads):
-    worker = FakeWorker(warm_after=10**6)
-    share = CoreShare(CPU, worker)
-    for _ in range(1000):
-        share.check()
-    assert worker.asked <= 3  # at most every EVERY_S (0.1 s): a thousand steps take far less
-    assert torch.get_num_threads() == 3
-
-
-def test_nothing_changes_when_already_warm_or_no_worker_or_cuda(four_threads):
-    for place, worker in (
-        (CPU, FakeWorker(warm_after=0)),
-        (CPU, None),
-        (Placement(torch.device("cuda"), None, False), FakeWorker(warm_after=10**6)),
-    ):
-        share = CoreShare(place, worker)
-        share.check()
-        assert torch.get_num_threads() == 4 and share.worker is None
-
-
-def test_one_thread_stays_one_thread():
-    before = torch.get_num_threads()
+def test_nothing_changes_without_a_worker_on_cuda_or_on_one_thread(four_threads):
+    cuda = Placement(torch.device("cuda"), None, False)
+    for place, worker in ((CPU, None), (cuda, FakeWorker())):
+        for work in (SHORT, LONG):
+            with WorkerShare(place, worker, work):
+                assert torch.get_num_threads() == 4
+            assert worker is None or worker.calls == []
     torch.set_num_threads(1)
-    try:
-        CoreShare(CPU, FakeWorker(warm_after=10**6))
+    with WorkerShare(CPU, FakeWorker(), SHORT):
         assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)

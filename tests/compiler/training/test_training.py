@@ -78,6 +78,28 @@ def test_seeded_runs_are_reproducible_on_cpu(tmp_path):
     assert a.read_results()["test"] == b.read_results()["test"]
 
 
+@pytest.mark.slow
+def test_seeded_runs_with_the_export_worker_are_reproducible(tmp_path, monkeypatch):
+    """The worker's warm-up never changes the thread count mid-run (a step's sums depend on it): a
+    short run trains on one thread fewer throughout, a long one pauses the worker and uses them all."""
+    from convspec.compiler.training import device
+
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("time_s", "images_per_s")} for h in hs]  # noqa: E731
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = train(small_digits(), out=tmp_path / "a", **QUIET)
+        b = train(small_digits(), out=tmp_path / "b", **QUIET)
+        assert strip(a.history()) == strip(b.history())
+        monkeypatch.setattr(device, "SHORT_RUN_MACS", 0.0)  # every run is long: the worker is paused
+        c = train(small_digits(), out=tmp_path / "c", **QUIET)
+        d = train(small_digits(), out=tmp_path / "d", export=False, **QUIET)  # no worker at all
+        assert strip(c.history()) == strip(d.history()) and c.onnx.exists()
+        assert c.read_results()["test"] == d.read_results()["test"]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_resume_continues_to_the_same_result(tmp_path):
     """Stopping after epoch 2 of 4 and resuming ends exactly where an uninterrupted run does."""
     from convspec.compiler.training.loop import TrainingInterrupted
