@@ -9,6 +9,7 @@ then per epoch: ``train_epoch`` (augment on the device, autocast, clip, step, ``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -23,7 +24,7 @@ from ..data.loading import load_dataset
 from ..data.split import save_split
 from ..export.worker import ExportWorker, warm_exporter
 from ..run import checkpoint
-from ..run.files import check_run_out, writing
+from ..run.files import MARKER, check_run_out, writing
 from ..run.folder import Run, new_run
 from . import distributed
 from .device import WorkerShare, placement_for
@@ -79,8 +80,6 @@ def train(
         # a bad training.init: no folder either
         setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None, log=log)
         run = run or _new_run_folder(out, spec, data, dd)
-        epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
-
         spec_yaml = spec.to_yaml()  # Why once: dumping the YAML cost 10 ms a checkpoint (two a digits epoch)
 
         def save(path: Path) -> None:
@@ -91,7 +90,13 @@ def train(
             state.restore(ckpt, place.device, run.last)
             log(f"resuming {run} after epoch {state.epoch}")
         else:
-            save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
+            try:
+                save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
+            except BaseException:
+                if dd.is_main:
+                    _discard(run)
+                raise
+        epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
 
         epochs, seen, stopped_early = spec.training.epochs, 0, False
         t_train = time.perf_counter()
@@ -133,10 +138,24 @@ def _new_run_folder(out, spec: Spec, data, dd) -> Run:
     """``out/NAME`` (numbered when taken; rank 0 picks it) with the split and the resolved spec."""
     run = Run(Path(distributed.broadcast(dd, str(new_run(out, spec.name).path) if dd.is_main else None)))
     if dd.is_main:
-        with writing(run.path, "the run folder"):
-            save_split(data, run.split)
-            atomic_write_text(run.spec, spec.to_yaml())
+        try:
+            with writing(run.path, "the run folder"):
+                save_split(data, run.split)
+                atomic_write_text(run.spec, spec.to_yaml())
+        except BaseException:
+            _discard(run)
+            raise
     return run
+
+
+def _discard(run: Run) -> None:
+    """Remove a run folder made by this call before its first checkpoint: a folder without one is
+    neither resumable nor a result (a disk that filled up at ``last.pt`` left spec.yaml and split.json)."""
+    for path in (run.last, run.split, run.spec, run.path / MARKER):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run.path.rmdir()  # Why not rmtree: anything else in it is not this call's to delete
 
 
 def _work_macs(spec: Spec, data) -> float | None:

@@ -204,6 +204,29 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_nothing(tm
     assert list(tmp_path.iterdir()) == []  # no checkpoint, no temporary file
 
 
+def test_a_disk_that_fills_up_at_the_first_checkpoint_leaves_no_run_folder(tmp_path, monkeypatch):
+    """--out passed its check, then filled up at last.pt: no folder with a spec and split but no checkpoint."""
+    from pathlib import Path
+
+    from convspec.compiler.training.loop import train
+    from convspec.specs import load_spec
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("convspec.compiler.run.checkpoint.torch.save", full)
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    spec = load_spec(examples / "digits.yaml", overrides=["training.epochs=1", "input.size=[8, 8]"])
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "digits-cnn").mkdir()  # an earlier run: the new one is digits-cnn-2, and only it goes
+    (out / "digits-cnn" / "keep.txt").write_text("an earlier run's file")
+    with pytest.raises(RuntimeWriteError, match=r"digits-cnn-2/last\.pt: .*no space left"):
+        train(spec, out=out, export=False, progress=False, log=lambda _m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["digits-cnn"]
+    assert (out / "digits-cnn" / "keep.txt").exists()
+
+
 def test_saving_into_a_read_only_folder_names_the_path(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
