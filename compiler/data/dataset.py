@@ -59,8 +59,7 @@ class Dataset:
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """``(images, labels)`` of one split, as writable in-memory copies: ``(n, C, H, W)``, ``(n,)``."""
-        idx = self.splits[split]
-        return np.asarray(self.images[idx]), self.labels[idx].copy()
+        return self.rows(split)[:], self.labels[self.splits[split]].copy()
 
     def rows(self, split: str) -> SplitRows:
         """One split's images, read when indexed (see :class:`SplitRows`)."""

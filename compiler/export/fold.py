@@ -56,9 +56,10 @@ def _affine_suffix(pre: Preprocess) -> tuple[int, torch.Tensor, torch.Tensor] | 
     """``(k, a, b)``: steps ``k:`` are crops and per-channel affines that compose to ``x*a + b``
     (with the leading 1/255 when ``k == 0``); None when there is nothing to fold."""
     c = pre.out_shape[0]  # the suffix changes no channel count (grayscale cannot be in it)
-    k = affine_start(list(pre.steps))
+    steps = list(pre.steps)
+    k = affine_start(steps)
     lead = 1.0 / 255.0 if k == 0 and pre.scale_first else 1.0
-    a, b = compose_affine(list(pre.steps)[k:], lead, torch.float64)
+    a, b = compose_affine(steps[k:], lead, torch.float64)
     a, b = (torch.as_tensor(v, dtype=torch.float64).flatten().expand(c).clone() for v in (a, b))
     if torch.equal(a, torch.ones_like(a)) and not b.any():
         return None

@@ -129,13 +129,8 @@ class ExportWorker:
 
     def pause(self) -> bool:
         """Stop a worker that is still warming up (SIGSTOP), until :meth:`resume`; False when it is
-        warm, gone, or on a system where it is not paused (see :data:`PAUSABLE`).
-
-        Why: training beside the warm-up had to leave it a core and take the core back when it was
-        done, at a moment timing decided, and a step's floating-point sums depend on the thread
-        count: seeded runs differed (by 0.3 % test accuracy after one epoch at 224 px). Paused, it
-        leaves training every core, at every step, in every run.
-        """
+        warm, gone, not yet guarded, or on a system where it is not paused (see :data:`PAUSABLE`).
+        Why pause at all: ``training.device.WorkerShare``."""
         if not PAUSABLE or self._paused or not self.warming() or not self._guarded:
             return False
         try:
