@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from convspec.specs.errors import ConvspecError
+from convspec.specs.readfile import describe_mode
 
 __all__ = ["WriteError", "atomic_write", "atomic_write_bytes", "atomic_write_text", "ensure_folder"]
 
@@ -97,8 +99,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             pass through unchanged (after the same clean-up).
     """
     path = Path(path)
-    if path.is_dir():
-        raise WriteError(path, "it is a folder")
+    _check_target(path)
     try:
         ensure_folder(path.parent)
     except WriteError as e:  # name the file asked for, and what is in its way
@@ -132,6 +133,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             raise WriteError(path, "no space left on device") from None
         raise
     return path
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a target that a rename would destroy rather than write: a folder, a device, a FIFO.
+
+    Why: ``os.replace`` swaps the directory entry, so ``--out /dev/null`` run as root would put
+    a regular file in place of the device node for every process on the machine.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, a dangling link, a parent that is a file: ensure_folder/mkstemp name it
+        return
+    if stat.S_ISDIR(mode):
+        raise WriteError(path, "it is a folder")
+    if not stat.S_ISREG(mode):
+        raise WriteError(path, f"it is {describe_mode(mode)}, not a regular file; convspec writes files, not into those")
 
 
 def _disk_full(folder: Path) -> bool:

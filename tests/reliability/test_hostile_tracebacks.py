@@ -43,6 +43,21 @@ def test_target_that_is_a_folder(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_target_that_is_a_fifo_or_a_device_is_refused_not_replaced(tmp_path):
+    """A rename swaps the directory entry: ``--out /dev/null`` as root used to replace the device."""
+    import stat
+
+    os.mkfifo(tmp_path / "curves.png")
+    with pytest.raises(WriteError, match=r"curves.png: cannot write \(it is a FIFO \(named pipe\), not a regular"):
+        atomic_write_text(tmp_path / "curves.png", "x")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "curves.png").st_mode) and leftovers(tmp_path) == []
+    if os.geteuid() != 0:
+        return
+    os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a private /dev/null
+    user_error(cli("schema", "--out", tmp_path / "null"), "null: cannot write (it is a device, not a regular file")
+    assert stat.S_ISCHR(os.stat(tmp_path / "null").st_mode) and leftovers(tmp_path) == []
+
+
 def test_parent_that_is_a_file(tmp_path):
     write(tmp_path / "runs", "a file where a folder should be")
     # the file asked for, then what is in its way
