@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from convspec.specs import ConvspecError
-from convspec.specs.readfile import FileReadError, read_bytes, read_json, read_text
+from convspec.specs.readfile import FileReadError, parse_json, read_bytes, read_json, read_text
 
 from .files import atomic_write
 
@@ -122,6 +122,24 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def cv_folds(folder: str | os.PathLike) -> list[Path]:
+    """The ``fold-N`` run folders of a ``convspec train --folds`` folder (``cv.json`` beside them), in
+    order; ``[]`` for any other folder."""
+    folder = Path(folder)
+    if not (folder / "cv.json").is_file():
+        return []
+    folds = [p for p in folder.glob("fold-*") if p.name[5:].isdigit() and p.is_dir()]
+    return sorted(folds, key=lambda p: int(p.name[5:]))
+
+
+def not_a_fold_hint(folder: str | os.PathLike) -> str:
+    """For a command that takes one run: what to give instead of a cross-validation folder ("" otherwise)."""
+    folds = cv_folds(folder)
+    if not folds:
+        return ""
+    return f"; it is a cross-validation folder (convspec train --folds): give one of its folds, e.g. {folds[0]}"
+
+
 def read_run(path: str | os.PathLike) -> RunInfo:
     """Read one run folder.
 
@@ -163,7 +181,7 @@ def compare_runs(paths: list[str | os.PathLike]) -> Comparison:
     """
     if not paths:
         raise CompareError("give at least one run folder")
-    runs = [read_run(p) for p in paths]
+    runs = [read_run(p) for path in paths for p in (cv_folds(path) or [path])]  # a --folds folder: its folds
     names = [r.name for r in runs]
     for r in runs:
         if names.count(r.name) > 1:  # Why: two runs/digits-cnn from different parents need telling apart
@@ -244,7 +262,7 @@ def _read_history(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError as e:
             raise CompareError(f"{path}:{n}: not a JSON line ({e})") from None
         if isinstance(record, dict):

@@ -148,7 +148,7 @@ def _check_target(path: Path) -> None:
     if stat.S_ISDIR(mode):
         raise WriteError(path, "it is a folder")
     if not stat.S_ISREG(mode):
-        raise WriteError(path, f"it is {describe_mode(mode)}, not a regular file; convspec writes files, not into those")
+        raise WriteError(path, f"it is {describe_mode(mode)}, not a regular file; convspec replaces files only")
 
 
 def _disk_full(folder: Path) -> bool:
@@ -170,5 +170,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write`).
+
+    A file name that is not UTF-8 in ``text`` (a lone surrogate, as Python decodes it) is written
+    back as the bytes it was, as the OS would print it.
+    """
+    return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convspec.specs.classes import BITS_STORED, class_name_problem
+from convspec.specs.readfile import parse_json
 
 from .session import ModelError, open_session
 
@@ -183,7 +184,7 @@ def from_props(
             )
         check_output_width(output_width, task, classes, source)
         try:
-            metrics = json.loads(ours["test_metrics"]) if ours.get("test_metrics") else {}
+            metrics = parse_json(ours["test_metrics"]) if ours.get("test_metrics") else {}
         except ValueError:
             metrics = None
         if not isinstance(metrics, dict):
@@ -253,7 +254,7 @@ def _json(text: str, key: str, source: str) -> Any:
     if len(text) > MAX_JSON:
         raise ValueError(f"{source}: malformed convspec metadata: convspec.{key} is {len(text):,} characters")
     try:
-        return json.loads(text)
+        return parse_json(text)
     except ValueError:
         raise ValueError(
             f"{source}: malformed convspec metadata: convspec.{key} is not JSON (got {_clip(text)!r})"

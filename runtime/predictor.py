@@ -240,6 +240,12 @@ class Predictor:
                 f"{self.path}: the model returned {got} for a batch of {len(batch)}; its metadata lists "
                 f"{len(self._classes)} classes, so ({len(batch)}, {want}) was expected"
             )
+        if not np.isfinite(out).all():  # Why here: NaN would pass as label 0 and as invalid JSON downstream
+            bad = int((~np.isfinite(out)).any(axis=1).sum())
+            raise ModelError(
+                f"{self.path}: the model returned NaN or infinite probabilities for {bad} of {len(batch)} images; "
+                "its weights or graph are broken"
+            )
         return out
 
     def class_probabilities(self, probs: np.ndarray) -> np.ndarray:

@@ -13,8 +13,13 @@ Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "gelu", "silu", "e
 
 # Why strict: in lax mode ``filters: true`` became 1 filter and ``filters: 8.5`` an error but
 # ``8.0`` a silent 8; a count must be written as an integer.
-PosInt = Annotated[int, PydanticStrict(), Field(gt=0)]
-NonNegInt = Annotated[int, PydanticStrict(), Field(ge=0)]
+# Why a ceiling: counts past int32 overflow torch's and numpy's C integers (a traceback deep in a
+# kernel, after the data has loaded); no layer, batch or epoch count comes near it.
+MAX_COUNT = 2**31 - 1
+PosInt = Annotated[int, PydanticStrict(), Field(gt=0, le=MAX_COUNT)]
+NonNegInt = Annotated[int, PydanticStrict(), Field(ge=0, le=MAX_COUNT)]
+#: numpy's and scikit-learn's random seeds are 32-bit unsigned.
+Seed = Annotated[int, PydanticStrict(), Field(ge=0, le=2**32 - 1)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 

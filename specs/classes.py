@@ -23,7 +23,11 @@ def class_name_problem(name: str) -> str | None:
     newline breaks the row and an escape sequence rewrites the user's terminal.
     """
     code = control_character(name)
-    return f"class name {name!r} holds a control character ({code}); class names must be printable" if code else None
+    if code:
+        return f"class name {name!r} holds a control character ({code}); class names must be printable"
+    if any("\ud800" <= c <= "\udfff" for c in name):  # a folder name that is not UTF-8, as Python decodes it
+        return f"class name {name!r} is not UTF-8 text; rename the class folder (model files store names as UTF-8)"
+    return None
 
 
 # ---------------------------------------------------------------- convspec's own outputs

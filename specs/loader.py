@@ -101,7 +101,7 @@ def load_spec_text(
     except SpecError as e:  # a data source that cannot be read at all (a FIFO, a device)
         issues = e.issues
     issues += _tune_issues(spec)
-    if not any(i.path[:1] == ("preprocess",) for i in issues):
+    if not any(i.path[:1] == ("preprocess",) or i.path[:2] == ("model", "layers") for i in issues):
         try:
             summarize(spec)
         except SpecError as e:

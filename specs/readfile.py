@@ -28,6 +28,7 @@ __all__ = [
     "check_regular",
     "describe_mode",
     "open_regular",
+    "parse_json",
     "read_bytes",
     "read_json",
     "read_text",
@@ -203,6 +204,18 @@ def read_text(path: str | os.PathLike, kind: str = "file", limit: int | None = N
         ) from None
 
 
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, with nesting past the recursion limit a ``ValueError`` like any other bad JSON.
+
+    Why: ``[[[...]]]`` 100,000 deep raises RecursionError, which readers catching ValueError
+    (every malformed-JSON handler) let through as a traceback.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def read_json(path: str | os.PathLike, kind: str = "json", limit: int | None = None) -> Any:
     """The file parsed as JSON (UTF-8), within the size limit of ``kind`` (``split`` for split.json).
 
@@ -211,10 +224,10 @@ def read_json(path: str | os.PathLike, kind: str = "json", limit: int | None = N
     """
     text = read_text(path, kind, limit)
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as e:
         raise FileReadError(
             os.fspath(path), f"is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
         ) from None
-    except RecursionError:
-        raise FileReadError(os.fspath(path), "is not valid JSON (nested too deeply)") from None
+    except ValueError as e:
+        raise FileReadError(os.fspath(path), f"is not valid JSON ({e})") from None

@@ -11,7 +11,8 @@ from .errors import Issue
 
 def check_rules(spec) -> list[Issue]:
     issues: list[Issue] = []
-    for rule in (_split, _source, _classes, _loss, _monitors, _threshold, _freeze, backbone_issues):
+    rules = (_split, _source, _classes, _layer_count, _augment, _loss, _monitors, _threshold, _freeze)
+    for rule in (*rules, backbone_issues):
         issues.extend(rule(spec))
     return issues
 
@@ -38,6 +39,53 @@ def _split(spec) -> list[Issue]:
         )
     if split.train <= 0:
         issues.append(Issue("train must be greater than 0", ("data", "split", "train")))
+    return issues
+
+
+#: Layers of a model once every ``repeat`` is unrolled (ResNet-152 has about 500 with its norms and
+#: activations). Why: each ``times`` is capped, but nesting multiplies them (three repeats of
+#: 1000 are 10**9 layers: gigabytes before any shape is known).
+MAX_LAYERS = 10_000
+
+
+def _unrolled(layers) -> int:
+    return sum(
+        layer.times * _unrolled(layer.layers) if layer.type == "repeat"
+        else 1 + _unrolled(layer.layers) if layer.type == "residual" else 1
+        for layer in layers
+    )  # fmt: skip
+
+
+def _layer_count(spec) -> list[Issue]:
+    total = 0
+    for i, layer in enumerate(spec.model.layers):
+        here = _unrolled([layer])
+        total += here
+        if total > MAX_LAYERS:
+            what = f"repeats multiply: {here:,} in this one" if layer.type == "repeat" else "one per entry"
+            return [
+                Issue(
+                    f"the model unrolls to more than {MAX_LAYERS:,} layers here ({what}); use fewer",
+                    ("model", "layers", i),
+                )
+            ]
+    return []
+
+
+def _augment(spec) -> list[Issue]:
+    """Pixel counts of augment steps within the image: a ``random_crop`` padding of 10**9 would pad
+    every batch to gigabytes (an allocator's traceback mid-epoch)."""
+    side = max(spec.input.size)
+    issues = []
+    for i, step in enumerate(spec.augment):
+        key = {"random_crop": "padding", "cutout": "size"}.get(step.type)
+        if key is not None and getattr(step, key) > side:
+            issues.append(
+                Issue(
+                    f"at most the input's side, {side} (input.size {list(spec.input.size)}); got {getattr(step, key)}",
+                    ("augment", i, key),
+                )
+            )
     return issues
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
 from pydantic import Strict as PydanticStrict
 
-from .base import DEVICE_PATTERN, ClassName, NonNegInt, Pair, PosInt, Strict
+from .base import DEVICE_PATTERN, ClassName, NonNegInt, Pair, PosInt, Seed, Strict
 from .classes import BITS_STORED
 from .layers import Layer
 from .pipeline import AugmentStep, PreprocessStep
@@ -56,7 +56,7 @@ class Split(Strict):
     val: Fraction = 0.1
     test: Fraction = 0.1
     stratify: bool = True
-    seed: int = 0
+    seed: Seed = 0
 
 
 class Data(Strict):
@@ -177,7 +177,7 @@ class Training(Strict):
     metrics: list[Metric] = ["accuracy"]
     device: Annotated[str, Field(pattern=f"^({DEVICE_PATTERN})$")] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 0
+    seed: Seed = 0
     grad_clip: Annotated[float, Field(gt=0)] | None = None
     compile: bool = False
     loggers: list[Literal["tensorboard", "mlflow"]] = Field(

@@ -147,7 +147,7 @@ def predict(
 def _run_test_split(run: Path, predictor):
     """Score ``predictor`` on a run folder's test split (split.json + spec.yaml), without torch."""
     from convspec.runtime.evaluate import evaluate_arrays, evaluate_files, match_classes
-    from convspec.specs import load_spec_text
+    from convspec.specs import load_spec
 
     from ..data.loading import load_dataset
     from ..data.split import read_split
@@ -167,13 +167,39 @@ def _run_test_split(run: Path, predictor):
         labels = np.array([index[n] for n in test["labels"]], np.int64)
         return evaluate_files(predictor, paths, labels)
     spec_file = run / "spec.yaml"
-    if not spec_file.is_file():
+    if not os.path.lexists(spec_file):
         raise ConvspecError(f"{run}: no spec.yaml; cannot rebuild the run's test images")
-    spec = load_spec_text(spec_file.read_text("utf-8"), str(spec_file))
+    spec = load_spec(spec_file)  # the one reader: its size limit, UTF-8 check and FILE:LINE:COL
+    shape = (spec.input.channels, *spec.input.size)
+    if tuple(predictor.input_shape) != shape:
+        raise ConvspecError(
+            f"{spec_file}: input {list(shape)} (channels, height, width) differs from {predictor.path}'s "
+            f"{list(predictor.input_shape)}: the run's spec and the model are not the same run's"
+        )
     data = load_dataset(spec, split_file=run / "split.json", log=lambda _m: None)
     labels = data.labels[data.splits["test"]]
     model_index = [index.get(name, -1) for name in data.class_names]
     return evaluate_arrays(predictor, data.rows("test"), [model_index[i] for i in labels])
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """Whether DATA is a run folder (its test split is scored); a damaged one is refused by name,
+    never scanned as an ImageFolder of its plots."""
+    from ..run.files import MARKER
+
+    if (folder / "cv.json").is_file() and (folder / "fold-1").is_dir():
+        raise ConvspecError(
+            f"{folder}: a cross-validation folder (convspec train --folds); give one of its folds, "
+            f"e.g. {folder / 'fold-1'}"
+        )
+    if os.path.lexists(folder / "split.json"):
+        return True
+    if os.path.lexists(folder / MARKER):
+        raise ConvspecError(
+            f"{folder}: a run folder without split.json, so its test split is unknown; restore split.json, "
+            "or give a folder or CSV of labelled images"
+        )
+    return False
 
 
 @user_errors
@@ -192,7 +218,7 @@ def evaluate(
     from convspec.runtime import evaluate as run_evaluate
 
     predictor = _predictor(model)
-    if data.is_dir() and (data / "split.json").is_file():
+    if data.is_dir() and _is_run_folder(data):
         result = _run_test_split(data, predictor)
         what = f"{data} (test split)"
     else:

@@ -427,6 +427,9 @@ def _disk_write(
     log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]} into the disk cache {folder / key}.npy")
     full = ""
     try:
+        for entry in (folder / f"{key}.npy", folder / f"{key}.json"):
+            if os.path.lexists(entry) and (entry.is_symlink() or not entry.is_file()):
+                os.unlink(entry)  # a FIFO or a link in the cache's own folder: atomic_write replaces files only
         fd, full = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
         os.close(fd)
         mm = np.lib.format.open_memmap(full, mode="w+", dtype=np.uint8, shape=(n, channels, *size))

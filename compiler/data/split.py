@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from convspec.runtime.datasets import DataError, short_list
 from convspec.runtime.files import atomic_write_text
 from convspec.specs.errors import format_path
+from convspec.specs.readfile import parse_json
 
 from .dataset import SPLITS, Dataset
 
@@ -99,7 +101,14 @@ def save_split(dataset: Dataset, path: str | os.PathLike) -> Path:
             "files": [ids[i] for i in idx],
             "labels": [dataset.class_names[dataset.labels[i]] for i in idx],
         }
-    return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    text = json.dumps(doc, indent=1, ensure_ascii=False)
+    # Why: a file name that is not UTF-8 (bytes 0x80-0xff) reaches Python as a lone surrogate, which
+    # UTF-8 cannot encode; as a JSON escape it stays valid UTF-8 and reads back as the same name.
+    text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return atomic_write_text(path, text + "\n")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Part(BaseModel):
@@ -128,6 +137,8 @@ class _SplitFile(BaseModel):
         missing = [s for s in SPLITS if s not in self.splits]
         if missing:
             raise ValueError(f"splits: missing {', '.join(missing)}")
+        if not self.splits["train"].files:
+            raise ValueError("splits.train: no files; a run trains on at least one image")
         unknown = sorted({lab for p in self.splits.values() for lab in p.labels} - set(self.class_names))
         if unknown:
             raise ValueError(f"labels not in class_names: {short_list(unknown)}")
@@ -158,7 +169,7 @@ def read_split(path: str | os.PathLike) -> dict:
             raise DataError(f"{path}: not a regular file; not a readable split file")
         if path.is_file() and path.stat().st_size > MAX_SPLIT_BYTES:
             raise DataError(f"{path}: larger than {MAX_SPLIT_BYTES >> 20} MiB; not a readable split file")
-        doc = json.loads(path.read_text("utf-8"))
+        doc = parse_json(path.read_text("utf-8"))
     except FileNotFoundError:
         raise DataError(f"split file not found: {path}") from None
     except (OSError, ValueError) as e:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from convspec.runtime.compare import not_a_fold_hint
 from convspec.runtime.files import atomic_write, atomic_write_bytes
 from convspec.runtime.metadata import ModelInfo
 from convspec.specs import Spec, load_spec_text
@@ -230,7 +231,9 @@ def _load_run(run: Run):
         raise ExportError(f"{run}: run folder not found" if not run.path.exists() else f"{run}: not a folder")
     ckpt = run.best if run.best.exists() else run.last
     if not ckpt.exists():
-        raise ExportError(f"{run}: no best.pt or last.pt: is this a run folder written by convspec train?")
+        raise ExportError(
+            f"{run}: no best.pt or last.pt: is this a run folder written by convspec train?{not_a_fold_hint(run.path)}"
+        )
     state = checkpoint.load(ckpt)
     spec = load_spec_text(state["spec"], f"{ckpt}[spec]")
     check_spec_file(run, spec, ckpt)
@@ -240,6 +243,12 @@ def _load_run(run: Run):
     with no_weight_loading():  # Why: the checkpoint has every weight; no download, no weights file needed
         model = build_model(spec, num_classes=len(class_names) if class_names else None, class_names=class_names)
     load_weights(model, state["model"], ckpt)
+    broken = next((k for k, t in state["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken:
+        raise ExportError(
+            f"{ckpt}: the weights hold NaN or infinite values (first: {broken}); the run diverged or the file "
+            "was edited, so there is no model to export"
+        )
     model.eval()
     return spec, model, list(model.class_names or [str(i) for i in range(model.num_classes or 0)]), ckpt
 
@@ -328,7 +337,7 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
     from convspec.runtime.threshold import threshold_from_results
 
     results = _read_results(run)
-    metrics = results.get("test", {}).get("metrics", {})
+    metrics = _test_metrics(results)
     info = ModelInfo(
         classes=tuple(class_names),
         task=spec.task,
@@ -338,7 +347,7 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         bits_stored=spec.input.bits_stored,
         spec=spec.to_yaml(),
         version=version,
-        test_metrics={k: v for k, v in metrics.items() if v == v},  # drop NaN
+        test_metrics=metrics,
         threshold=threshold_from_results(results) if spec.task == "binary" else None,
     )
     props = info.to_props()
@@ -370,6 +379,19 @@ def _read_results(run: Run, log: Callable[[str], None] | None = None) -> dict:
             log(f"warning: {e}; leaving it as it is")
         return {}
     return results if isinstance(results, dict) else {}
+
+
+def _test_metrics(results: dict) -> dict[str, float]:
+    """results.json's finite test metrics; whatever a hand edit left that is not a number is skipped."""
+    test = results.get("test")
+    metrics = test.get("metrics") if isinstance(test, dict) else None
+    if not isinstance(metrics, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def _dataset(spec: Spec, run: Run):

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, InstanceOf, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, InstanceOf, ValidationError, field_validator, model_validator
 
 from convspec.specs import ConvspecError
+from convspec.specs.classes import class_name_problem
 from convspec.specs.errors import format_path
 
 Tensor = InstanceOf[torch.Tensor]
@@ -37,6 +38,18 @@ class Weights(_Part):
     model: dict[str, Tensor]
     spec: str
     class_names: list[str] | None = None
+
+    @field_validator("class_names")
+    @classmethod
+    def _names(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        bad = next((problem for n in names if (problem := class_name_problem(n))), None)
+        if bad:
+            raise ValueError(f"class_names: {bad}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class_names: repeats {', '.join(sorted({n for n in names if names.count(n) > 1})[:5])}")
+        return names
 
 
 class _Best(_Part):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from convspec.runtime.files import atomic_write_text
-from convspec.specs.readfile import read_json, read_text
+from convspec.specs.readfile import FileReadError, parse_json, read_json, read_text
 
 from .files import MARKER, writing
 
@@ -50,7 +50,11 @@ class Run:
     def history(self) -> list[dict]:
         if not os.path.lexists(self.metrics):
             return []
-        return [json.loads(line) for line in read_text(self.metrics, "json").splitlines() if line.strip()]
+        lines = read_text(self.metrics, "json").splitlines()
+        try:
+            return [parse_json(line) for line in lines if line.strip()]
+        except ValueError as e:
+            raise FileReadError(self.metrics, f"a line is not JSON ({e})") from None
 
 
 def _jsonable(x):

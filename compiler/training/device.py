@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import torch
 
-from convspec.specs import SpecError
+from convspec.specs import Spec, SpecError
 from convspec.specs.base import DEVICE_PATTERN
 from convspec.specs.errors import Issue
+
+from ..data.memory import available_bytes, gib
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,51 @@ def placement_for(device: str, precision: str, local_rank: int | None = None) ->
         place = Placement(torch.device(f"cuda:{local_rank}"), place.amp_dtype, place.grad_scaler)
         torch.cuda.set_device(place.device)
     return place
+
+
+# What one training step holds, fp32: per parameter the weight, its gradient and two optimizer slots
+# (Adam's); per activation element of a batch, the forward output kept for backward and its gradient.
+BYTES_PER_PARAM = 16
+BYTES_PER_ACTIVATION = 8
+
+
+def check_memory(spec: Spec, place: Placement) -> None:
+    """Refuse, before any data loads, a model whose training step cannot fit in memory.
+
+    A lower bound from the spec's shapes (parameters, and each layer's output for a batch): a
+    ``dense`` of 10**9 units or a conv with ``padding: 100000`` used to end in an allocator's
+    traceback after the data had loaded. On a GPU only the parameters are counted (the model is
+    built in RAM first); its own memory is CUDA's to report.
+
+    Raises:
+        SpecError: naming ``model.layers`` (or ``training.batch_size``), the bytes needed and those free.
+    """
+    room = available_bytes()
+    try:
+        summary = spec.summary()
+    except Exception:  # noqa: BLE001 - shapes unknown here (a backbone outside the table): nothing to check
+        return
+    if room is None:
+        return
+    params = summary.params * BYTES_PER_PARAM
+    rows = summary.rows
+    leaves = [r for i, r in enumerate(rows) if i + 1 == len(rows) or rows[i + 1].depth <= r.depth]
+    per_image = sum(math.prod(r.shape) for r in leaves if r.shape)
+    batch = 0 if place.cuda else per_image * spec.training.batch_size * BYTES_PER_ACTIVATION
+    if params + batch <= room:
+        return
+    what = f"{summary.params:,} parameters need {gib(params)} to train"
+    if batch:
+        what += f", and a batch of {spec.training.batch_size} needs {gib(batch)} of layer outputs"
+    key = ("model", "layers") if params > batch else ("training", "batch_size")
+    raise SpecError(
+        Issue(
+            f"{what}; {gib(room)} is free (free memory, or the cgroup's limit): use fewer units or filters, "
+            "a smaller input.size or training.batch_size",
+            key,
+            file=spec.source_file,
+        )
+    )
 
 
 # Training work (3 x forward MACs x training images x epochs) under which a CPU run trains beside

@@ -27,7 +27,7 @@ from ..run import checkpoint
 from ..run.files import MARKER, check_run_out, writing
 from ..run.folder import Run, new_run
 from . import distributed
-from .device import WorkerShare, placement_for
+from .device import WorkerShare, check_memory, placement_for
 from .epoch import train_epoch, validate
 from .errors import TrainingDiverged, TrainingInterrupted
 from .finish import Timings, finish
@@ -70,6 +70,7 @@ def train(
     given = resume_spec(run, ckpt, spec, overrides) if run else _load(spec, overrides, out, allow_out_in_data)
     spec = _with_device(given, device)
     place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
+    check_memory(spec, place)
     distributed.init(dd, place.device)
     with warm_exporter(spec, export and dd.is_main, exporter) as exporter:  # Why now: it warms up while we train
         t_start = time.perf_counter()

@@ -172,3 +172,30 @@ def test_data_errors_are_convspec_errors_from_the_python_api(tmp_path):
     with pytest.raises(DataError, match="folder not found") as info:
         load_dataset(spec, log=lambda _m: None)
     assert isinstance(info.value, ConvspecError)
+
+
+def test_a_file_name_that_is_not_utf8_trains_and_its_split_reads_back(tmp_path):
+    """Such a name reaches Python as a lone surrogate, which split.json's UTF-8 once could not encode."""
+    import json
+
+    from convspec.compiler.data.split import read_split
+    from convspec.compiler.training.loop import train
+
+    data = image_folder(tmp_path / "data", per_class=6)
+    odd = os.path.join(os.fsencode(data / "a"), b"bad\xffname.png")
+    os.rename(os.fsencode(data / "a" / "0.png"), odd)
+    spec = write(tmp_path / "s.yaml", tiny_spec(f"{{type: folder, path: {data}}}"))
+    run = train(spec, out=tmp_path / "runs", export=False, progress=False, log=lambda _m: None).path
+    text = (run / "split.json").read_text("utf-8")  # still UTF-8: the odd byte is a JSON escape
+    json.loads(text)
+    files = [f for part in read_split(run / "split.json")["splits"].values() for f in part["files"]]
+    assert os.fsdecode(b"a/bad\xffname.png") in files
+    assert any(os.path.exists(data / f) for f in files if "bad" in f)
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused_by_name(tmp_path):
+    data = image_folder(tmp_path / "data")
+    os.rename(os.fsencode(data / "b"), os.path.join(os.fsencode(data), b"b\xff"))
+    spec = write(tmp_path / "s.yaml", tiny_spec(f"{{type: folder, path: {data}}}"))
+    user_error(cli("train", spec, "--out", tmp_path / "runs"), "is not UTF-8 text", "rename the class folder")
+    assert not (tmp_path / "runs").exists()

@@ -134,3 +134,21 @@ def test_decode_budget_bounds_bytes_in_flight():
     assert all(flight <= 100 for n, flight in seen if n == 40), seen
     assert any(flight == 80 for n, flight in seen if n == 40), seen  # two at a time do run together
     assert [flight for n, flight in seen if n == 250] == [250], seen
+
+
+def test_a_model_too_big_for_memory_is_refused_before_the_data_loads(tmp_path):
+    """A dense of 10**9 units, or a conv padded by 100,000 pixels, used to end in the allocator's
+    traceback after the data had loaded (and the run folder had been made)."""
+    from .conftest import cli, image_folder, tiny_spec, user_error, write
+
+    data = image_folder(tmp_path / "data")
+    source = f"{{type: folder, path: {data}}}"
+    dense = tiny_spec(source).replace(
+        "- {type: global_avg_pool}", "- {type: flatten}\n    - {type: dense, units: 1000000000}"
+    )
+    padded = tiny_spec(source).replace("{type: conv, filters: 2}", "{type: conv, filters: 2, padding: 100000}")
+    for name, text, key in (("dense", dense, "model.layers"), ("padded", padded, "training.batch_size")):
+        spec = write(tmp_path / f"{name}.yaml", text)
+        said = user_error(cli("train", spec, "--out", tmp_path / "runs"), f"{name}.yaml", key, "GiB", "is free")
+        assert "data:" not in said  # refused before any image was decoded
+    assert not (tmp_path / "runs").exists()

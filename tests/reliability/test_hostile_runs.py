@@ -161,6 +161,8 @@ SPLITS = {
     "no-test-split": (lambda d: d["splits"].pop("test"), ("splits", "test")),
     "unknown-label": (lambda d: d["splits"]["train"]["labels"].__setitem__(0, "zebra"), ("zebra",)),
     "version-2": (lambda d: d.update(version=2), ("version",)),
+    "empty-train": (lambda d: d["splits"]["train"].update(files=[], labels=[]), ("splits.train", "no files")),
+    "nested-too-deeply": (None, ("nested too deeply",)),
     "a-list": (lambda d: None, ("not a convspec split file",)),
 }
 
@@ -170,6 +172,10 @@ def test_split_json_with_wrong_types_is_named(tiny_run, case):
     change, words = SPLITS[case]
     path = tiny_run / "split.json"
     doc = json.loads(path.read_text("utf-8"))
+    if case == "nested-too-deeply":  # past the recursion limit: a RecursionError once escaped as a traceback
+        path.write_text("[" * 100_000 + "]" * 100_000, "utf-8")
+        refused(tiny_run, "resume", "split.json", "not a readable split file", *words)
+        return
     if case == "a-list":
         doc = [doc]
     else:
