@@ -57,6 +57,11 @@ class Crop(Strict):
     box: tuple[NonNegInt, NonNegInt, PosInt, PosInt]
 
 
+#: Why: the median is exported as k*k stacked windows and a TopK (no ONNX median op), k*k copies of
+#: each image: 961 at 31, which stalled an export of 32-px images for minutes; 81 at 9.
+MAX_MEDIAN_KERNEL = 9
+
+
 class Denoise(Strict):
     type: Literal["denoise"]
     method: Literal["gaussian", "median"] = "gaussian"
@@ -76,6 +81,12 @@ class Denoise(Strict):
     def _median_no_sigma(self):
         if self.method == "median" and self.sigma is not None:
             raise ValueError("sigma applies to method: gaussian only")
+        if self.method == "median" and self.kernel > MAX_MEDIAN_KERNEL:
+            raise ValueError(
+                f"a median kernel is at most {MAX_MEDIAN_KERNEL} (got {self.kernel}): each pixel sorts kernel x kernel "
+                f"values, so the model holds that many copies of each image ({self.kernel**2} here); for strong "
+                "smoothing use method: gaussian"
+            )
         return self
 
     @property

@@ -112,6 +112,8 @@ def check_memory(spec: Spec, place: Placement) -> None:
     rows = summary.rows
     leaves = [r for i, r in enumerate(rows) if i + 1 == len(rows) or rows[i + 1].depth <= r.depth]
     per_image = sum(math.prod(r.shape) for r in leaves if r.shape)
+    pixels = spec.input.channels * math.prod(spec.input.size)
+    per_image += sum(s.kernel**2 * pixels for s in spec.preprocess if s.type == "denoise" and s.method == "median")
     batch = 0 if place.cuda else per_image * spec.training.batch_size * BYTES_PER_ACTIVATION
     if params + batch <= room:
         return
