@@ -101,7 +101,8 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
                 found.append(child)  # a FIFO, a device or a broken link too: reported by path when read
 
     if not os.path.isdir(folder):
-        raise DataError(f"folder not found: {folder}")
+        what = "not a folder" if os.path.lexists(folder) else "folder not found"
+        raise DataError(f"{what}: {folder}")
     st = os.stat(folder)
     top = os.path.realpath(folder)
     top_is_run = is_run_folder(folder)
@@ -255,7 +256,7 @@ def list_csv(
     root = os.path.dirname(os.path.abspath(csv_path)) if root is None else root
     root_key = key[: -len(".path")] + ".root" if key.endswith(".path") else key
     if not os.path.isdir(root):
-        raise DataError(f"{root_key}: folder not found: {root}")
+        _check_folder(root, root_key)
     name = os.path.basename(csv_path)
     try:
         text = read_text(csv_path, "csv", encoding="utf-8-sig")

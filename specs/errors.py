@@ -92,5 +92,8 @@ class SpecError(ConvspecError, ValueError):
             issues = [Issue(issues)]
         elif isinstance(issues, Issue):
             issues = [issues]
-        self.issues: list[Issue] = sorted(issues, key=lambda i: (i.file, i.line or 0, i.col or 0))
+        # Why dict.fromkeys: two rules that read the same file (a CSV's classes and its paths) report
+        # its one problem once
+        unique = list(dict.fromkeys(issues))
+        self.issues: list[Issue] = sorted(unique, key=lambda i: (i.file, i.line or 0, i.col or 0))
         super().__init__("\n".join(str(i) for i in self.issues))

@@ -8,9 +8,9 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from .backbone_rules import backbone_warnings
 from .errors import Issue, SpecError, format_path
@@ -26,6 +26,7 @@ from .yamlio import (
     check_size,
     dump_yaml,
     get_node,
+    marked_issue,
     parse_yaml,
     position,
     to_plain,
@@ -199,7 +200,11 @@ def _apply_overrides(doc, overrides: list[str], name: str) -> dict[str, tuple]:
             check_flow_depth(text, name)
             value = yaml.load(text) if text.strip() else None
             path = split_path(key)
+            _seed_defaults(doc, path)
             set_path(doc, path, value)
+        except MarkedYAMLError as e:  # one line, not PyYAML's four (with "<unicode string>")
+            issues.append(Issue(f"--set {item}: {_override_yaml_error(e)}", file=name))
+            continue
         except (YAMLError, PathError) as e:
             issues.append(Issue(f"--set {item}: {e}", file=name))
             continue
@@ -218,6 +223,35 @@ def _apply_overrides(doc, overrides: list[str], name: str) -> dict[str, tuple]:
         except SpecError as e:
             raise SpecError(Issue(f"--set: {e.issues[0].message}", file=name)) from None
     return applied
+
+
+def _seed_defaults(doc: Any, path: tuple) -> None:
+    """Give a section that ``path`` goes through, and the spec leaves out, its default's ``type``.
+
+    Why: ``--set training.optimizer.lr=0.01`` on a spec without an ``optimizer:`` section meant
+    ``{lr: 0.01}``, which names no optimizer; the user means the default one's learning rate.
+    """
+    model, node = Spec, doc
+    for seg in path[:-1]:
+        field = model.model_fields.get(seg) if isinstance(seg, str) and isinstance(model, type) else None
+        if field is None or not isinstance(node, dict):
+            return
+        default = field.default
+        cls = type(default) if isinstance(default, BaseModel) else field.annotation
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return
+        if seg not in node:
+            node[seg] = {"type": default.type} if isinstance(default, BaseModel) and "type" in cls.model_fields else {}
+        model, node = cls, node[seg]
+
+
+def _override_yaml_error(e: MarkedYAMLError) -> str:
+    problem = (e.problem or "").strip()
+    if "constructor for the tag" in problem:
+        tag = problem.split("for the tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        return f"unknown YAML tag {tag!r}; a value is plain YAML: a number, a string, a [list] or a {{mapping}}"
+    issue = marked_issue(e, "--set")
+    return f"{issue.message} (at character {issue.col} of the value)"
 
 
 def _safe_name(stem: str) -> str:

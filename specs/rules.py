@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .backbone_rules import backbone_issues, resolve_backbone_paths
-from .classes import DIGITS, static_class_names
+from .classes import DIGITS, class_name_problem, static_class_names
 from .errors import Issue
 
 
@@ -105,6 +105,19 @@ def _classes(spec) -> list[Issue]:
         where = ("classes",) if spec.classes != "auto" else ("task",)
         what = "binary" if where == ("task",) else "task: binary"  # Why: the key is already printed before it
         issues.append(Issue(f"{what} needs exactly 2 classes; this spec has {n}", where))
+    if spec.classes == "auto" and n is not None:  # what train would refuse at once, said by validate too
+        found = static_class_names(spec) or []
+        where = ("data", "source", "path") if spec.data.source.type != "builtin" else ("data", "source", "classes")
+        if spec.task == "multiclass" and n < 2:
+            src = spec.data.source
+            what = {"folder": "class folder", "csv": "label"}.get(src.type, "class")
+            inside = f" in {src.path}" if src.type != "builtin" else ""
+            issues.append(
+                Issue(f"only one {what} ({', '.join(found)}){inside}; multiclass needs at least 2 classes", where)
+            )
+        bad = next((problem for c in found if (problem := class_name_problem(c))), None)
+        if bad and spec.data.source.type == "folder":  # a CSV's loader names the row, which is better
+            issues.append(Issue(f"class folder in {spec.data.source.path}: {bad}", where))
     if isinstance(spec.classes, (list, int)):
         found = static_class_names(spec)
         if found is not None:

@@ -33,6 +33,8 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
             raise SpecError(
                 Issue(f"file is {len(text):,} bytes; a spec is at most {MAX_BYTES:,}", file=file, line=1, col=1)
             )
+        if text[:2] in (b"\xff\xfe", b"\xfe\xff") or (b"\x00" in text[:4] and len(text) >= 4 and _utf16(text)):
+            raise SpecError(Issue("UTF-16 text; save the spec as UTF-8", file=file, line=1, col=1))
         if b"\x00" in text:
             raise SpecError(Issue("this is a binary file, not a YAML spec", file=file, line=1, col=1))
         try:
@@ -70,7 +72,7 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
             warnings.simplefilter("ignore", ReusedAnchorWarning)
             doc = yaml.load(text)
     except MarkedYAMLError as e:
-        raise SpecError(_marked_issue(e, file)) from None
+        raise SpecError(marked_issue(e, file)) from None
     except YAMLError as e:
         raise SpecError(Issue(f"YAML error: {e}", file=file, line=1, col=1)) from None
     except RecursionError:
@@ -237,7 +239,13 @@ def _long_number_position(text: str) -> tuple[int, int]:
     return line, m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
 
 
-def _marked_issue(e: MarkedYAMLError, file: str) -> Issue:
+def _utf16(data: bytes) -> bool:
+    """UTF-16 without a byte-order mark: ASCII text with a zero byte beside every character."""
+    head = data[:64]
+    return len(head) >= 4 and (head[1::2].count(0) == len(head[1::2]) or head[0::2].count(0) == len(head[0::2]))
+
+
+def marked_issue(e: MarkedYAMLError, file: str) -> Issue:
     mark = e.problem_mark or e.context_mark
     problem = (e.problem or "").strip()
     context = (e.context or "").strip()

@@ -32,7 +32,8 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to che
             err.print(warning.as_warning(), markup=False)
         n = spec.num_classes()
         out.print(
-            f"{path}: OK ({spec.name}, {spec.task}, {n if n is not None else 'unknown number of'} classes)",
+            f"{path}: OK ({spec.name}, {spec.task}, "
+            f"{'unknown number of classes' if n is None else f'{n} class' + ('es' if n != 1 else '')})",
             markup=False,
         )
     if failed:

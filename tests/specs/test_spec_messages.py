@@ -88,3 +88,26 @@ def test_input_bits_stored_is_an_integer_from_8_to_16(value, says):
     assert found.startswith("s.yaml:16:16: input.bits_stored: ") and says in found, found
     spec = load_spec_text(DIGITS.replace("resize: stretch", "resize: stretch\n  bits_stored: 12"), "s.yaml")
     assert spec.input.bits_stored == 12
+
+
+def test_validate_refuses_one_class_and_unprintable_class_names_as_train_does(tmp_path):
+    """validate used to say "OK (..., 1 classes)" for data train refuses at once."""
+    from convspec.specs import SpecError, load_spec
+
+    for name in ("a", "b\nc"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "x.png").write_bytes(b"\x89PNG")
+        spec = tmp_path / "s.yaml"
+        spec.write_text(
+            "version: 1\ntask: multiclass\ndata:\n  source: {type: folder, path: data}\n"
+            "input: {channels: 1, size: [8, 8]}\nmodel: {layers: [{type: global_avg_pool}]}\n",
+            "utf-8",
+        )
+        with pytest.raises(SpecError) as info:
+            load_spec(spec)
+        text = str(info.value)
+        assert "data.source.path" in text
+        if name == "a":
+            assert "only one class folder (a) in" in text and "at least 2 classes" in text
+        else:
+            assert "control character" in text

@@ -122,3 +122,35 @@ def test_round_trip_keeps_explicit_choices():
         "betas": [0.9, 0.999],
     }
     assert "tune" not in data  # None sections stay out
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("[1", ("flow sequence", "at character 3 of the value")),
+        ("*a", ("undefined alias 'a'",)),
+        ("!!python/object/apply:os.system [ls]", ("unknown YAML tag '!!python/object/apply:os.system'",)),
+    ],
+)
+def test_a_set_value_that_is_not_yaml_is_one_line(value, words):
+    """ruamel's own message is four lines, with ``in "<unicode string>"`` and a caret."""
+    with pytest.raises(SpecError) as info:
+        load_spec(DIGITS, overrides=[f"training.epochs={value}"])
+    text = str(info.value)
+    assert "\n" not in text and "<unicode string>" not in text, text
+    assert f"--set training.epochs={value}" in text
+    for word in words:
+        assert word in text, text
+
+
+def test_setting_a_key_of_a_section_the_spec_leaves_out_keeps_that_sections_default_type(tmp_path):
+    """``--set training.optimizer.lr=0.01`` without an ``optimizer:`` section used to mean
+    ``{lr: 0.01}``: "missing required key 'type'"."""
+    text = DIGITS.read_text("utf-8")
+    start = text.index("training:")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text[:start], "utf-8")  # no training section at all
+    assert load_spec(spec, overrides=["training.optimizer.lr=0.01"]).training.optimizer.model_dump() == {
+        "type": "adamw", "lr": 0.01, "weight_decay": 0.01, "betas": (0.9, 0.999)
+    }  # fmt: skip
+    assert load_spec(spec, overrides=["training.optimizer={type: sgd}"]).training.optimizer.type == "sgd"

@@ -222,7 +222,7 @@ def test_csv_source(tmp_path, shapes_folder):
 
 def test_csv_unknown_columns_and_labels(tmp_path, shapes_folder):
     shutil.copytree(shapes_folder, tmp_path / "img")
-    (tmp_path / "cols.csv").write_text("path,label,weight\nimg/circle/00.png,circle,1\n")
+    (tmp_path / "cols.csv").write_text("path,label,weight\nimg/circle/00.png,circle,1\nimg/square/00.png,square,1\n")
     with pytest.raises(DataError, match=r"columns must be path,label \(unknown: weight"):
         load_dataset(make_spec({"type": "csv", "path": "cols.csv"}, base_dir=tmp_path), log=Log())
     # validation reads the CSV too; write it after, so the check at load time is the one tested
