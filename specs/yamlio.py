@@ -91,6 +91,8 @@ def parse_yaml(text: str | bytes, file: str) -> CommentedMap:
                 col=col,
             )
         ) from None
+    if _tag_of(doc) not in (None, *_PLAIN_TAGS):  # a tagged document: name the tag, not the list it tags
+        check_tags(doc, file)
     if not isinstance(doc, CommentedMap):
         kind = "a list" if isinstance(doc, list) else f"a single value ({_short(doc)})"
         raise SpecError(
@@ -117,13 +119,15 @@ def _tag_of(node: Any) -> str | None:
 
 
 def check_tags(doc: Any, file: str) -> None:
-    """Refuse YAML tags other than the core ones (``!!python/object``, ``!foo``), at their line:col.
+    """Refuse YAML tags other than the core ones (``!!python/object``, ``!foo``), and keys that are
+    not names (``1:``, ``null:``, ``? [a, b]``), at their line:col.
 
     Why: a tag turns a value into an object the schema can only call "not a string"; the
-    user wrote a tag, so the message names the tag.
+    user wrote a tag, so the message names the tag. A number as a key reached the schema as
+    ``1:1: [1]: Keys should be strings``, at the document's start.
 
     Raises:
-        SpecError: at the first tagged node, in document order.
+        SpecError: at the first tagged node or odd key, in document order.
     """
 
     def walk(node: Any, pos: tuple[int, int], path: tuple) -> None:
@@ -141,6 +145,22 @@ def check_tags(doc: Any, file: str) -> None:
             )
         if isinstance(node, CommentedMap):
             for key, child in node.items():
+                if not isinstance(key, str):
+                    try:
+                        line, col = node.lc.key(key)
+                    except (KeyError, TypeError, AttributeError):
+                        line, col = pos[0] - 1, pos[1] - 1
+                    shown = "null" if key is None else _short(key)
+                    hint = f"to use it as text, quote it: '{shown}':" if not isinstance(key, tuple) else "not a list"
+                    raise SpecError(
+                        Issue(
+                            f"the key {shown} is not a name; keys are words like 'layers' ({hint})",
+                            path,
+                            file=file,
+                            line=line + 1,
+                            col=col + 1,
+                        )
+                    )
                 try:
                     line, col = node.lc.value(key)
                 except (KeyError, TypeError, AttributeError):
@@ -154,7 +174,8 @@ def check_tags(doc: Any, file: str) -> None:
                     line, col = pos[0] - 1, pos[1] - 1
                 walk(child, (line + 1, col + 1), path + (i,))
 
-    walk(doc, (1, 1), ())
+    lc = getattr(doc, "lc", None)
+    walk(doc, (lc.line + 1, lc.col + 1) if lc is not None and lc.line is not None else (1, 1), ())
 
 
 def check_flow_depth(text: str, file: str) -> None:
