@@ -58,7 +58,7 @@ def train(
     if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
         raise ConvspecError(f"--device {device}: must be auto, cpu, cuda or cuda:N (as training.device)")
     if folds is not None:
-        return _train_folds(spec_path, folds, set_, out_dir, resume, device, nproc)
+        return _train_folds(spec_path, folds, set_, out_dir, resume, device, nproc, allow_out_in_data)
     if nproc > 1:
         from ..training.launch import check_before_launch, launch_torchrun
 
@@ -92,7 +92,7 @@ def _early_exporter(spec, export: bool):
     return warm_exporter(spec, export and alone and spec is not None)
 
 
-def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, nproc: int) -> None:
+def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, nproc: int, allow_in_data: bool) -> None:
     if resume is not None or nproc != 1 or spec_path is None:
         raise ConvspecError("--folds K trains a SPEC from the start, in one process (not with --resume or --nproc)")
     if folds < 2:
@@ -103,7 +103,8 @@ def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, npr
     from ..training.folds import train_folds
 
     spec = load_spec(spec_path, overrides=set_)
-    train_folds(spec, folds, out_dir, device=device, log=lambda m: err.print(m, markup=False))
+    log = lambda m: err.print(m, markup=False)  # noqa: E731
+    train_folds(spec, folds, out_dir, device=device, log=log, allow_out_in_data=allow_in_data)
 
 
 @user_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -82,7 +83,12 @@ def new_run(out: str | os.PathLike, name: str) -> Run:
                 path.mkdir()
             except FileExistsError:
                 continue
-            mark_run_folder(path)
+            try:
+                mark_run_folder(path)
+            except BaseException:  # a disk that is full: no empty folder left behind
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+                raise
             return Run(path)
     raise RuntimeError(f"too many runs named {name} in {out}")
 

@@ -10,6 +10,7 @@ is exported and copied to ``OUT/NAME/model.onnx``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from convspec.runtime.files import atomic_write_text
+from convspec.runtime.files import atomic_write, atomic_write_text
 from convspec.specs import ConvspecError, Spec
 
 from ..data.dataset import Dataset
 from ..data.loading import load_dataset
+from ..run.files import MARKER, check_run_out, writing
 from ..run.folder import Run, new_run
 
 
@@ -51,21 +53,30 @@ def train_folds(
     from ..export.onnx import export_onnx
     from .loop import train
 
+    check_run_out(out, spec, allow_in_data=train_kwargs.get("allow_out_in_data", False))  # before the data loads
     data = load_dataset(spec, log=log)
     splits = fold_splits(data, k, spec.data.split.seed)
     parent = new_run(out, spec.name).path
     runs: list[Run] = []
-    for i, split in enumerate(splits, 1):
-        log(f"fold {i}/{k}: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test images")
-        fold_spec = spec.model_copy(update={"name": f"fold-{i}"})
-        fold_data = dataclasses.replace(data, splits=split)
-        runs.append(train(fold_spec, out=parent, dataset=fold_data, export=False, log=log, **train_kwargs))
+    try:
+        for i, split in enumerate(splits, 1):
+            log(f"fold {i}/{k}: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test images")
+            fold_spec = spec.model_copy(update={"name": f"fold-{i}"})
+            fold_data = dataclasses.replace(data, splits=split)
+            runs.append(train(fold_spec, out=parent, dataset=fold_data, export=False, log=log, **train_kwargs))
+    except BaseException:
+        if not runs:  # nothing trained: no folder holding only its marker is left behind
+            (parent / MARKER).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
     summary = cv_summary(runs)
     best = runs[summary["best_fold"] - 1]
     export_onnx(best, log=log)
-    shutil.copyfile(best.onnx, parent / ".model.onnx.tmp")
-    os.replace(parent / ".model.onnx.tmp", parent / "model.onnx")
-    atomic_write_text(parent / "cv.json", json.dumps(summary, indent=1) + "\n")
+    with writing(parent / "model.onnx"):
+        atomic_write(parent / "model.onnx", lambda tmp: shutil.copyfile(best.onnx, tmp))
+    with writing(parent / "cv.json"):
+        atomic_write_text(parent / "cv.json", json.dumps(summary, indent=1) + "\n")
     for name, m in summary["test"].items():
         log(f"{name:>10}: {m['mean']:.4f} +- {m['std']:.4f}")
     log(f"best fold: {summary['best_fold']} ({summary['monitor']}); {parent / 'cv.json'}, {parent / 'model.onnx'}")

@@ -62,3 +62,24 @@ def test_train_folds_cli_writes_five_folds_and_cv_json(tmp_path):
     )
     assert (parent / "model.onnx").is_file() and (parent / f"fold-{cv['best_fold']}" / "model.onnx").is_file()
     assert "+-" in result.stderr
+
+
+def test_a_cv_folder_that_cannot_be_written_is_refused_before_the_data_and_leaves_nothing(tmp_path, monkeypatch):
+    from convspec.compiler.run import folder
+    from convspec.compiler.run.files import WriteError
+    from convspec.compiler.training.folds import train_folds
+
+    spec = load_spec(REPO / "examples" / "digits.yaml")
+    (tmp_path / "a-file").write_text("x")
+    lines: list[str] = []
+    with pytest.raises(ConvspecError, match="a-file"):
+        train_folds(spec, 2, tmp_path / "a-file", log=lines.append)
+    assert not any(ln.startswith("data:") for ln in lines)  # refused before any image was decoded
+
+    def full_disk(path):
+        raise WriteError(f"{path}/.convspec-run: cannot write (no space left on device)")
+
+    monkeypatch.setattr(folder, "mark_run_folder", full_disk)  # the disk fills up at the marker
+    with pytest.raises(WriteError, match="no space left"):
+        train_folds(spec, 2, tmp_path / "runs", log=lines.append)
+    assert list((tmp_path / "runs").iterdir()) == []  # no empty run folder left behind
