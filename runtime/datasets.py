@@ -258,6 +258,7 @@ def list_csv(
     if not os.path.isdir(root):
         _check_folder(root, root_key)
     name = os.path.basename(csv_path)
+    reader = None
     try:
         text = read_text(csv_path, "csv", encoding="utf-8-sig")
         reader = csv.reader(io.StringIO(text, newline=""))
@@ -267,7 +268,8 @@ def list_csv(
             raise DataError(f"{key}: {csv_path} is not UTF-8 text") from None
         raise DataError(f"{key}: {e}") from None
     except csv.Error as e:
-        raise DataError(f"{key}: {csv_path} is not a readable CSV ({e})") from None
+        where = f":{reader.line_num}" if reader is not None and reader.line_num else ""
+        raise DataError(f"{key}: {csv_path}{where} is not a readable CSV ({e})") from None
     if not rows:
         raise DataError(f"{key}: {csv_path} is empty; expected a header row path,label and one row per image")
     header = [c.strip().lower() for c in rows[0][1]]

@@ -25,6 +25,8 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 def _as_pair(value):
     """Why: Keras users write ``kernel: 3`` and ``kernel: [3, 5]``; both mean (h, w)."""
+    if isinstance(value, list) and len(value) != 2:  # not "missing required key 1" for [32]
+        raise ValueError(f"expected [height, width], 2 numbers (got {len(value)}: {value})")
     return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 

@@ -96,6 +96,8 @@ def describe(err: dict, valid_keys: list[str] | None) -> str:
         return "must not be empty"
     if kind == "value_error":
         return str(ctx.get("error", err.get("msg")))
+    if kind == "int_parsing_size":  # pydantic's "Unable to parse input string as an integer, exceeded maximum size"
+        return f"must be a number of a sensible size (got {got(value)})"
     return f"{err.get('msg', kind)} (got {got(value)})"
 
 

@@ -39,10 +39,14 @@ class Normalize(Strict):
         return self
 
 
+# Why bounded: 255 * 1e308 is inf, and the run then blamed its NaN loss on the learning rate.
+_Affine = Annotated[float, Field(ge=-1e6, le=1e6)]
+
+
 class Rescale(Strict):
     type: Literal["rescale"]
-    scale: float = 1 / 255
-    offset: float = 0.0
+    scale: _Affine = 1 / 255
+    offset: _Affine = 0.0
 
 
 class CenterCrop(Strict):
