@@ -88,6 +88,10 @@ class SplitRows:
     def __getitem__(self, key: int | slice) -> np.ndarray:
         return np.asarray(self.images[self.idx[key]])
 
+    def __reduce__(self):
+        """Pickled (to the export worker) as its rows alone, never the whole data set behind them."""
+        return np.asarray, (self[:],)
+
 
 def file_id(path: str, root: str) -> str:
     """``path`` relative to ``root`` with ``/`` separators, or absolute when outside it."""

@@ -36,6 +36,7 @@ from convspec.runtime.metadata import ModelInfo
 from convspec.specs import Spec, load_spec_text
 from convspec.specs.readfile import FileReadError
 
+from ..data.dataset import SplitRows
 from ..data.memory import images_per_batch
 from ..run import checkpoint, report
 from ..run.checkpoint_format import load_weights
@@ -142,7 +143,7 @@ class ExportImages:
     parity: np.ndarray  # compared between PyTorch and ONNX Runtime
     calibration: np.ndarray | None = None  # INT8: the quantizer's calibration images (training split)
     scored_split: str = "test"  # INT8: fp32 and INT8 accuracy on this split
-    scored: np.ndarray | None = None
+    scored: np.ndarray | SplitRows | None = None
     scored_labels: np.ndarray | None = None
     timing: np.ndarray | None = None  # INT8: the images timed for the speed ratio
 
@@ -155,7 +156,7 @@ def export_images(spec: Spec, data, *, int8: bool) -> ExportImages:
         return picked
     split = "test" if len(data.splits["test"]) else "val" if len(data.splits["val"]) else "train"
     idx = data.splits[split]
-    scored = data.images[idx]
+    scored = data.rows(split)  # read a batch at a time where scored; copied only if sent to the worker
     calib = _take(data.splits["train"], spec.export.calibration_images, seed=spec.training.seed)
     if len(scored) < TIMING_IMAGES:
         timed = data.images[_take(np.arange(len(data.images)), TIMING_IMAGES, 0)]
