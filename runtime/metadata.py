@@ -26,6 +26,7 @@ Torch-free.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,6 +193,12 @@ def from_props(
                 f"{source}: convspec.test_metrics is not a JSON object; ignored", MetadataWarning, stacklevel=3
             )
             metrics = {}
+        # Why only finite numbers: NaN is not JSON, and GET /metadata answered 500 for an edited model
+        metrics = {
+            str(k): v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
         return ModelInfo(
             classes=classes,
             task=task,

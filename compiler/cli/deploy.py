@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 import warnings
 from enum import Enum
@@ -78,7 +79,12 @@ def _collect(inputs: list[Path]) -> tuple[list[str], list[tuple[str, str]]]:
                 )
             files.extend(found)
         elif not item.exists() and not item.is_symlink():  # a broken or looping link: the decoder names it
-            problems.append((name, "file not found"))
+            if name == "-":
+                problems.append((name, "file not found (images are read from files, not from standard input)"))
+            elif re.match(r"^[a-z][a-z0-9+.-]*:/", name, re.IGNORECASE):  # Path made "http://x" into "http:/x"
+                problems.append((name, "file not found (URLs are not read: download the image first)"))
+            else:
+                problems.append((name, "file not found"))
         else:
             files.append(name)  # whatever its name, the decoder decides (and reports)
     return files, problems
@@ -133,8 +139,8 @@ def predict(
                 row.append(escape(", ".join(f"{lab} {prob:.4f}" for lab, prob in p.top[1:])))
             table.add_row(*row)
         out.print(table)
-    for path, reason in failures:
-        err.print(f"{path}: {reason}", markup=False)
+    for path, reason in failures:  # one line each, whatever the file's name holds
+        err.print(f"{path}: {reason}".replace("\n", "\\n").replace("\r", "\\r"), markup=False)
     if failures:
         err.print(
             f"{len(failures)} input{'s' if len(failures) != 1 else ''} could not be predicted"

@@ -43,7 +43,8 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images per inference run.")] = 32,
     max_delay_ms: Annotated[
-        float, typer.Option("--max-delay-ms", min=0, help="How long a batch waits for more images (ms).")
+        float,
+        typer.Option("--max-delay-ms", min=0, max=10_000, help="How long a batch waits for more images (0-10000 ms)."),
     ] = 5.0,
     max_bytes: Annotated[
         str, typer.Option("--max-bytes", help="Largest request body (20MB, 512KB, 1MiB); 413 above it.")

@@ -53,14 +53,24 @@ def run(
         raise ValueError(f"workers must be >= 1 (got {workers})")
     path = os.fspath(model_path)
     check_address(host, port)
-    common = dict(host=host, port=port, access_log=False, log_level="info", timeout_graceful_shutdown=5)
+    common = dict(
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        # Why bounded: each connection may hold a body of up to max_bytes while it arrives
+        limit_concurrency=MAX_CONNECTIONS,
+        http=_protocol(),
+        h11_max_incomplete_event_size=64 << 10,
+    )
     if workers == 1:
         app = create_app(path, max_batch=max_batch, max_delay_ms=max_delay_ms, max_bytes=max_bytes)
         uvicorn.run(app, **common)
         return
-    from ..metadata import read_metadata
+    from ..predictor import Predictor
 
-    read_metadata(path)  # Why: a bad model fails here, once, with its message, not in N workers
+    Predictor(path, providers="cpu")  # Why a session: a bad model fails here, once, not in N workers forever
     # Why divide: N sessions each taking every core would fight over them.
     threads = max(1, (os.cpu_count() or 1) // workers)
     os.environ[ENV] = json.dumps(
@@ -73,6 +83,18 @@ def run(
         )
     )
     uvicorn.run("convspec.runtime.serve.app:app_from_env", factory=True, workers=workers, **common)
+
+
+MAX_CONNECTIONS = 128  # open connections per process; more are answered 503
+
+
+def _protocol():
+    """httptools with a cap on request heads where it is installed (uvicorn's choice), else h11 (capped)."""
+    try:
+        from .http import BoundedHttpTools
+    except ImportError:
+        return "h11"
+    return BoundedHttpTools
 
 
 def check_address(host: str, port: int) -> None:

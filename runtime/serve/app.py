@@ -39,6 +39,8 @@ ENV = "CONVSPEC_SERVE"  # JSON of create_app's arguments, for uvicorn's worker p
 BODY = "body"  # the source name of an image sent as the raw request body
 ENDPOINTS = ("/predict", "/health", "/metadata", "/metrics", "/")
 INLINE_PIXELS = 128 * 128  # images up to this size decode on the event loop (well under a millisecond)
+INLINE_BYTES = 1 << 20  # files larger than this are opened in the decode pool too (their headers may be slow)
+BODY_IDLE_S = 30.0  # a request body that sends nothing for this long is answered 408
 
 
 class ClientError(Exception):
@@ -95,6 +97,8 @@ def create_app(
 
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1 (got {max_bytes})")
+    if not 0 <= max_delay_ms <= 10_000:  # inf: one stalled upload held every other request forever
+        raise ValueError(f"max_delay_ms must be 0 to 10000 (got {max_delay_ms})")
     predictor = Predictor(model_path, intra_op_threads=intra_op_threads, spinning=False)
     info = predictor.info
     channels, size, resize = info.channels, info.size, info.resize
@@ -191,7 +195,12 @@ def create_app(
                 )
         chunks, total = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+            except asyncio.TimeoutError:  # noqa: UP041 - Python 3.10's is not the builtin. Why: a stalled upload would pin its bytes (and a connection) forever
+                raise ClientError(
+                    408, "timeout", f"no part of the request body arrived for {BODY_IDLE_S:g} s"
+                ) from None
             if message["type"] == "http.disconnect":
                 raise ClientError(400, "disconnected", "the client went away before sending the whole body")
             chunk = message.get("body", b"")
@@ -242,24 +251,34 @@ def create_app(
     def top_k_of(scope) -> int:
         query = scope.get("query_string", b"")
         raw = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("top_k", "1") if query else "1"
+        if raw.strip().isdigit() and len(raw.strip()) > 9:  # past int()'s digit limit too: every class
+            return len(classes)
         try:
             k = int(raw)
         except ValueError:
-            raise ClientError(400, "bad_request", f"top_k must be a whole number >= 1 (got {raw!r})") from None
+            shown = raw if len(raw) <= 40 else raw[:37] + "..."
+            raise ClientError(400, "bad_request", f"top_k must be a whole number >= 1 (got {shown!r})") from None
         if k < 1:
             raise ClientError(400, "bad_request", f"top_k must be >= 1 (got {k})")
         return min(k, len(classes))
 
+    def open_and_decode(src: str, data: bytes) -> np.ndarray:
+        return decode_one(open_image_bytes(data, src))
+
     async def decode(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
         results: list[Any] = []
-        for src, data in items:  # headers only, here: microseconds, and a bomb is refused before any decode
-            try:
+        jobs = {}
+        for i, (src, data) in enumerate(items):
+            if len(data) > INLINE_BYTES:  # Why: a file's headers may be megabytes of chunks or strips (seconds)
+                results.append(None)
+                jobs[i] = asyncio.get_running_loop().run_in_executor(decode_pool, open_and_decode, src, data)
+                continue
+            try:  # headers only, here: microseconds, and a bomb is refused before any decode
                 results.append(open_image_bytes(data, src))
             except ImageError as e:
                 results.append(e)
-        jobs = {}
         for i, opened in enumerate(results):
-            if isinstance(opened, ImageError):
+            if isinstance(opened, ImageError) or i in jobs:
                 continue
             # Why inline below INLINE_PIXELS: for a thumbnail the thread hop costs more CPU than the
             # decode; larger images (and so every slow decode) go to the pool and never block the loop.

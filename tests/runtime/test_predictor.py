@@ -362,3 +362,21 @@ def test_runtime_is_torch_free(model):
     proc = subprocess.run([sys.executable, "-c", TORCH_FREE, str(model)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["c", "False"]
+
+
+def test_non_finite_test_metrics_in_the_metadata_are_dropped(tmp_path, band):
+    """NaN is not JSON: GET /metadata answered 500 for a model whose metadata held one."""
+    import onnx
+
+    from convspec.runtime.metadata import read_metadata
+
+    path = band.model(tmp_path / "band.onnx")
+    model = onnx.load(path)
+    for prop in model.metadata_props:
+        if prop.key == "convspec.test_metrics":
+            prop.value = '{"accuracy": NaN, "f1": 0.5, "loss": Infinity, "note": "x"}'
+            break
+    else:
+        model.metadata_props.add(key="convspec.test_metrics", value='{"accuracy": NaN, "f1": 0.5}')
+    onnx.save(model, path)
+    assert read_metadata(path).test_metrics == {"f1": 0.5}

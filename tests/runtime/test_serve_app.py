@@ -187,6 +187,13 @@ def test_body_without_content_length_is_cut_at_the_limit(model):
         assert c.get("/health").status_code == 200
 
 
+def test_hostile_options_and_values_are_refused_or_bounded(model, client):
+    with pytest.raises(ValueError, match="max_delay_ms must be 0 to 10000"):
+        create_app(model, max_delay_ms=float("inf"))  # one stalled upload held every other request
+    r = client.post("/predict?top_k=" + "9" * 5000, content=band_png(1))  # past int()'s digit limit: all
+    assert r.status_code == 200 and len(r.json()["predictions"][0]["top"]) == 3
+
+
 def test_a_failing_model_is_a_json_500_and_the_server_goes_on(model):
     app = create_app(model)
     predictor = app.state.predictor

@@ -139,6 +139,21 @@ def test_real_server_without_torch_survives_slow_and_dropped_clients(tmp_path, b
         assert r.status_code == 413 and "1000 bytes" in r.json()["error"]
         assert httpx.get(url + "/health").json() == {"status": "ok"}
         assert "convspec_requests_total" in httpx.get(url + "/metrics").text
+        # A head of 200 KiB of headers (httptools had no cap: 160 MB of them held 365 MB, unanswered)
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as big:
+            big.settimeout(10)
+            big.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 4000 + b"\r\n")
+            with contextlib.suppress(OSError):  # the server may close while we still send
+                for _ in range(50):
+                    big.sendall(b"X-Pad: " + b"a" * 4000 + b"\r\n")
+            try:
+                answer = big.recv(200)  # an answer, or b"" / a reset: closed; never a wait for more headers
+            except TimeoutError:
+                pytest.fail("the server kept reading an unbounded request head")
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b"" or answer.split(b" ")[1] in (b"400", b"431"), answer
+        assert httpx.get(url + "/health").json() == {"status": "ok"}
         slow.close()
 
 
@@ -195,3 +210,21 @@ def test_page_in_headless_chromium(digits_run, tmp_path):
     if Path("/work").is_dir():
         with contextlib.suppress(OSError):
             shutil.copy(shot, "/work/serve-screenshot.png")
+
+
+def test_several_workers_refuse_a_model_whose_graph_disagrees_with_its_metadata_once(digits_run, tmp_path):
+    """Each of N workers used to die on it with a traceback and be restarted without end."""
+    import onnx
+
+    model = onnx.load(digits_run / "model.onnx")
+    for prop in model.metadata_props:
+        if prop.key == "convspec.channels":
+            prop.value = "3"  # the graph takes 1
+    onnx.save(model, tmp_path / "three.onnx")
+    proc = subprocess.run(
+        [sys.executable, "-c", TORCH_BLOCKED_CLI, "serve", str(tmp_path / "three.onnx"), "--port", str(free_port()),
+         "--workers", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "three.onnx" in proc.stderr and "Traceback" not in proc.stderr
