@@ -201,8 +201,8 @@ def create_app(
                 raise ClientError(
                     408, "timeout", f"no part of the request body arrived for {BODY_IDLE_S:g} s"
                 ) from None
-            if message["type"] == "http.disconnect":
-                raise ClientError(400, "disconnected", "the client went away before sending the whole body")
+            if message["type"] == "http.disconnect":  # 499: nginx's "client closed request", not a bad request
+                raise ClientError(499, "disconnected", "the client went away before sending the whole body")
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > max_bytes:
