@@ -97,7 +97,12 @@ def train(
                 if dd.is_main:
                     _discard(run)
                 raise
-        epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
+        try:
+            epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
+        except BaseException:  # a tracker that cannot start (MLflow's store): a fresh run leaves nothing
+            if ckpt is None and dd.is_main:
+                _discard(run)
+            raise
 
         epochs, seen, stopped_early = spec.training.epochs, 0, False
         t_train = time.perf_counter()

@@ -95,6 +95,7 @@ class _MLflow:
         self.uri = parent.uri if parent else tracking_uri()
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
+            _fail_fast()
             exp = self.client.get_experiment_by_name(experiment) if parent is None else None
             if parent is not None:
                 experiment_id = parent.experiment_id  # Why: a trial's spec has its own name; it nests in the study's
@@ -108,6 +109,8 @@ class _MLflow:
             self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         except Exception as e:  # MlflowException, connection errors: the message is what the user needs
             raise TrackingError(f"MLflow at {self.uri}: cannot start a run ({str(e).splitlines()[0][:300]})") from None
+        finally:
+            _fail_fast(undo=True)
 
     def log_params(self, flat: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -150,8 +153,31 @@ def tracking_uri() -> str:
     if uri:
         return uri
     root = Path(DEFAULT_MLRUNS).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        what = "it is a file" if root.exists() and not root.is_dir() else (e.strerror or str(e)).lower()
+        raise TrackingError(
+            f"{root}: cannot make MLflow's local store ({what}); run from a writable folder or set MLFLOW_TRACKING_URI"
+        ) from None
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+#: While a run starts: MLflow's HTTP retries (7, with back-off) and 120-s timeout made a server that
+#: refuses at once take 251 s to report; later logging keeps MLflow's (or the user's) settings.
+_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_SAVED: dict[str, str | None] = {}
+
+
+def _fail_fast(undo: bool = False) -> None:
+    """Set (``undo``: restore) :data:`_START` where the user has not set them."""
+    for key, value in _START.items():
+        if undo:
+            if key in _SAVED and _SAVED.pop(key) is None:
+                os.environ.pop(key, None)
+        elif key not in os.environ:
+            _SAVED[key] = None
+            os.environ[key] = value
 
 
 def _artifact_root(uri: str) -> str | None:

@@ -25,6 +25,7 @@ Folder ``<out>/<study>-tune/``::
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -430,7 +431,7 @@ def _psycopg3_only() -> bool:
     return importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None
 
 
-def _create_or_join(optuna, store, study_name: str, direction: str) -> bool:
+def _create_or_join(optuna, store, study_name: str, direction: str, shown: str) -> bool:
     """Create the study; True if another process had created it (we join)."""
     for attempt in range(5):
         try:
@@ -441,22 +442,42 @@ def _create_or_join(optuna, store, study_name: str, direction: str) -> bool:
         except optuna.exceptions.StorageInternalError as e:
             # Why: two processes creating one SQLite study at once can collide on the file's
             # write lock; SQLite reports that at once (no busy wait) to avoid a deadlock.
-            if "locked" not in str(e.__cause__ or e) or attempt == 4:
-                raise
+            cause = str(e.__cause__ or e)
+            if "locked" not in cause or attempt == 4:
+                first = cause.splitlines()[0][:200] if cause else type(e).__name__
+                raise TuneError(f"{shown}: the study storage cannot be written ({first})") from None
             time.sleep(0.2 * (attempt + 1))
     return False  # pragma: no cover
+
+
+def _same_search(spec: Spec) -> str:
+    """What a study's trials must share to be compared: the spec but its name and trial budget."""
+    budget = spec.tune.model_copy(update={"trials": 1, "timeout": None})
+    return spec.model_copy(update={"name": "study", "tune": budget}).to_yaml()
 
 
 def _study(optuna, store, shown: str, study_name: str, spec: Spec, grid: dict | None):
     """Create the study, or join the one of that name; returns (study, joined)."""
     t = spec.tune
     direction = t.resolved_direction
-    joined = _create_or_join(optuna, store, study_name, direction)
+    joined = _create_or_join(optuna, store, study_name, direction, shown)
     study = optuna.load_study(study_name=study_name, storage=store)
     if study.direction.name.lower() != direction:
         raise TuneError(
             f"study {study_name!r} in {shown} was created to {study.direction.name.lower()}, "
             f"but this spec's tune says {direction} {t.metric}; pick another --study name"
+        )
+    # Why: trials of another spec or space would be ranked together (best.yaml mixing a trial's values
+    # into a spec they were never trained with), and optuna refuses changed choices with a traceback
+    mine, theirs = _same_search(spec), study.user_attrs.get("convspec_spec")
+    if theirs is None and not joined:
+        study.set_user_attr("convspec_spec", mine)
+    elif theirs is not None and theirs != mine:
+        lines = difflib.unified_diff(theirs.splitlines(), mine.splitlines(), "study", "given", lineterm="", n=0)
+        diff = [d for d in lines if d[:1] in "+-" and d[:3] not in ("+++", "---")]
+        raise TuneError(
+            f"study {study_name!r} in {shown} was made from another spec or tune.space; its trials cannot be "
+            "ranked with this one's: pick another --study name\n" + "\n".join(diff[:20])
         )
     # Why: a fresh study is reproducible from training.seed; a process joining or resuming
     # one draws a fresh seed, or it would repeat the trials already run with that seed.

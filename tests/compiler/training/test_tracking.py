@@ -195,3 +195,18 @@ def test_convspec_tune_nests_each_trial_under_the_study(local_store):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 2 and all("val_accuracy" in c.data.metrics for c in children)
+
+
+def test_a_tracker_that_cannot_start_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch):
+    """``./mlruns`` a file: a FileExistsError traceback once; and every failed start left a run
+    folder with spec.yaml, split.json and last.pt (one more per attempt)."""
+    from convspec.compiler.training.loop import train
+    from convspec.compiler.training.tracking import TrackingError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlruns").write_text("a file where MLflow's store would go")
+    spec = _spec("[mlflow]", "training.epochs=1")
+    with pytest.raises(TrackingError, match="mlruns: cannot make MLflow's local store \\(it is a file\\)"):
+        train(spec, out=tmp_path / "runs", export=False, progress=False, log=lambda _m: None)
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []

@@ -311,7 +311,23 @@ def test_a_study_creation_that_meets_a_locked_sqlite_file_retries(tmp_path, monk
         return real(**kwargs)
 
     monkeypatch.setattr(optuna, "create_study", locked_once)
-    assert tuning._create_or_join(optuna, store, "s", "maximize") is False  # created, on the second try
+    assert tuning._create_or_join(optuna, store, "s", "maximize", "store") is False  # created, on the second try
     assert calls == ["s", "s"]
-    assert tuning._create_or_join(optuna, store, "s", "maximize") is True  # now it exists: join
+    assert tuning._create_or_join(optuna, store, "s", "maximize", "store") is True  # now it exists: join
     assert [s.study_name for s in optuna.get_all_study_summaries(store)] == ["s"]
+
+
+def test_joining_a_study_of_another_spec_or_space_is_refused_with_the_difference(tmp_path):
+    """Its trials would be ranked with this spec's (best.yaml mixing them), and optuna refused
+    changed choices with a traceback."""
+    space = "tune:\n  space:\n    training.batch_size: {type: choice, values: [%s]}\n"
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    first = write_spec(tmp_path, space % "16, 32")
+    tune(first, trials=1, storage=db, study_name="shared", out=tmp_path / "a", retrain=False, log=quiet, progress=False)
+    tune(first, trials=1, storage=db, study_name="shared", out=tmp_path / "b", retrain=False, log=quiet, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = write_spec(other, space % "16, 32, 64")
+    with pytest.raises(TuneError, match="made from another spec or tune.space") as e:
+        tune(changed, trials=1, storage=db, study_name="shared", out=tmp_path / "c", log=quiet, progress=False)
+    assert "64" in str(e.value)
