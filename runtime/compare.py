@@ -123,12 +123,13 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def cv_folds(folder: str | os.PathLike) -> list[Path]:
-    """The ``fold-N`` run folders of a ``convspec train --folds`` folder (``cv.json`` beside them), in
-    order; ``[]`` for any other folder."""
+    """The ``fold-N`` run folders of a ``convspec train --folds`` folder, in order (one interrupted
+    before ``cv.json`` too: its folds are runs of their own); ``[]`` for any other folder."""
     folder = Path(folder)
-    if not (folder / "cv.json").is_file():
+    try:
+        folds = [p for p in folder.glob("fold-*") if p.name[5:].isdigit() and (p / "spec.yaml").exists()]
+    except OSError:
         return []
-    folds = [p for p in folder.glob("fold-*") if p.name[5:].isdigit() and p.is_dir()]
     return sorted(folds, key=lambda p: int(p.name[5:]))
 
 

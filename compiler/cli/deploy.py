@@ -191,12 +191,14 @@ def _run_test_split(run: Path, predictor):
 def _is_run_folder(folder: Path) -> bool:
     """Whether DATA is a run folder (its test split is scored); a damaged one is refused by name,
     never scanned as an ImageFolder of its plots."""
+    from convspec.runtime.compare import cv_folds
+
     from ..run.files import MARKER
 
-    if (folder / "cv.json").is_file() and (folder / "fold-1").is_dir():
+    folds = cv_folds(folder)
+    if folds and not os.path.lexists(folder / "split.json"):
         raise ConvspecError(
-            f"{folder}: a cross-validation folder (convspec train --folds); give one of its folds, "
-            f"e.g. {folder / 'fold-1'}"
+            f"{folder}: a cross-validation folder (convspec train --folds); give one of its folds, e.g. {folds[0]}"
         )
     if os.path.lexists(folder / "split.json"):
         return True

@@ -122,6 +122,10 @@ def test_cross_validation_folders_are_named_or_expanded(tiny_run, tmp_path):
     assert [r["name"] for r in json.loads(done.stdout)["runs"]] == ["fold-1", "fold-2"]
     user_error(cli("export", cv), "cross-validation folder", "fold-1")
     user_error(cli("train", "--resume", cv), "cross-validation folder", "fold-1")
+    (cv / "cv.json").unlink()  # interrupted before cv.json: its folds are runs all the same
+    user_error(cli("export", cv), "cross-validation folder", "fold-1")
+    done = cli("compare", cv, "--format", "json", cwd=tmp_path)
+    assert done.exit_code == 0 and len(json.loads(done.stdout)["runs"]) == 2, done.stderr
 
 
 def test_export_names_non_finite_weights_and_repeated_class_names_in_the_checkpoint(tiny_run):
