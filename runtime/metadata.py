@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from convspec.specs.classes import BITS_STORED, class_name_problem
+from convspec.specs.classes import BITS_STORED, class_names_problem
 from convspec.specs.readfile import parse_json
 
 from .session import ModelError, open_session
@@ -194,11 +194,7 @@ def from_props(
             )
             metrics = {}
         # Why only finite numbers: NaN is not JSON, and GET /metadata answered 500 for an edited model
-        metrics = {
-            str(k): v
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        }
+        metrics = finite_metrics(metrics)
         return ModelInfo(
             classes=classes,
             task=task,
@@ -253,6 +249,18 @@ def check_output_width(width: Any, task: str, classes, source: str) -> None:
         )
 
 
+def finite_metrics(metrics: Any) -> dict[str, float]:
+    """The finite numbers of a metrics mapping (results.json's, the metadata's); whatever a hand
+    edit left that is not one (NaN, a string, a list) is skipped; not a mapping: ``{}``."""
+    if not isinstance(metrics, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
 def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -289,12 +297,10 @@ def _classes(text: str, source: str) -> tuple[str, ...]:
         raise ValueError(
             f"{source}: malformed convspec metadata: convspec.classes lists {len(classes)} class(es); at least 2"
         )
-    bad = next((problem for c in classes if (problem := class_name_problem(c))), None)
-    if bad:
-        raise ValueError(f"{source}: malformed convspec metadata: convspec.classes: {bad}")
-    if len(set(classes)) != len(classes):
-        dup = sorted({c for c in classes if classes.count(c) > 1})
-        raise ValueError(f"{source}: malformed convspec metadata: convspec.classes repeats {', '.join(dup[:5])}")
+    problem = class_names_problem(classes)
+    if problem:
+        sep = " " if problem.startswith("repeats") else ": "
+        raise ValueError(f"{source}: malformed convspec metadata: convspec.classes{sep}{problem}")
     return classes
 
 

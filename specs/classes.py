@@ -30,6 +30,17 @@ def class_name_problem(name: str) -> str | None:
     return None
 
 
+def class_names_problem(names) -> str | None:
+    """Why a list of class names cannot be a model's (a name :func:`class_name_problem` refuses,
+    or one repeated), or None: checkpoints and ONNX metadata both hold such a list."""
+    bad = next((problem for n in names if (problem := class_name_problem(n))), None)
+    if bad:
+        return bad
+    if len(set(names)) != len(names):
+        return f"repeats {', '.join(sorted({n for n in names if names.count(n) > 1})[:5])}"
+    return None
+
+
 # ---------------------------------------------------------------- convspec's own outputs
 
 #: The file training writes into every run folder (and tune into its study folder): a folder

@@ -191,15 +191,13 @@ def _run_test_split(run: Path, predictor):
 def _is_run_folder(folder: Path) -> bool:
     """Whether DATA is a run folder (its test split is scored); a damaged one is refused by name,
     never scanned as an ImageFolder of its plots."""
-    from convspec.runtime.compare import cv_folds
+    from convspec.runtime.compare import not_a_fold_hint
 
     from ..run.files import MARKER
 
-    folds = cv_folds(folder)
-    if folds and not os.path.lexists(folder / "split.json"):
-        raise ConvspecError(
-            f"{folder}: a cross-validation folder (convspec train --folds); give one of its folds, e.g. {folds[0]}"
-        )
+    hint = not_a_fold_hint(folder)
+    if hint and not os.path.lexists(folder / "split.json"):
+        raise ConvspecError(f"{folder}: not one run{hint}")
     if os.path.lexists(folder / "split.json"):
         return True
     if os.path.lexists(folder / MARKER):

@@ -32,7 +32,7 @@ import torch
 
 from convspec.runtime.compare import not_a_fold_hint
 from convspec.runtime.files import atomic_write, atomic_write_bytes
-from convspec.runtime.metadata import ModelInfo
+from convspec.runtime.metadata import ModelInfo, finite_metrics
 from convspec.specs import Spec, load_spec_text
 from convspec.specs.readfile import FileReadError
 
@@ -383,16 +383,9 @@ def _read_results(run: Run, log: Callable[[str], None] | None = None) -> dict:
 
 
 def _test_metrics(results: dict) -> dict[str, float]:
-    """results.json's finite test metrics; whatever a hand edit left that is not a number is skipped."""
+    """results.json's finite test metrics (a hand-edited ``"test": 5`` gives none)."""
     test = results.get("test")
-    metrics = test.get("metrics") if isinstance(test, dict) else None
-    if not isinstance(metrics, dict):
-        return {}
-    return {
-        str(k): float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
+    return finite_metrics(test.get("metrics") if isinstance(test, dict) else None)
 
 
 def _dataset(spec: Spec, run: Run):

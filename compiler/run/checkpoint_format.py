@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, InstanceOf, ValidationError, field_validator, model_validator
 
 from convspec.specs import ConvspecError
-from convspec.specs.classes import class_name_problem
+from convspec.specs.classes import class_names_problem
 from convspec.specs.errors import format_path
 
 Tensor = InstanceOf[torch.Tensor]
@@ -42,13 +42,9 @@ class Weights(_Part):
     @field_validator("class_names")
     @classmethod
     def _names(cls, names: list[str] | None) -> list[str] | None:
-        if names is None:
-            return None
-        bad = next((problem for n in names if (problem := class_name_problem(n))), None)
-        if bad:
-            raise ValueError(f"class_names: {bad}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"class_names: repeats {', '.join(sorted({n for n in names if names.count(n) > 1})[:5])}")
+        problem = class_names_problem(names) if names is not None else None
+        if problem:
+            raise ValueError(f"class_names: {problem}")
         return names
 
 

@@ -93,6 +93,17 @@ def new_run(out: str | os.PathLike, name: str) -> Run:
     raise RuntimeError(f"too many runs named {name} in {out}")
 
 
+def discard_new_run(run: Run) -> None:
+    """Remove a run folder made by this call before its first result: a folder without one is
+    neither resumable nor a result (a disk that filled up at ``last.pt`` left spec.yaml and split.json).
+    Only the files a new run writes first go, then the folder if that empties it."""
+    for path in (run.last, run.split, run.spec, run.path / MARKER):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run.path.rmdir()  # Why not rmtree: anything else in it is not this call's to delete
+
+
 def mark_run_folder(path: str | os.PathLike) -> Path:
     """Write ``path/.convspec-run``: the folder holds convspec's outputs, never data."""
     marker = Path(path) / MARKER

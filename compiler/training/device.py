@@ -90,23 +90,19 @@ BYTES_PER_PARAM = 16
 BYTES_PER_ACTIVATION = 8
 
 
-def check_memory(spec: Spec, place: Placement) -> None:
+def check_memory(spec: Spec, place: Placement, summary) -> None:
     """Refuse, before any data loads, a model whose training step cannot fit in memory.
 
     A lower bound from the spec's shapes (parameters, and each layer's output for a batch): a
     ``dense`` of 10**9 units or a conv with ``padding: 100000`` used to end in an allocator's
     traceback after the data had loaded. On a GPU only the parameters are counted (the model is
-    built in RAM first); its own memory is CUDA's to report.
+    built in RAM first); its own memory is CUDA's to report. ``summary``: ``spec.summary()``, or None.
 
     Raises:
         SpecError: naming ``model.layers`` (or ``training.batch_size``), the bytes needed and those free.
     """
     room = available_bytes()
-    try:
-        summary = spec.summary()
-    except Exception:  # noqa: BLE001 - shapes unknown here (a backbone outside the table): nothing to check
-        return
-    if room is None:
+    if summary is None or room is None:  # shapes unknown here (a backbone outside the table), or the room
         return
     params = summary.params * BYTES_PER_PARAM
     rows = summary.rows

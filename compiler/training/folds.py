@@ -10,7 +10,6 @@ is exported and copied to ``OUT/NAME/model.onnx``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -26,8 +25,8 @@ from convspec.specs import ConvspecError, Spec
 
 from ..data.dataset import Dataset
 from ..data.loading import load_dataset
-from ..run.files import MARKER, check_run_out, writing
-from ..run.folder import Run, new_run
+from ..run.files import check_run_out, writing
+from ..run.folder import Run, discard_new_run, new_run
 
 
 def fold_splits(data: Dataset, k: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -66,9 +65,7 @@ def train_folds(
             runs.append(train(fold_spec, out=parent, dataset=fold_data, export=False, log=log, **train_kwargs))
     except BaseException:
         if not runs:  # nothing trained: no folder holding only its marker is left behind
-            (parent / MARKER).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+            discard_new_run(Run(parent))
         raise
     summary = cv_summary(runs)
     best = runs[summary["best_fold"] - 1]

@@ -9,7 +9,6 @@ then per epoch: ``train_epoch`` (augment on the device, autocast, clip, step, ``
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -24,8 +23,8 @@ from ..data.loading import load_dataset
 from ..data.split import save_split
 from ..export.worker import ExportWorker, warm_exporter
 from ..run import checkpoint
-from ..run.files import MARKER, check_run_out, writing
-from ..run.folder import Run, new_run
+from ..run.files import check_run_out, writing
+from ..run.folder import Run, discard_new_run, new_run
 from . import distributed
 from .device import WorkerShare, check_memory, placement_for
 from .epoch import train_epoch, validate
@@ -70,7 +69,8 @@ def train(
     given = resume_spec(run, ckpt, spec, overrides) if run else _load(spec, overrides, out, allow_out_in_data)
     spec = _with_device(given, device)
     place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
-    check_memory(spec, place)
+    summary = _summary(spec)
+    check_memory(spec, place, summary)
     distributed.init(dd, place.device)
     with warm_exporter(spec, export and dd.is_main, exporter) as exporter:  # Why now: it warms up while we train
         t_start = time.perf_counter()
@@ -95,13 +95,13 @@ def train(
                 save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
             except BaseException:
                 if dd.is_main:
-                    _discard(run)
+                    discard_new_run(run)
                 raise
         try:
             epoch_log = EpochLog(spec, run, is_main=dd.is_main, on_epoch=on_epoch, nested_under=tracker_parent)
         except BaseException:  # a tracker that cannot start (MLflow's store): a fresh run leaves nothing
             if ckpt is None and dd.is_main:
-                _discard(run)
+                discard_new_run(run)
             raise
 
         epochs, seen, stopped_early = spec.training.epochs, 0, False
@@ -110,7 +110,7 @@ def train(
             with (
                 Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar,
                 epoch_log,
-                WorkerShare(place, exporter, _work_macs(spec, data)),  # the same thread count at every step
+                WorkerShare(place, exporter, _work_macs(summary, spec, data)),  # the same thread count at every step
             ):
                 for epoch in range(state.epoch + 1, epochs + 1):
                     record, n = train_epoch(setup, state, epoch, bar)
@@ -149,27 +149,22 @@ def _new_run_folder(out, spec: Spec, data, dd) -> Run:
                 save_split(data, run.split)
                 atomic_write_text(run.spec, spec.to_yaml())
         except BaseException:
-            _discard(run)
+            discard_new_run(run)
             raise
     return run
 
 
-def _discard(run: Run) -> None:
-    """Remove a run folder made by this call before its first checkpoint: a folder without one is
-    neither resumable nor a result (a disk that filled up at ``last.pt`` left spec.yaml and split.json)."""
-    for path in (run.last, run.split, run.spec, run.path / MARKER):
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        run.path.rmdir()  # Why not rmtree: anything else in it is not this call's to delete
-
-
-def _work_macs(spec: Spec, data) -> float | None:
-    """Training's multiply-accumulates (forward and backward, about 3x the forward), None when unknown."""
+def _summary(spec: Spec):
+    """The spec's shapes and counts, or None where they are unknown here (a backbone outside the table)."""
     try:
-        macs = spec.summary().macs
-    except Exception:  # noqa: BLE001 - a summary that fails only means the work is unknown (taken as long)
+        return spec.summary()
+    except Exception:  # noqa: BLE001 - a summary that fails only means the sizes are unknown
         return None
+
+
+def _work_macs(summary, spec: Spec, data) -> float | None:
+    """Training's multiply-accumulates (forward and backward, about 3x the forward), None when unknown."""
+    macs = summary.macs if summary is not None else 0
     return 3.0 * macs * len(data.splits["train"]) * spec.training.epochs if macs else None
 
 
