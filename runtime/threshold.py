@@ -13,7 +13,11 @@ positive (the second class) when its probability is ``>= threshold``. Rules:
   positives found at that precision. When no threshold reaches P, the threshold of the
   highest validation precision is used (the lowest such) and a :class:`ThresholdWarning` says so.
 
-Ties (the same F1 or J at several thresholds) go to the highest threshold.
+Ties (the same F1 or J at several thresholds) go to the highest threshold. Each rule picks a
+validation image's own probability; the value stored is halfway down to the next lower validation
+probability (or to 0): the same labels on the validation split, with room for the few 1e-8 by
+which the exported model's probabilities differ from PyTorch's, which would otherwise flip the
+image that set it.
 """
 
 from __future__ import annotations
@@ -78,15 +82,20 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: Any = 0.5) -> f
     kind, value = _rule(rule)
     if kind == "fixed":
         return float(value)
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     y = np.asarray(y_val, dtype=np.int64)
-    p = positive_probability(p_val)
+    p = positive_probability(p_val).astype(np.float64)
     if len(y) == 0 or not (y == 1).any() or not (y == 0).any():
         raise ThresholdError(
             f"export.threshold {_show(kind, value)}: the validation split needs images of both classes "
             f"(it has {int((y == 0).sum())} negative, {int((y == 1).sum())} positive)"
         )
+    return _halfway_down(_chosen(kind, value, y, p), p)
+
+
+def _chosen(kind: str, value: float | str, y: np.ndarray, p: np.ndarray) -> float:
+    """The validation probability that ``rule`` picks (see the module docstring)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     if kind == "recall":
         _fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
         # Why the first: thresholds fall and recall rises along the curve; the first index reaching R
@@ -111,7 +120,7 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: Any = 0.5) -> f
         f"export.threshold {{precision: {value:g}}}: no threshold reaches that precision on the validation split "
         f"(best {precision[best]:.4f}); using the threshold of the best, {thresholds[best]:.6g}",
         ThresholdWarning,
-        stacklevel=2,
+        stacklevel=3,
     )
     return _prob(thresholds[best])
 
@@ -120,6 +129,12 @@ def describe_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[s
     """What a threshold gives on labelled data: threshold, precision, recall, f1, sensitivity, specificity."""
     m = compute(["precision", "recall", "f1"], y, np.asarray(p), "binary", threshold=threshold)
     return {**binary_rates(y, np.asarray(p), threshold), **m}
+
+
+def _halfway_down(t: float, p: np.ndarray) -> float:
+    """``t`` moved halfway to the next lower validation probability (or to 0): see the module docstring."""
+    lower = p[p < t]
+    return float((t + (lower.max() if len(lower) else 0.0)) / 2)
 
 
 def _prob(t: float) -> float:

@@ -42,7 +42,7 @@ def test_recall_rule_is_the_highest_threshold_reaching_it(val):
     for target in (0.5, 0.9, 0.95, 1.0):
         t = choose_threshold(y, p, {"recall": target})
         assert _rates(y, p, t)[1] >= target
-        higher = np.sort(p[p > t])
+        higher = np.unique(p[p > t])[1:]  # [0] is the probability the rule chose: t sits just below it
         assert not len(higher) or _rates(y, p, higher[0])[1] < target  # the next threshold up falls short
 
 
@@ -72,6 +72,18 @@ def test_f1_and_youden_match_brute_force(val):
     assert describe_threshold(y, p, t_f1)["f1"] == pytest.approx(max(f1))
     r = describe_threshold(y, p, t_j)
     assert r["sensitivity"] + r["specificity"] - 1 == pytest.approx(max(youden))
+
+
+@pytest.mark.parametrize("rule", [{"recall": 0.9}, {"precision": 0.8}, {"metric": "f1"}, {"metric": "youden"}])
+def test_chosen_threshold_sits_between_validation_probabilities(val, rule):
+    """The exported model's probabilities differ from PyTorch's by ~1e-8: no image may sit on the threshold."""
+    y, p = val
+    t = choose_threshold(y, p, rule)
+    below, above = p[p < t].max(), p[p >= t].min()
+    assert t == pytest.approx((below + above) / 2)  # halfway: the same labels, the widest margin
+    drift = (above - below) / 4
+    for noisy in (p - drift, p + drift):
+        assert ((noisy >= t) == (p >= t)).all()
 
 
 def test_fixed_and_bad_rules(val):
