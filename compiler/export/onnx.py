@@ -23,7 +23,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch
 
 from convspec.runtime.compare import not_a_fold_hint
 from convspec.runtime.files import atomic_write, atomic_write_bytes
-from convspec.runtime.metadata import ModelInfo, finite_metrics
+from convspec.runtime.metadata import PREFIX, ModelInfo, finite_metrics
 from convspec.specs import Spec, load_spec_text
 from convspec.specs.readfile import FileReadError
 
@@ -183,15 +183,21 @@ def record_export(run: Run, info: dict, log: Callable[[str], None] = print, resu
 def quantize_run(
     run: Run, spec: Spec, fp32: bytes, images: ExportImages, *, log: Callable[[str], None] = print
 ) -> dict:
-    """Write ``model.int8.onnx`` and score it against fp32 (accuracy on test, speed)."""
+    """Write ``model.int8.onnx`` and score it against fp32 (accuracy on test, speed).
+
+    The INT8 model's metadata carries its own test metrics (the fp32 model's names, recomputed on
+    its probabilities), not the fp32 model's: ``serve``'s ``/metadata`` shows what it serves.
+    """
     from .quantize import quantize_int8, time_model
 
     blob = quantize_int8(fp32, images.calibration, spec.export.dynamic_batch)
+    split, scored, labels = images.scored_split, images.scored, images.scored_labels
+    (p32, info), (p8, _) = _ort_scores(fp32, scored), _ort_scores(blob, scored)
+    acc32, acc8 = _accuracy(p32, labels, info), _accuracy(p8, labels, info)
+    if info.test_metrics:
+        blob = _with_test_metrics(blob, info, p8, labels) if split == "test" else _with_test_metrics(blob, info)
     with writing(run.onnx_int8, "the INT8 model"):
         atomic_write_bytes(run.onnx_int8, blob)
-    split, scored, labels = images.scored_split, images.scored, images.scored_labels
-    acc32 = _ort_accuracy(fp32, scored, labels, spec.task)
-    acc8 = _ort_accuracy(blob, scored, labels, spec.task)
     t32, t8 = time_model(fp32, images.timing), time_model(blob, images.timing)
     speedup = t32 / t8 if t8 > 0 else float("nan")
     out = {
@@ -419,12 +425,7 @@ def torch_probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarra
 
 def ort_probabilities(blob: bytes, images: np.ndarray) -> np.ndarray:
     """ONNX Runtime (CPU provider, full optimization) probabilities of uint8 images."""
-    from convspec.runtime import Predictor
-
-    predictor = Predictor(blob, providers="cpu")
-    step = images_per_batch(images.shape[1:])
-    outs = [predictor.predict_arrays(images[i : i + step]) for i in range(0, len(images), step)]
-    return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+    return _ort_scores(blob, images)[0]
 
 
 def _top1(probs: np.ndarray, task: str) -> np.ndarray:
@@ -468,10 +469,48 @@ def _parity(model: torch.nn.Module, blob: bytes, images: np.ndarray, task: str) 
     }
 
 
-def _ort_accuracy(blob: bytes, images: np.ndarray, labels: np.ndarray, task: str) -> float:
-    if len(images) == 0:
+def _ort_scores(blob: bytes, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
+    """ONNX Runtime (CPU provider, full optimization) probabilities of uint8 images, and the model's metadata."""
+    from convspec.runtime import Predictor
+
+    predictor = Predictor(blob, providers="cpu")
+    step = images_per_batch(images.shape[1:])
+    outs = [predictor.predict_arrays(images[i : i + step]) for i in range(0, len(images), step)]
+    return (np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)), predictor.info
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray, info: ModelInfo) -> float:
+    """Accuracy at the model's own threshold (binary; 0.5 without one), as its test metrics count it."""
+    from convspec.runtime.metrics import predictions
+
+    if len(probs) == 0:
         return float("nan")
-    return float((_top1(ort_probabilities(blob, images), task) == labels).mean())
+    threshold = 0.5 if info.threshold is None else info.threshold
+    return float((predictions(probs, info.task, threshold) == labels).mean())
+
+
+def _with_test_metrics(blob: bytes, info: ModelInfo, probs: np.ndarray | None = None, labels=None) -> bytes:
+    """``blob`` with ``convspec.test_metrics`` recomputed from its own test ``probs`` (the fp32
+    model's metric names), or without the entry when there are none."""
+    import onnx
+
+    from convspec.runtime.metrics import compute
+
+    metrics = {}
+    if probs is not None and len(probs):
+        threshold = 0.5 if info.threshold is None else info.threshold
+        names = [n for n in info.test_metrics if n in ("accuracy", "precision", "recall", "f1", "auc", "ece")]
+        got = compute(names, labels, probs, info.task, threshold=threshold, num_classes=len(info.classes))
+        metrics = finite_metrics(got)
+    props = replace(info, test_metrics=metrics).to_props()
+    model = onnx.load_from_string(blob)
+    keep = [p for p in model.metadata_props if p.key not in props and p.key != f"{PREFIX}test_metrics"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()
 
 
 def _take(idx: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -108,6 +108,14 @@ def test_int8_export(run_copy, capfd):
     # 180 test images to flip. The 0.5-pt bar is measured on the fully trained model in bench/infer.py.
     assert info["fp32_accuracy"] - info["accuracy"] <= 2 / 180 + 1e-9
     assert info["speedup"] > 0
+    # Each model's metadata carries its own test metrics (serve's /metadata shows them)
+    from convspec.runtime.metadata import read_metadata
+
+    fp32_metrics = read_metadata(run_copy.onnx).test_metrics
+    int8_metrics = read_metadata(run_copy.onnx_int8).test_metrics
+    assert set(int8_metrics) == set(fp32_metrics) and int8_metrics["accuracy"] == pytest.approx(info["accuracy"])
+    assert fp32_metrics["accuracy"] == pytest.approx(info["fp32_accuracy"], abs=1 / 180 + 1e-9)  # PyTorch vs ORT
+    assert int8_metrics["ece"] != fp32_metrics["ece"]  # int8 probabilities, not a copy of fp32's numbers
     assert any("model.int8.onnx" in line for line in lines)
     assert "INT8" in run_copy.report.read_text()
 
