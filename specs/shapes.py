@@ -494,8 +494,49 @@ def summarize(spec, measured: dict[str, BackboneInfo] | None = None) -> Summary:
             (f,) = shape
             rows.append(Row(f"dense (head) {act}", ("model",), 0, (units,), f * units + units, f * units))
             shape = (units,)
+    else:
+        _check_own_head(spec, shape)
     summary.output_shape = shape
     return summary
+
+
+def _check_own_head(spec, shape: tuple[int, ...]) -> None:
+    """``model.head: false``: the last layer gives the logits, flat, 1 (binary) or one per class.
+
+    Why refuse a final softmax/sigmoid: the model adds it (training uses the logits), so a spec's own
+    would be applied twice and the loss would see probabilities as logits.
+    """
+    layers = spec.model.layers
+    where: Path = ("model", "layers", len(layers) - 1) if layers else ("model", "layers")
+    last = layers[-1] if layers else None
+    while isinstance(last, Repeat):  # its last layer is the model's last
+        where, last = where + ("layers", len(last.layers) - 1), last.layers[-1]
+    act = last.fn if isinstance(last, ActivationLayer) else getattr(last, "activation", "none")
+    if act in ("softmax", "sigmoid"):
+        raise SpecError(
+            Issue(
+                f"with model.head: false the last layer gives the logits, and the model adds the "
+                f"{'sigmoid' if spec.task == 'binary' else 'softmax'} itself; remove this {act}",
+                where + (("fn",) if isinstance(last, ActivationLayer) else ("activation",)),
+            )
+        )
+    units = spec.output_units()
+    wanted = "1 value (the binary logit)" if spec.task == "binary" else f"{units} values, one per class"
+    if len(shape) != 1:
+        raise SpecError(
+            Issue(
+                f"with model.head: false the last layer gives the logits: {wanted if units else 'a flat output'}; "
+                f"it gives shape {shape} (end with a dense layer or a global pool)",
+                where,
+            )
+        )
+    if units is not None and shape[0] != units:
+        raise SpecError(
+            Issue(
+                f"with model.head: false the last layer gives the logits: {wanted}; it gives {shape[0]}",
+                where + (("units",) if isinstance(last, Dense) else ()),
+            )
+        )
 
 
 def _backbone_notes(spec, summary: Summary, measured) -> None:

@@ -35,9 +35,9 @@ class ConvspecModel(nn.Module):
         input_shape: ``(C, H, W)`` the model takes.
         has_head: whether the automatic head is present.
 
-    With ``model.head: false`` the spec's own last layer is the output: ``forward`` returns
-    it unchanged in both modes (no sigmoid/softmax is added; if the spec ends in a softmax
-    the outputs are already probabilities) and the training loop treats it as logits.
+    With ``model.head: false`` the spec's own last layer gives the logits (validation checks its
+    width, 1 or one per class, and refuses a softmax/sigmoid of its own); the sigmoid/softmax is
+    added here as with the automatic head, so the model still returns probabilities.
     """
 
     def __init__(
@@ -68,8 +68,6 @@ class ConvspecModel(nn.Module):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid (binary, ``(N, 1)``) or softmax over classes (multiclass, ``(N, K)``)."""
-        if not self.has_head:
-            return logits
         return torch.sigmoid(logits) if self.task == "binary" else torch.softmax(logits, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

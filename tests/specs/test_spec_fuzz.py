@@ -126,8 +126,7 @@ def test_random_layer_stacks_infer_shapes_or_raise_spec_error(layers, channels, 
     summary = spec.summary()
     assert summary.params >= 0 and summary.macs >= 0
     assert all(r.shape is None or all(d >= 1 for d in r.shape) for r in summary.rows)
-    if head:
-        assert summary.output_shape == (4,)
+    assert summary.output_shape == (4,)  # the head's, or (model.head: false) the last layer's: the logits
 
 
 # ------------------------------------------------------------- mutated examples

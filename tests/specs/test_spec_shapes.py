@@ -29,8 +29,13 @@ def spec_text(layers: str, channels: int = 1, h: int = 16, w: int = 16, head: bo
     return HEAD % {"channels": channels, "h": h, "w": w, "head": str(head).lower()} + layers
 
 
-def summary_of(layers: str, **kw):
-    return load_spec_text(spec_text(layers, **kw)).summary()
+def summary_of(layers: str, body_only: bool = False, **kw):
+    """The spec's summary; ``body_only``: without the head's rows (the body's own shapes and counts)."""
+    s = load_spec_text(spec_text(layers, **kw)).summary()
+    if body_only:
+        s.rows[:] = [r for r in s.rows if not r.name.endswith(("(head)", "(head) softmax"))]
+        s.output_shape = top_rows(s)[-1].shape
+    return s
 
 
 def top_rows(summary):
@@ -135,7 +140,7 @@ def test_conv_counts_bias_bn_groups_and_dilation():
         "    - {type: conv, filters: 8, kernel: 3, batch_norm: true}\n"  # 8*8*9 + 2*8, no bias
         "    - {type: conv, filters: 16, kernel: 3, groups: 4, bias: false}\n"  # 16*2*9
         "    - {type: conv, filters: 4, kernel: 3, dilation: 2, padding: valid}\n",  # 16 - 4 = 12
-        head=False,
+        body_only=True,
     )
     rows = top_rows(s)
     assert [r.params for r in rows] == [80, 592, 288, 4 * 16 * 9 + 4]
@@ -147,8 +152,8 @@ def test_residual_projection_counts_the_1x1_conv_and_its_batch_norm():
         "    - type: residual\n      layers:\n"
         "        - {type: conv, filters: 16, kernel: 3, stride: 2, batch_norm: %s}\n"
     )
-    with_bn = summary_of(body % "true", channels=3, head=False)
-    without = summary_of(body % "false", channels=3, head=False)
+    with_bn = summary_of(body % "true", channels=3, body_only=True)
+    without = summary_of(body % "false", channels=3, body_only=True)
     conv_bn, conv = 16 * 27 + 32, 16 * 27 + 16
     assert with_bn.params == conv_bn + 3 * 16 + 2 * 16
     assert without.params == conv + 3 * 16
@@ -156,21 +161,21 @@ def test_residual_projection_counts_the_1x1_conv_and_its_batch_norm():
     sc = [r for r in with_bn.rows if r.name.startswith("shortcut")]
     assert len(sc) == 1 and sc[0].macs == 8 * 8 * 16 * 3
     # Same shape in and out: an identity shortcut, nothing counted.
-    same = summary_of("    - {type: conv, filters: 16}\n" + body.replace("stride: 2, ", "") % "true", head=False)
+    same = summary_of("    - {type: conv, filters: 16}\n" + body.replace("stride: 2, ", "") % "true", body_only=True)
     assert not [r for r in same.rows if r.name.startswith("shortcut")]
     assert same.params == (16 * 9 + 16) + (16 * 16 * 9 + 32)
 
 
 def test_repeat_gives_each_copy_its_own_weights():
     s = summary_of(
-        "    - type: repeat\n      times: 3\n      layers:\n        - {type: conv, filters: 4}\n", head=False
+        "    - type: repeat\n      times: 3\n      layers:\n        - {type: conv, filters: 4}\n", body_only=True
     )
     assert s.params == (4 * 9 + 4) + 2 * (4 * 4 * 9 + 4)
     assert [r.name for r in s.rows if r.depth == 1] == ["copy 1", "copy 2", "copy 3"]
 
 
 def test_flatten_and_global_pools_make_flat_features():
-    s = summary_of("    - {type: conv, filters: 6}\n    - {type: max_pool}\n    - {type: flatten}\n", head=False)
+    s = summary_of("    - {type: conv, filters: 6}\n    - {type: max_pool}\n    - {type: flatten}\n", body_only=True)
     assert s.output_shape == (6 * 8 * 8,)
     for pool in ("global_avg_pool", "global_max_pool"):
         s = summary_of(f"    - {{type: conv, filters: 6}}\n    - {{type: {pool}}}\n    - {{type: dense, units: 5}}\n")
@@ -191,12 +196,53 @@ def test_head_flattens_an_image_and_binary_has_one_unit():
     assert binary.summary().output_shape == (1,)
 
 
+FLAT = "    - {type: flatten}\n"
+
+
+@pytest.mark.parametrize(
+    "layers, task, where, says",
+    [
+        (FLAT + "    - {type: dense, units: 7}\n", "multiclass", "10:28", "10 values, one per class; it gives 7"),
+        (FLAT + "    - {type: dense, units: 2}\n", "binary", "10:28", "1 value (the binary logit); it gives 2"),
+        (
+            "    - {type: flatten}\n    - {type: dense, units: 10, activation: softmax}\n",
+            "multiclass",
+            "10:44",
+            "adds the softmax itself; remove this softmax",
+        ),
+        ("    - {type: global_avg_pool}\n    - {type: activation, fn: sigmoid}\n", "binary", "10:30", "this sigmoid"),
+        ("    - {type: conv, filters: 10}\n", "multiclass", "9:7", "it gives shape (10, 16, 16)"),
+        (
+            "    - {type: flatten}\n    - type: repeat\n      times: 2\n      layers:\n"
+            "        - {type: dense, units: 3}\n",
+            "multiclass",
+            "13:32",
+            "it gives 3",
+        ),
+    ],
+)
+def test_headless_spec_must_end_in_the_logits(layers, task, where, says):
+    """``model.head: false``: the last layer is the logits; a wrong width or a softmax is refused at its line."""
+    text = spec_text(layers, head=False)
+    if task == "binary":
+        text = text.replace("multiclass", "binary").replace("classes: 10", "classes: auto")
+        text = text.replace("name: digits}", "name: digits, classes: [3, 8]}")
+    with pytest.raises(SpecError) as e:
+        load_spec_text(text, "s.yaml")
+    assert f"s.yaml:{where}:" in str(e.value) and says in str(e.value)
+
+
+def test_headless_spec_ending_in_one_logit_per_class_is_accepted():
+    s = summary_of("    - {type: conv, filters: 10}\n    - {type: global_avg_pool}\n", head=False)
+    assert s.output_shape == (10,)
+
+
 def test_preprocess_crops_and_grayscale_change_the_model_input():
-    text = spec_text("    - {type: flatten}\n", channels=3, h=20, w=30, head=False)
+    text = spec_text("    - {type: flatten}\n    - {type: dense, units: 10}\n", channels=3, h=20, w=30, head=False)
     text += "preprocess:\n  - {type: center_crop, size: [12, 10]}\n  - {type: grayscale}\n"
     s = load_spec_text(text).summary()
     assert s.input_shape == (3, 20, 30)
-    assert s.output_shape == (120,)
+    assert top_rows(s)[-2].shape == (120,) and s.output_shape == (10,)
 
 
 def test_shape_errors_name_the_layer():

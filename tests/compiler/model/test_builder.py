@@ -395,13 +395,15 @@ def test_uint8_and_float_pixels_agree():
         assert torch.equal(model(x), model(x.float()))
 
 
-def test_headless_model_returns_body_output():
-    layers = [{"type": "global_avg_pool"}, {"type": "dense", "units": 3, "activation": "softmax"}]
-    model = build_model(make_spec(layers, head=False)).eval()
+def test_headless_model_gives_its_last_layer_as_logits_and_returns_probabilities():
+    layers = [{"type": "global_avg_pool"}, {"type": "dense", "units": 3}]
+    model = build_model(make_spec(layers, head=False, classes=3))
     assert isinstance(model.head, nn.Identity) and not model.has_head
     x = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
     with torch.no_grad():
-        assert torch.equal(model(x), model.body(model.preprocess(x)))
+        logits = model.body(model.preprocess(x))
+        assert torch.equal(model(x), logits)  # training mode: the logits
+        assert torch.allclose(model.eval()(x), torch.softmax(logits, dim=1))  # what is exported
 
 
 def test_head_flattens_image_output():
