@@ -276,7 +276,7 @@ Threshold = Annotated[
 
 
 class Export(Strict):
-    opset: Annotated[int, Field(ge=17, le=23)] = 18
+    opset: Annotated[int, Field(ge=18, le=23)] = 18  # Why not 17: the dynamo exporter writes 18 at least
     dynamic_batch: bool = True
     quantize: Literal["none", "int8"] = "none"
     calibration_images: PosInt = 256
