@@ -125,7 +125,8 @@ def _resolve_classes(
 
 
 def build_model(spec, num_classes: int | None = None, class_names: list[str] | None = None) -> ConvspecModel:
-    """Compile a validated spec into a :class:`ConvspecModel` (fresh weights, train mode).
+    """Compile a validated spec into a :class:`ConvspecModel`: fresh weights, in eval mode, so that
+    it maps uint8 images to probabilities as SPEC.md says (``.train()`` gives logits; the loop calls it).
 
     Args:
         spec: a :class:`convspec.specs.Spec` (from ``load_spec``).
@@ -166,4 +167,4 @@ def build_model(spec, num_classes: int | None = None, class_names: list[str] | N
         class_names=class_names,
         input_shape=(spec.input.channels, *spec.input.size),
         has_head=spec.model.head,
-    )
+    ).eval()

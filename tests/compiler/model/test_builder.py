@@ -388,6 +388,15 @@ def test_eval_outputs_binary_probability():
     assert model.num_classes == 2
 
 
+def test_build_model_maps_uint8_images_to_probabilities():
+    """SPEC.md's Python API: ``build_model(spec)`` is uint8 images -> probabilities, as it comes."""
+    model = build_model(make_spec(SMALL, classes=3))
+    x = torch.randint(0, 256, (4, 3, 12, 12), dtype=torch.uint8)
+    with torch.no_grad():
+        probs = model(x)
+    assert not model.training and torch.allclose(probs.sum(1), torch.ones(4))
+
+
 def test_uint8_and_float_pixels_agree():
     model = build_model(make_spec(SMALL)).eval()
     x = torch.randint(0, 256, (3, 3, 12, 12), dtype=torch.uint8)
@@ -397,7 +406,7 @@ def test_uint8_and_float_pixels_agree():
 
 def test_headless_model_gives_its_last_layer_as_logits_and_returns_probabilities():
     layers = [{"type": "global_avg_pool"}, {"type": "dense", "units": 3}]
-    model = build_model(make_spec(layers, head=False, classes=3))
+    model = build_model(make_spec(layers, head=False, classes=3)).train()
     assert isinstance(model.head, nn.Identity) and not model.has_head
     x = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
     with torch.no_grad():
