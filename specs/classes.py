@@ -154,5 +154,9 @@ def static_class_names(spec) -> list[str] | None:
 
 
 def sort_names(names) -> list[str]:
-    """The one class order of convspec: numbers numerically ('2' before '10'), then names."""
-    return sorted(names, key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
+    """The one class order of convspec: numbers numerically ('2' before '10'), then names.
+
+    Numbers are names of decimal digits (``isdecimal``: '²' is a digit but no number); names equal
+    as numbers ('3', '03') go by their text, so the order never depends on the input's order.
+    """
+    return sorted(names, key=lambda n: (0, int(n), n) if n.isdecimal() else (1, 0, n))
