@@ -8,6 +8,8 @@ OS's reason, and no temporary file is left behind.
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import stat
 import tempfile
@@ -176,3 +178,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     back as the bytes it was, as the OS would print it.
     """
     return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
+
+
+def json_text(data, *, indent: int | None = None, ensure_ascii: bool = True) -> str:
+    """Strict JSON (RFC 8259) of ``data``: NaN and infinities become ``null``, numpy numbers plain ones.
+
+    Why: Python's ``json`` writes ``NaN``, which JavaScript's ``JSON.parse`` and other strict readers
+    refuse; an undefined metric (the AUC of a class absent from the test split) is ``null``, as
+    ``evaluate --format json`` writes it.
+    """
+    return json.dumps(_finite(data), indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+
+
+def _finite(x):
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (bool, int, str)) or x is None:
+        return x
+    if hasattr(x, "tolist") and not isinstance(x, float):  # numpy scalars and arrays
+        return _finite(x.tolist())
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return f if math.isfinite(f) else None

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convspec.runtime.files import atomic_write_text
+from convspec.runtime.files import atomic_write_text, json_text
 from convspec.specs.readfile import FileReadError, parse_json, read_json, read_text
 
 from .files import MARKER, writing
@@ -46,7 +45,7 @@ class Run:
 
     def write_json(self, path: Path, data: Any) -> None:
         with writing(path):
-            atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+            atomic_write_text(path, json_text(data, indent=2) + "\n")
 
     def history(self) -> list[dict]:
         if not os.path.lexists(self.metrics):
@@ -56,13 +55,6 @@ class Run:
             return [parse_json(line) for line in lines if line.strip()]
         except ValueError as e:
             raise FileReadError(self.metrics, f"a line is not JSON ({e})") from None
-
-
-def _jsonable(x):
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return str(x)
 
 
 def new_run(out: str | os.PathLike, name: str) -> Run:

@@ -108,6 +108,13 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
         for name, c in test["per_class"]["classes"].items():
             scores = f"{c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']}"
             lines.append(f"| {_cell(name)} | {scores} |")
+        absent = [name for name, c in test["per_class"]["classes"].items() if not c["support"]]
+        if absent:
+            lines += [
+                "",
+                f"No test images of {', '.join(_cell(n) for n in absent)}: "
+                f"{'its' if len(absent) == 1 else 'their'} precision, recall and F1 count as 0 in the macro means.",
+            ]
         lines += ["", "![confusion](confusion.png)", ""]
         lines += [
             f"![{n}]({n}.png)" for n in ("errors", "roc", "pr", "calibration") if (path.parent / f"{n}.png").exists()

@@ -11,7 +11,6 @@ is exported and copied to ``OUT/NAME/model.onnx``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import statistics
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convspec.runtime.files import atomic_write, atomic_write_text
+from convspec.runtime.files import atomic_write, atomic_write_text, json_text
 from convspec.specs import ConvspecError, Spec
 
 from ..data.dataset import Dataset
@@ -73,7 +72,7 @@ def train_folds(
     with writing(parent / "model.onnx"):
         atomic_write(parent / "model.onnx", lambda tmp: shutil.copyfile(best.onnx, tmp))
     with writing(parent / "cv.json"):
-        atomic_write_text(parent / "cv.json", json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(parent / "cv.json", json_text(summary, indent=1) + "\n")
     for name, m in summary["test"].items():
         log(f"{name:>10}: {m['mean']:.4f} +- {m['std']:.4f}")
     log(f"best fold: {summary['best_fold']} ({summary['monitor']}); {parent / 'cv.json'}, {parent / 'model.onnx'}")

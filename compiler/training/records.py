@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from convspec.runtime.compare import flatten
-from convspec.runtime.files import atomic_write_text
+from convspec.runtime.files import atomic_write_text, json_text
 from convspec.specs import Spec
 
 from ..run.files import writing
@@ -28,7 +26,7 @@ class EpochLog:
         record = history[-1]
         if self.is_main:
             with writing(self.run.metrics):
-                atomic_write_text(self.run.metrics, "".join(json.dumps(h) + "\n" for h in history))  # small; whole
+                atomic_write_text(self.run.metrics, "".join(json_text(h) + "\n" for h in history))  # small; whole
         self.tracker.log_epoch(record, record["epoch"])
         if self.on_epoch is not None:
             self.on_epoch(record)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from convspec.runtime.compare import flatten
-from convspec.runtime.files import atomic_write_text
+from convspec.runtime.files import atomic_write_text, json_text
 from convspec.specs import ConvspecError, Spec, SpecError, apply_values, get_value, load_spec
 from convspec.specs.errors import format_path
 from convspec.specs.readfile import describe_mode
@@ -287,7 +287,7 @@ def tune(
         "test": result.test,
         "notes": notes,
     }
-    files["tune.json"] = atomic_write_text(folder / "tune.json", json.dumps(summary, indent=2, default=str) + "\n")
+    files["tune.json"] = atomic_write_text(folder / "tune.json", json_text(summary, indent=2) + "\n")
     if result.test:
         log(
             "test (best spec, retrained): "

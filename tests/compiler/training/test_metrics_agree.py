@@ -53,8 +53,12 @@ def _assert_same(expected: dict, got: dict, keys=KEYS) -> None:
         assert got[k] == pytest.approx(expected[k], abs=1e-6), k
 
 
+def _strict(word: str):
+    raise ValueError(f"{word} is not JSON (RFC 8259): strict readers such as JavaScript's refuse it")
+
+
 def _check_run(run: Path) -> dict:
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(), parse_constant=_strict)
     test = results["test"]["metrics"]
     cli = _cli_evaluate(run / "model.onnx", run)
     _assert_same(test, cli)
@@ -122,6 +126,8 @@ def test_multiclass_with_a_class_absent_from_test(tmp_path):
     run = train(load_spec(spec_file), out=tmp_path / "runs", **QUIET).path
     results = _check_run(run)
     assert results["test"]["per_class"]["classes"]["3"]["support"] == 0
+    assert results["test"]["per_class"]["classes"]["3"]["auc"] is None  # undefined: null, as evaluate's JSON
+    assert "No test images of 3: its precision, recall and F1 count as 0" in (run / "report.md").read_text()
     # every declared class counts in the macro means: recall of the absent class is 0
     recalls = [c["recall"] for c in results["test"]["per_class"]["classes"].values()]
     assert len(recalls) == 4 and results["test"]["metrics"]["recall"] == pytest.approx(np.mean(recalls))
