@@ -211,6 +211,8 @@ def tune(
         raise TuneError(
             f"interrupted; {where} keeps its finished trials: run the same command again to continue"
         ) from None
+    except Exception as e:  # noqa: BLE001 - a storage failure mid-search (a full disk) gets its one line
+        raise _storage_failure(e, shown) from None
     finally:
         optuna.logging.set_verbosity(previous)
         study_tracker.close()
@@ -422,6 +424,32 @@ def _storage(url: str | None, folder: Path):
             break
     text = str(getattr(last, "orig", None) or last).strip().splitlines()
     raise TuneError(f"--storage {shown}: cannot open the study database: {text[0] if text else type(last).__name__}")
+
+
+def _storage_failure(e: Exception, shown: str) -> Exception:
+    """The one-line error of a study storage that failed during the search (a full disk, a lost server).
+
+    Optuna reports a failed write of a trial's state as ``StorageInternalError`` or, when marking
+    a failed trial FAIL fails too, as ``AssertionError`` on top; the chain holds the database's own
+    reason and the trial's failure (often the same full disk). Anything else is returned as it is.
+    """
+    import sqlalchemy
+
+    chain, seen = [], e
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    trial_error = next((x for x in chain if isinstance(x, ConvspecError)), None)
+    db_error = next((x for x in chain if isinstance(x, sqlalchemy.exc.SQLAlchemyError)), None)
+    if isinstance(e, ConvspecError) or db_error is None:
+        return e
+    text = str(getattr(db_error, "orig", None) or db_error).strip().splitlines()
+    reason = text[0][:200] if text else type(db_error).__name__
+    return TuneError(
+        f"--storage {shown}: the study database cannot be written ({reason})"
+        + (f"; the trial had stopped with: {trial_error}" if trial_error is not None else "")
+        + "; with room again, run the same command to continue the study"
+    )
 
 
 def _psycopg3_only() -> bool:

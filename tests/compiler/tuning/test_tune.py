@@ -331,3 +331,24 @@ def test_joining_a_study_of_another_spec_or_space_is_refused_with_the_difference
     with pytest.raises(TuneError, match="made from another spec or tune.space") as e:
         tune(changed, trials=1, storage=db, study_name="shared", out=tmp_path / "c", log=quiet, progress=False)
     assert "64" in str(e.value)
+
+
+def test_a_study_database_that_fills_up_mid_search_is_one_line(tmp_path, monkeypatch):
+    """A full disk under study.db (the default storage sits in --out): optuna's failed write of the
+    trial's end (then its own AssertionError on top) becomes one TuneError with SQLite's reason."""
+    import optuna
+    import sqlalchemy
+
+    from convspec.compiler.tuning.study import TuneError
+
+    path = write_spec(tmp_path, "tune:\n  space:\n    training.optimizer.lr: {type: float, low: 0.001, high: 0.1}\n")
+
+    def full(*_a, **_k):
+        reason = sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("database or disk is full"))
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from reason
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", full)
+    with pytest.raises(
+        TuneError, match=r"study\.db: the study database cannot be written \(database or disk is full\)"
+    ):
+        tune(path, trials=1, out=tmp_path / "runs", retrain=False, log=quiet)
