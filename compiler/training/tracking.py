@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,6 +55,10 @@ class _TensorBoard:
         except OSError as e:
             raise TrackingError(f"{log_dir}: cannot write TensorBoard events ({e.strerror})") from None
         self._last = 0
+        _quiet_writer_thread()
+
+    def __str__(self) -> str:
+        return f"TensorBoard events in {self.log_dir}"
 
     def log_params(self, flat: dict[str, Any]) -> None:
         rows = "\n".join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in flat.items())
@@ -112,6 +117,9 @@ class _MLflow:
         finally:
             _fail_fast(undo=True)
 
+    def __str__(self) -> str:
+        return f"MLflow at {self.uri}"
+
     def log_params(self, flat: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -145,6 +153,36 @@ class _MLflow:
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+def _reason(e: BaseException) -> str:
+    """One line of why a tracker call failed: an OSError's reason and file, else the message's first line."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror.lower()}: {e.filename}" if e.filename else e.strerror.lower()
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def _quiet_writer_thread() -> None:
+    """Keep the traceback of TensorBoard's writer thread off stderr.
+
+    Why: on a write error (a full disk) the thread stores the error for the main thread, whose next
+    call raises it (one line, above), and then re-raises it, which Python prints as a traceback.
+    """
+    try:
+        from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+    except ImportError:  # another TensorBoard layout: its traceback shows, nothing breaks
+        return
+    previous = threading.excepthook
+    if getattr(previous, "convspec_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if not isinstance(args.thread, _AsyncWriterThread):
+            previous(args)
+
+    hook.convspec_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def tracking_uri() -> str:
@@ -192,6 +230,8 @@ class Tracker:
 
     Use as a context manager, or call :meth:`close` with ``FINISHED``, ``FAILED`` or ``KILLED``.
     Errors from a backend while logging are not swallowed: a tracker the user asked for must work.
+    Each becomes one :class:`TrackingError` naming the tracker (a full disk under the event files,
+    a lost server); closing after another error is best effort, so that error is the one reported.
     """
 
     def __init__(self, backends: list | None = None, run_path: Path | None = None):
@@ -216,38 +256,47 @@ class Tracker:
         b = self._backend(_TensorBoard)
         return b.log_dir if b else None
 
+    def _each(self, call: str, *args) -> None:
+        for b in self.backends:
+            try:
+                getattr(b, call)(*args)
+            except ConvspecError:
+                raise
+            except Exception as e:  # noqa: BLE001 - OSError, MlflowException, requests' errors: one line
+                raise TrackingError(f"{b}: {call.replace('_', ' ')} failed ({_reason(e)})") from None
+
     def log_params(self, flat_spec: dict[str, Any]) -> None:
         """The flattened spec (``{dotted.key: value}``, e.g. :func:`convspec.runtime.compare.flatten`)."""
-        for b in self.backends:
-            b.log_params(flat_spec)
+        self._each("log_params", flat_spec)
 
     def log_epoch(self, record: dict, epoch: int) -> None:
         """One metrics.jsonl record: every finite number in it, at step ``epoch``."""
-        for b in self.backends:
-            b.log_epoch(record, epoch)
+        self._each("log_epoch", record, epoch)
 
     def log_test(self, metrics: dict) -> None:
         """Test metrics, as ``test_<name>``."""
-        for b in self.backends:
-            b.log_test(metrics)
+        self._each("log_test", metrics)
 
     def log_image(self, name: str, png_path: str | os.PathLike) -> None:
         """A picture (confusion, curves, roc...): a TensorBoard image and an MLflow artifact under plots/."""
-        for b in self.backends:
-            b.log_image(name, Path(png_path))
+        self._each("log_image", name, Path(png_path))
 
     def log_artifacts(self, paths: Iterable[str | os.PathLike]) -> None:
         """Files (model.onnx, report.md...) as MLflow artifacts; missing files are left out."""
-        paths = [Path(p) for p in paths]
-        for b in self.backends:
-            b.log_artifacts(paths)
+        self._each("log_artifacts", [Path(p) for p in paths])
 
     def close(self, status: str = "FINISHED") -> None:
         if self.closed:
             return
         self.closed = True
-        for b in self.backends:
-            b.close(status)
+        if status == "FINISHED":
+            self._each("close", status)
+            return
+        for b in self.backends:  # Why best effort: the error that got us here is the one to report
+            try:
+                b.close(status)
+            except Exception:  # noqa: BLE001, S110
+                pass
 
     def __enter__(self) -> Tracker:
         return self

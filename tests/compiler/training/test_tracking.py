@@ -210,3 +210,34 @@ def test_a_tracker_that_cannot_start_is_one_line_and_leaves_no_run_folder(tmp_pa
     with pytest.raises(TrackingError, match="mlruns: cannot make MLflow's local store \\(it is a file\\)"):
         train(spec, out=tmp_path / "runs", export=False, progress=False, log=lambda _m: None)
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_tracker_that_fails_while_logging_is_one_line_naming_it(local_store, monkeypatch):
+    """A full disk under the event files or MLflow's artifacts, after training: one TrackingError that
+    names the tracker and the reason (a traceback through tensorboard's gfile or shutil before); the
+    MLflow run is ended FAILED, not left RUNNING."""
+    import errno
+
+    from mlflow import MlflowClient
+
+    from convspec.compiler.training import tracking
+
+    def full(self, name, png):
+        raise OSError(errno.ENOSPC, "No space left on device", str(png))
+
+    for backend in (tracking._TensorBoard, tracking._MLflow):
+        monkeypatch.setattr(backend, "log_image", full)
+        run = local_store / backend.__name__
+        run.mkdir()
+        tracker = make_trackers(_spec(), run, rank0=True)
+        with pytest.raises(tracking.TrackingError) as e, tracker:
+            _fake_run(tracker, run)
+        first = "TensorBoard events in" if backend is tracking._TensorBoard else "MLflow at sqlite:///"
+        assert str(e.value).startswith(first) and "log image failed (no space left on device: " in str(e.value)
+        assert "\n" not in str(e.value)
+        monkeypatch.undo()
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        monkeypatch.chdir(local_store)
+    client = MlflowClient(tracking_uri=tracking_uri())
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and {r.info.status for r in runs} == {"FAILED"}
