@@ -417,10 +417,11 @@ def _disk_write(
         else ""
     )
     # Why check: a memmap on a full disk dies with SIGBUS, not an exception.
-    if free < 2 * nbytes + (64 << 20):
+    need = 2 * nbytes + (64 << 20)  # the entry, a compacted copy when files fail to decode, and a margin
+    if free < need:
         log(
             f"warning: not enough free space in {folder} for the disk cache "
-            f"({nbytes / 2**30:.2f} GiB needed){stale}; keeping images in memory"
+            f"({_size(need)} needed, {_size(free)} free){stale}; keeping images in memory"
         )
         return None
     t0 = time.perf_counter()
@@ -433,6 +434,7 @@ def _disk_write(
         fd, full = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
         os.close(fd)
         mm = np.lib.format.open_memmap(full, mode="w+", dtype=np.uint8, shape=(n, channels, *size))
+        _reserve(full)
         bad = _decode_rows(files, mm, channels, size, resize, bits_stored, on_error, workers, progress)
         mm.flush()
         kept = _kept(n, bad)
@@ -440,6 +442,7 @@ def _disk_write(
 
             def write(tmp: str, src: np.ndarray = mm) -> None:
                 dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(kept), channels, *size))
+                _reserve(tmp)
                 step = max(1, (64 << 20) // max(1, channels * size[0] * size[1]))
                 for j in range(0, len(kept), step):
                     dst[j : j + step] = src[kept[j : j + step]]
@@ -464,13 +467,36 @@ def _disk_write(
     return _disk_read(folder, key, (channels, *size))
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _reserve(path: str) -> None:
+    """Allocate a memmap file's blocks before writing into it.
+
+    Why: the file is sparse, and a write into it once the disk has filled (another run sharing the
+    cache) dies with SIGBUS; reserving fails with ENOSPC instead, which falls back to memory.
+    """
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 def _other_entries(folder: Path, key: str) -> tuple[int, int]:
     """How many cache entries besides ``key``'s ``folder`` holds, and their bytes (a changed file
-    makes a new entry, so a data set edited five times leaves four old copies of its pixels)."""
+    makes a new entry, so a data set edited five times leaves four old copies of its pixels; a
+    killed decode leaves its ``.KEY.*.full.tmp``, counted too)."""
     count = total = 0
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
-            if entry.name.endswith(".npy") and not entry.name.startswith((".", key)):
+            ours = entry.name.startswith((key, f".{key}."))
+            if (
+                entry.name.endswith(".npy") and not entry.name.startswith(".") or entry.name.endswith(".full.tmp")
+            ) and not ours:
                 with contextlib.suppress(OSError):
                     total += entry.stat(follow_symlinks=False).st_size
                     count += 1

@@ -240,3 +240,27 @@ def test_resume_of_a_read_only_run_fails_before_training(tiny_run, monkeypatch):
     monkeypatch.setattr(run_files, "tempfile", no_probe(errno.EROFS))
     stderr = user_error(cli("train", "--resume", tiny_run, "--set", "training.epochs=2"), "--resume", "read-only")
     assert "epoch" not in stderr and files_of(tiny_run) == before
+
+
+def test_a_disk_cache_that_cannot_reserve_its_file_falls_back_to_memory(data_spec, tmp_path, monkeypatch):
+    """The memmap is sparse: a disk that fills while it is written (another run sharing the cache)
+    killed the process with SIGBUS. Its blocks are reserved first; ENOSPC there falls back to memory."""
+    from convspec.compiler.data import loading
+    from convspec.specs import load_spec
+
+    spec_file, _ = data_spec
+    reference = loading.load_dataset(load_spec(spec_file, overrides=["data.cache=none"]), log=lambda _m: None)
+    reserved: list[str] = []
+
+    def full(fd, offset, length):
+        reserved.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loading.os, "posix_fallocate", full, raising=False)
+    lines: list[str] = []
+    cache = tmp_path / "cache"
+    ds = loading.load_dataset(load_spec(spec_file, overrides=["data.cache=disk"]), cache_dir=cache, log=lines.append)
+    assert reserved and reserved[0] >= reference.images.nbytes  # the whole file, before any row is written
+    assert any("cannot write the disk cache" in ln and "No space left" in ln for ln in lines), lines
+    assert np.array_equal(ds.images, reference.images)
+    assert list((cache / "images").iterdir()) == []  # no .full.tmp left behind
