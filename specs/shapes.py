@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .backbones import BackboneInfo, lookup
 from .base import pair
-from .errors import Issue, Path, SpecError
+from .errors import Issue, Path, SpecError, format_path
 from .layers import (
     ActivationLayer,
     AvgPool,
@@ -496,8 +496,29 @@ def summarize(spec, measured: dict[str, BackboneInfo] | None = None) -> Summary:
             shape = (units,)
     else:
         _check_own_head(spec, shape)
+    _check_batch_norm(spec, rows)
     summary.output_shape = shape
     return summary
+
+
+def _check_batch_norm(spec, rows: list[Row]) -> None:
+    """``training.batch_size: 1`` with a batch norm over one value per channel (flat features or 1x1
+    maps): torch cannot train it (over one image there is nothing to normalize)."""
+    if spec.training.batch_size != 1:
+        return
+    for r in rows:
+        if (
+            (" +bn" in r.name or r.name.startswith("batch_norm"))
+            and r.shape is not None
+            and math.prod(r.shape[1:]) == 1
+        ):
+            raise SpecError(
+                Issue(
+                    f"1 cannot train the batch norm of {format_path(r.path)} ({r.name}, output {r.shape}): over one "
+                    "image it has one value per channel to normalize; use a batch size of 2 or more",
+                    ("training", "batch_size"),
+                )
+            )
 
 
 def _check_own_head(spec, shape: tuple[int, ...]) -> None:

@@ -50,6 +50,15 @@ class Setup:
         return self.spec.training.epochs * self.steps_per_epoch
 
 
+def without_lone_last(perm: torch.Tensor, batch: int) -> torch.Tensor:
+    """An epoch's order without a last batch of one image (a random one: the order is shuffled).
+
+    Why: batch norm over a batch of one fails on flat features or 1x1 maps (torch raises), and one
+    image's gradient is a noisy step anyway (``drop_last`` for that one batch only).
+    """
+    return perm[:-1] if batch > 1 and len(perm) > 1 and len(perm) % batch == 1 else perm
+
+
 def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[dict, int]:
     """Train one epoch (1-based) over the training split; return its record and the images seen."""
     spec, place, dd = setup.spec, setup.place, setup.dd
@@ -57,7 +66,9 @@ def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[
     if setup.freeze is not None:
         setup.freeze.apply(epoch)
     train_idx = torch.from_numpy(setup.splits["train"])
-    perm = distributed.shard(train_idx[torch.randperm(len(train_idx), generator=state.shuffle_gen)], dd)
+    perm = without_lone_last(
+        distributed.shard(train_idx[torch.randperm(len(train_idx), generator=state.shuffle_gen)], dd), setup.batch
+    )
     loss_sum = torch.zeros((), dtype=torch.float64, device=place.device)
     correct = torch.zeros((), dtype=torch.int64, device=place.device)
     count = 0

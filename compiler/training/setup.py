@@ -17,7 +17,7 @@ from ..model.builder import build_model
 from . import distributed
 from .device import Placement
 from .distributed import Dist
-from .epoch import Setup
+from .epoch import Setup, without_lone_last
 from .init import init_from
 from .objective import class_weights, make_criterion, make_optimizer
 from .progress import Log, silent
@@ -65,7 +65,7 @@ def setup_training(
     net = wrap()
     weights = class_weights(spec, data.labels[data.splits["train"]], k)
     batch = max(1, -(-spec.training.batch_size // dd.world))  # batch_size is global under DDP
-    steps = -(-len(distributed.shard(torch.from_numpy(data.splits["train"]), dd)) // batch)
+    steps = -(-len(without_lone_last(distributed.shard(torch.from_numpy(data.splits["train"]), dd), batch)) // batch)
     setup = Setup(
         spec, place, dd, images, torch.from_numpy(data.labels), data.splits, net,
         make_criterion(spec, weights, place.device), augment, batch, steps, freeze,
