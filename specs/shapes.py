@@ -29,7 +29,7 @@ from .layers import (
     Repeat,
     Residual,
 )
-from .pipeline import CenterCrop, Crop, Grayscale, Normalize
+from .pipeline import CenterCrop, Crop, Denoise, Grayscale, Normalize
 
 Shape = tuple[int, ...]
 
@@ -402,12 +402,21 @@ def preprocess_shape(spec) -> Shape:
 
 
 def preprocess_issues(spec) -> list[Issue]:
-    """Crops that do not fit, grayscale on one channel, normalize with the wrong length."""
+    """Crops that do not fit, grayscale on one channel, normalize with the wrong length, a denoise
+    kernel wider than the image (its reflect padding needs ``kernel // 2 < min(h, w)``)."""
     issues: list[Issue] = []
     shape: Shape = (spec.input.channels, *spec.input.size)
     for i, step in enumerate(spec.preprocess):
         c, h, w = shape
         path = ("preprocess", i)
+        if isinstance(step, Denoise) and step.kernel // 2 >= min(h, w):
+            issues.append(
+                Issue(
+                    f"denoise kernel {step.kernel} is too large for the {h}x{w} image at this step (needs kernel "
+                    f"// 2 < {min(h, w)})",
+                    path + ("kernel",),
+                )
+            )
         if isinstance(step, Grayscale):
             if c != 3:
                 issues.append(Issue(f"grayscale needs 3 channels; the image has {c} here", path))
