@@ -11,7 +11,7 @@ from .errors import Issue
 
 def check_rules(spec) -> list[Issue]:
     issues: list[Issue] = []
-    rules = (_split, _source, _classes, _layer_count, _augment, _loss, _monitors, _threshold, _freeze)
+    rules = (_split, _source, _classes, _layer_count, _augment, _loss, _precision, _monitors, _threshold, _freeze)
     for rule in (*rules, backbone_issues):
         issues.extend(rule(spec))
     return issues
@@ -148,6 +148,19 @@ def _loss(spec) -> list[Issue]:
     n = spec.num_classes()
     if isinstance(weights, list) and n is not None and len(weights) != n:
         return [Issue(f"needs one weight per class ({n}); got {len(weights)}", ("training", "loss", "class_weights"))]
+    return []
+
+
+def _precision(spec) -> list[Issue]:
+    """Half precision on a device the spec names as the CPU (on ``auto``, training decides where it runs)."""
+    t = spec.training
+    if t.device == "cpu" and t.precision in ("bf16", "fp16"):
+        return [
+            Issue(
+                f"{t.precision} needs a CUDA device, and training.device is cpu; use fp32 or auto",
+                ("training", "precision"),
+            )
+        ]
     return []
 
 

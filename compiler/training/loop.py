@@ -13,10 +13,11 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from convspec.runtime.files import atomic_write_text
-from convspec.specs import ConvspecError, Spec, load_spec
+from convspec.specs import ConvspecError, Spec, SpecError, load_spec
 
 from ..data.dataset import Dataset
 from ..data.loading import load_dataset
@@ -68,7 +69,10 @@ def train(
     run, ckpt = open_checkpoint(resume) if resume is not None else (None, None)
     given = resume_spec(run, ckpt, spec, overrides) if run else _load(spec, overrides, out, allow_out_in_data)
     spec = _with_device(given, device)
-    place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
+    try:
+        place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
+    except SpecError as e:  # Why: placement_for has no spec; its issues name this one's file
+        raise SpecError([replace(i, file=spec.source_file or i.file) for i in e.issues]) from None
     summary = _summary(spec)
     check_memory(spec, place, summary)
     distributed.init(dd, place.device)

@@ -168,3 +168,17 @@ def test_under_torchrun_each_distinct_error_is_shown_once(monkeypatch, capsys):
     monkeypatch.setattr(launch.subprocess, "call", processes)
     assert launch.launch_torchrun(3, ["train", "s.yaml", "--nproc", "3"]) == 1
     assert capsys.readouterr().err.splitlines() == ["rank 2: training.device: cuda:2 is not available"]
+
+
+def test_half_precision_without_a_gpu_names_the_spec_file(tmp_path):
+    """``precision: bf16`` on ``device: auto`` where there is no GPU: refused before any data loads,
+    naming the spec file (the message said ``<spec>``); with ``device: cpu`` validation refuses it."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: bf16 trains")
+    spec = tmp_path / "half.yaml"
+    spec.write_text(DIGITS.read_text())
+    args = ("train", spec, "--set", "training.precision=bf16", "--out", tmp_path / "runs")
+    err = user_error(cli(*args), "half.yaml", "bf16 needs a CUDA device")
+    assert "<spec>" not in err and not (tmp_path / "runs").exists()
