@@ -327,7 +327,8 @@ def create_app(
         "task": info.task,
         "input": {"channels": channels, "size": list(size), "resize": resize, "bits_stored": info.bits_stored},
         "threshold": _threshold(predictor),
-        "test_metrics": info.test_metrics or None,
+        "metrics": info.test_metrics or None,  # SPEC.md's name: the model's test metrics
+        "test_metrics": info.test_metrics or None,  # the same, by the name the metadata uses
         "version": _version(),
         "model_version": info.version or None,
         "max_batch": max_batch,

@@ -124,7 +124,7 @@ def test_metadata_health_page(client):
     m = client.get("/metadata").json()
     assert m["classes"] == ["a", "b", "c"] and m["task"] == "multiclass"
     assert m["input"] == {"channels": 1, "size": [6, 6], "resize": "stretch", "bits_stored": 16}
-    assert m["threshold"] is None and m["test_metrics"] is None
+    assert m["threshold"] is None and m["metrics"] is None and m["test_metrics"] is None
     assert m["version"] and m["model"] == "band.onnx"
     assert client.get("/health").json() == {"status": "ok"}
     page = client.get("/")
@@ -313,3 +313,16 @@ def test_open_image_bytes_reads_the_header_and_decodes_later(tmp_path):
         open_image_bytes(png_bomb(20_000, 20_000), "b.png")  # refused from its header alone
     with pytest.raises(ImageError, match="^e: empty"):
         open_image_bytes(b"", "e")
+
+
+def test_metadata_serves_the_models_test_metrics_as_spec_names_them(model):
+    """SPEC.md: ``GET /metadata`` (classes, task, input, threshold, metrics, version)."""
+    import onnx
+
+    proto = onnx.load(model)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "convspec.test_metrics", '{"accuracy": 0.75, "f1": 0.7}'
+    onnx.save(proto, model)
+    with TestClient(create_app(model, max_bytes=200_000)) as c:
+        m = c.get("/metadata").json()
+    assert m["metrics"] == m["test_metrics"] == {"accuracy": 0.75, "f1": 0.7}
