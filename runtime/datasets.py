@@ -19,7 +19,7 @@ from convspec.specs.classes import OUTPUT_IMAGES, class_name_problem, folder_cla
 from convspec.specs.errors import ConvspecError
 from convspec.specs.readfile import FileReadError, check_regular, describe_mode, read_text
 
-from .images import is_image_file
+from .images import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = ["DataError", "SPLIT_FOLDERS", "list_csv", "list_folder", "list_images", "list_split_folders"]
 
@@ -50,7 +50,8 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped.
 
     Symbolic links are followed; a link back to a folder above it (a loop) is skipped with
-    a warning. Folders convspec wrote (run folders, ``runs/``, tune folders: see
+    a warning. Other files (by extension: ``notes.txt``, a PNG named ``x.dat``) are skipped with
+    one warning that names them. Folders convspec wrote (run folders, ``runs/``, tune folders: see
     :func:`convspec.specs.classes.is_run_folder`) are skipped with a warning, and so are the
     plots (``curves.png``...) of a run folder given as ``folder`` itself. A broken link, a FIFO
     or a device with an image extension is kept, so it is reported as a bad image by path (by
@@ -64,6 +65,7 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
         DataError: ``folder`` is not a folder.
     """
     found: list[str] = []
+    others: list[str] = []
 
     def walk(path: str, rel: str, ancestors: frozenset) -> None:
         try:
@@ -99,6 +101,8 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
                 if not rel and top_is_run and entry.name in OUTPUT_IMAGES:
                     continue  # a plot convspec wrote into the run folder given: not an input
                 found.append(child)  # a FIFO, a device or a broken link too: reported by path when read
+            elif not top_is_run:  # a run folder's own files (results.json...) are no news
+                others.append(child)
 
     if not os.path.isdir(folder):
         what = "not a folder" if os.path.lexists(folder) else "folder not found"
@@ -107,6 +111,12 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     top = os.path.realpath(folder)
     top_is_run = is_run_folder(folder)
     walk(folder, "", frozenset({(st.st_dev, st.st_ino)}))
+    if others:
+        _warn(
+            log,
+            f"{folder}: {len(others)} file(s) skipped, not images by their extension "
+            f"({' '.join(sorted(IMAGE_EXTENSIONS))}): {short_list(sorted(others), 5)}",
+        )
     found.sort()
     return [os.path.join(folder, *rel.split("/")) for rel in found]
 

@@ -214,3 +214,22 @@ def test_list_split_folders_errors(tmp_path):
         match=r"val/ and train/ must have the same class folders \(not in train/: emu; missing from val/: dog\)",
     ):
         list_split_folders(str(tmp_path))
+
+
+def test_files_that_are_not_images_are_skipped_by_name_not_silently(tmp_path):
+    """SPEC.md: anything else is reported by path, never silently used (a PNG named .dat included)."""
+    from PIL import Image
+
+    from convspec.runtime.datasets import list_folder
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("L", (4, 4), 40 * i).save(tmp_path / c / f"{i}.png")
+    Image.new("L", (4, 4)).save(tmp_path / "a" / "x.dat", format="PNG")
+    (tmp_path / "b" / "notes.txt").write_text("a note")
+    lines: list[str] = []
+    samples, classes = list_folder(str(tmp_path), log=lines.append)
+    assert len(samples) == 6 and classes == ["a", "b"]
+    assert any("1 file(s) skipped, not images by their extension" in ln and "x.dat" in ln for ln in lines), lines
+    assert any("notes.txt" in ln for ln in lines), lines
