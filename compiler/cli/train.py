@@ -58,7 +58,7 @@ def train(
     if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
         raise ConvspecError(f"--device {device}: must be auto, cpu, cuda or cuda:N (as training.device)")
     if folds is not None:
-        return _train_folds(spec_path, folds, set_, out_dir, resume, device, nproc, allow_out_in_data)
+        return _train_folds(spec_path, folds, set_, out_dir, resume, device, nproc, allow_out_in_data, not no_export)
     if nproc > 1:
         from ..training.launch import check_before_launch, launch_torchrun
 
@@ -92,7 +92,9 @@ def _early_exporter(spec, export: bool):
     return warm_exporter(spec, export and alone and spec is not None)
 
 
-def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, nproc: int, allow_in_data: bool) -> None:
+def _train_folds(
+    spec_path, folds: int, set_, out_dir: Path, resume, device, nproc: int, allow_in_data: bool, export: bool
+) -> None:
     if resume is not None or nproc != 1 or spec_path is None:
         raise ConvspecError("--folds K trains a SPEC from the start, in one process (not with --resume or --nproc)")
     if folds < 2:
@@ -104,7 +106,7 @@ def _train_folds(spec_path, folds: int, set_, out_dir: Path, resume, device, npr
 
     spec = load_spec(spec_path, overrides=set_)
     log = lambda m: err.print(m, markup=False)  # noqa: E731
-    train_folds(spec, folds, out_dir, device=device, log=log, allow_out_in_data=allow_in_data)
+    train_folds(spec, folds, out_dir, export=export, device=device, log=log, allow_out_in_data=allow_in_data)
 
 
 @user_errors

@@ -45,9 +45,18 @@ def fold_splits(data: Dataset, k: int, seed: int) -> list[dict[str, np.ndarray]]
 
 
 def train_folds(
-    spec: Spec, k: int, out: str | os.PathLike = "runs", *, log: Callable[[str], None] = print, **train_kwargs
+    spec: Spec,
+    k: int,
+    out: str | os.PathLike = "runs",
+    *,
+    export: bool = True,
+    log: Callable[[str], None] = print,
+    **train_kwargs,
 ) -> Path:
-    """Train ``k`` folds of ``spec`` and write ``cv.json``; returns the cross-validation folder."""
+    """Train ``k`` folds of ``spec`` and write ``cv.json``; returns the cross-validation folder.
+
+    ``export``: also export the best fold and copy its ``model.onnx`` up (``--no-export``: not).
+    """
     from ..export.onnx import export_onnx
     from .loop import train
 
@@ -68,14 +77,16 @@ def train_folds(
         raise
     summary = cv_summary(runs)
     best = runs[summary["best_fold"] - 1]
-    export_onnx(best, log=log)
-    with writing(parent / "model.onnx"):
-        atomic_write(parent / "model.onnx", lambda tmp: shutil.copyfile(best.onnx, tmp))
+    if export:
+        export_onnx(best, log=log)
+        with writing(parent / "model.onnx"):
+            atomic_write(parent / "model.onnx", lambda tmp: shutil.copyfile(best.onnx, tmp))
     with writing(parent / "cv.json"):
         atomic_write_text(parent / "cv.json", json_text(summary, indent=1) + "\n")
     for name, m in summary["test"].items():
         log(f"{name:>10}: {m['mean']:.4f} +- {m['std']:.4f}")
-    log(f"best fold: {summary['best_fold']} ({summary['monitor']}); {parent / 'cv.json'}, {parent / 'model.onnx'}")
+    wrote = f"{parent / 'cv.json'}" + (f", {parent / 'model.onnx'}" if export else "")
+    log(f"best fold: {summary['best_fold']} ({summary['monitor']}); {wrote}")
     return parent
 
 

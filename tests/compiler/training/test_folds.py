@@ -64,6 +64,22 @@ def test_train_folds_cli_writes_five_folds_and_cv_json(tmp_path):
     assert "+-" in result.stderr
 
 
+def test_train_folds_no_export_writes_no_model(tmp_path):
+    """``--no-export`` ("Skip writing model.onnx") holds with ``--folds`` too."""
+    from typer.testing import CliRunner
+
+    from convspec.compiler.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["train", str(REPO / "examples" / "digits.yaml"), "--folds", "2", "--out", str(tmp_path),
+         "--set", "training.epochs=1", "--no-export"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    parent = tmp_path / "digits-cnn"
+    assert (parent / "cv.json").is_file() and not list(parent.rglob("*.onnx"))
+
+
 def test_a_cv_folder_that_cannot_be_written_is_refused_before_the_data_and_leaves_nothing(tmp_path, monkeypatch):
     from convspec.compiler.run import folder
     from convspec.compiler.run.files import WriteError
