@@ -113,7 +113,7 @@ class _MLflow:
             self.experiment_id = experiment_id
             self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         except Exception as e:  # MlflowException, connection errors: the message is what the user needs
-            raise TrackingError(f"MLflow at {self.uri}: cannot start a run ({str(e).splitlines()[0][:300]})") from None
+            raise TrackingError(f"MLflow at {self.uri}: cannot start a run ({str(e).splitlines()[0][:1000]})") from None
         finally:
             _fail_fast(undo=True)
 
