@@ -100,6 +100,10 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
         "",
     ]
     lines += init_lines(r.get("init"))
+    for n in r.get("normalize") or []:
+        show = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
+        lines += [f"preprocess[{n['preprocess']}] normalize, mean: auto from the training split: "
+                  f"mean {show(n['mean'])}, std {show(n['std'])}.", ""]  # fmt: skip
     test = r.get("test")
     if test:
         lines += ["## Test split", "", "| metric | value |", "|---|---|"]

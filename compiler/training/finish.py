@@ -57,6 +57,7 @@ def finish(
         "precision": setup.place.precision,
         "world_size": setup.dd.world,
         **({"init": state.init} if state.init is not None else {}),
+        **({"normalize": _auto_statistics(spec, model)} if getattr(model, "needs_normalization", False) else {}),
         "timings": {
             "data_s": timings.data_s,
             "train_s": timings.train_s,
@@ -81,6 +82,16 @@ def finish(
     tail = f" (test accuracy {acc * 100:.2f} %)" if acc is not None else ""
     log(f"done in {time.perf_counter() - timings.t_start:.1f} s: {run}{tail}")
     return results
+
+
+def _auto_statistics(spec, model) -> list[dict]:
+    """The statistics each ``normalize: {mean: auto}`` step computed from the training split (the
+    resolved spec still says ``auto``; they live in the weights and the exported graph)."""
+    auto = [i for i, step in enumerate(spec.preprocess) if getattr(step, "mean", None) == "auto"]
+    return [
+        {"preprocess": i, "mean": step.mean.flatten().tolist(), "std": step.std.flatten().tolist()}
+        for i, step in zip(auto, model.preprocess.auto_normalize, strict=True)
+    ]
 
 
 def _test(setup: Setup, model, data: Dataset, results: dict) -> dict:

@@ -270,3 +270,8 @@ def test_normalize_auto_takes_mean_and_std_from_the_training_split(tmp_path):
     x = data.images[data.splits["train"]].astype(np.float64) / 255
     assert np.allclose(state[mean_key].flatten().numpy(), x.mean(axis=(0, 2, 3)), atol=1e-6)
     assert np.allclose(state[mean_key.replace("mean", "std")].flatten().numpy(), x.std(axis=(0, 2, 3)), atol=1e-6)
+    # The statistics are readable without the weights: results.json and the report carry them
+    results = json.loads(run.results.read_text())
+    assert results["normalize"][0]["preprocess"] == 0
+    assert np.allclose(results["normalize"][0]["mean"], x.mean(axis=(0, 2, 3)), atol=1e-6)
+    assert "mean: auto from the training split: mean [" in run.report.read_text()
