@@ -255,7 +255,9 @@ class OpenedImage:
                 need = _needed(self._header.size, h, w, resize, 1)
                 a = _jpeg_pixels(self._fp, self._header.size, need, grey, self._header)
                 if a is not None:
-                    return _array_to_model(self.name, a, 1, channels, (h, w), resize, bits_stored)
+                    return _array_to_model(
+                        self.name, a, 1, channels, (h, w), resize, bits_stored, stored=self._header.size
+                    )
                 # Why Pillow now: libjpeg-turbo refused or warned (a cut-short or corrupt file);
                 # Pillow decodes what it can, or names what is wrong, as for every other image
                 self._im = _open_with_pillow(self.name, self._fp, quiet=True)
@@ -288,7 +290,7 @@ def _decode_opened(
         need = _needed(im.size, size[0], size[1], resize, orientation)
         a = _jpeg_pixels(fp, im.size, need, channels == 1 or im.mode == "L")
         if a is not None:
-            return _array_to_model(name, a, orientation, channels, size, resize, bits_stored)
+            return _array_to_model(name, a, orientation, channels, size, resize, bits_stored, stored=im.size)
     return _decode_with_pillow(name, im, fp, channels, size, resize, bits_stored)
 
 
@@ -302,38 +304,56 @@ def _jpeg_pixels(
 
 
 def _array_to_model(
-    name: str, a: np.ndarray, orientation: int, channels: int, size: tuple[int, int], resize: str, bits_stored: int
+    name: str,
+    a: np.ndarray,
+    orientation: int,
+    channels: int,
+    size: tuple[int, int],
+    resize: str,
+    bits_stored: int,
+    stored: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Decoded ``(H, W)`` grey or ``(H, W, 3)`` RGB pixels -> upright, converted, resized ``(C, H, W)``."""
+    """Decoded ``(H, W)`` grey or ``(H, W, 3)`` RGB pixels -> upright, converted, resized ``(C, H, W)``
+    (``stored``: the file's own ``(width, height)`` when ``a`` was decoded at a smaller scale)."""
     if orientation == 1 and a.shape[:2] == size and (a.ndim == 2) == (channels == 1):
         return _chw(a)  # Why no Pillow image: nothing left to do but the layout
-    return _orient_and_finish(name, orientation, channels, size, resize, bits_stored, Image.fromarray(a))
+    return _orient_and_finish(name, orientation, channels, size, resize, bits_stored, Image.fromarray(a), stored)
 
 
 def _decode_with_pillow(
     name: str, im: Image.Image, fp, channels: int, size: tuple[int, int], resize: str, bits_stored: int
 ) -> np.ndarray:
     """Pillow's own decode (a JPEG at its 1/2, 1/4, 1/8 draft scales), orientation, mode, resize."""
+    stored = im.size
     if im.format in ("JPEG", "MPO"):
         _draft(im, _needed(im.size, size[0], size[1], resize, _orientation(im)), grey=channels == 1)
     with DECODE_BUDGET.hold(decoded_bytes(im)):
         decoded = _load(name, im)
         # Why the orientation only now: a PNG's getexif decodes the image (eXIf may follow the
         # pixels), which must happen within the budget
-        return _orient_and_finish(name, _orientation(decoded), channels, size, resize, bits_stored, decoded)
+        return _orient_and_finish(name, _orientation(decoded), channels, size, resize, bits_stored, decoded, stored)
 
 
 def _orient_and_finish(
-    name: str, orientation: int, channels: int, size: Sequence[int], resize: str, bits_stored: int, im: Image.Image
+    name: str,
+    orientation: int,
+    channels: int,
+    size: Sequence[int],
+    resize: str,
+    bits_stored: int,
+    im: Image.Image,
+    stored: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """A decoded image, turned upright, through :func:`_finish`; its failures as ImageError."""
     w, h = im.size
+    if stored is not None and orientation in (5, 6, 7, 8):  # stored sideways
+        stored = (stored[1], stored[0])
     try:
         if orientation in _TRANSPOSE:
             upright = im.transpose(_TRANSPOSE[orientation])
             im.close()  # Why now: free the decode as stored before the rotated copy is converted
             im = upright
-        return _finish(im, channels, size, resize, bits_stored, owned=True)
+        return _finish(im, channels, size, resize, bits_stored, owned=True, aspect=stored)
     except ImageError:
         raise
     except MemoryError:
@@ -708,12 +728,20 @@ def _short(e: Exception) -> str:
 
 
 def _finish(
-    im: Image.Image, channels: int, size: Sequence[int], resize: str, bits_stored: int = 16, *, owned: bool = False
+    im: Image.Image,
+    channels: int,
+    size: Sequence[int],
+    resize: str,
+    bits_stored: int = 16,
+    *,
+    owned: bool = False,
+    aspect: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decoded image -> 8-bit 'L'/'RGB' -> resized -> ``(C, H, W)`` uint8.
 
     ``owned``: ``im`` is this loader's own; a large one is closed (its memory freed) once
-    converted, before the resize.
+    converted, before the resize. ``aspect``: the file's own upright ``(width, height)``, which
+    sets a letterbox's geometry when ``im`` was decoded at a smaller scale (whose sides are rounded).
     """
     target = "L" if channels == 1 else "RGB"
     plain = im.mode in ("L", target) and "transparency" not in im.info
@@ -726,7 +754,7 @@ def _finish(
         im = converted
     else:
         im = to_mode(im, target, bits_stored=bits_stored)
-    im = _resize(im, int(size[0]), int(size[1]), resize)
+    im = _resize(im, int(size[0]), int(size[1]), resize, aspect)
     if im.mode != target:
         im = im.convert(target)
     return _chw(np.asarray(im))
@@ -760,8 +788,12 @@ def _array_to_8bit_or_16bit(a: np.ndarray) -> np.ndarray:
     raise ImageError("<array>", f"unsupported dtype {a.dtype}")
 
 
-def _resize(im: Image.Image, h: int, w: int, how: str) -> Image.Image:
-    """Resize 'L'/'RGB' to ``(h, w)``: stretch, letterbox (pad 0, centered) or crop (center)."""
+def _resize(im: Image.Image, h: int, w: int, how: str, aspect: tuple[int, int] | None = None) -> Image.Image:
+    """Resize 'L'/'RGB' to ``(h, w)``: stretch, letterbox (pad 0, centered) or crop (center).
+
+    ``aspect``: the file's own ``(width, height)`` when ``im`` is a scaled decode of it: the
+    letterbox's content box follows it, so a JPEG and a PNG of one picture get the same box.
+    """
     sw, sh = im.size
     if (sw, sh) == (w, h):
         return im
@@ -779,8 +811,9 @@ def _resize(im: Image.Image, h: int, w: int, how: str) -> Image.Image:
         im = im.crop(box)
         return im if im.size == (w, h) else im.resize((w, h), _RESAMPLE)
     # letterbox
-    scale = min(w / sw, h / sh)
-    nw, nh = max(1, min(w, round(sw * scale))), max(1, min(h, round(sh * scale)))
+    aw, ah = aspect or (sw, sh)
+    scale = min(w / aw, h / ah)
+    nw, nh = max(1, min(w, round(aw * scale))), max(1, min(h, round(ah * scale)))
     inner = im if (nw, nh) == (sw, sh) else im.resize((nw, nh), _RESAMPLE)
     canvas = Image.new(im.mode, (w, h), 0)
     canvas.paste(inner, ((w - nw) // 2, (h - nh) // 2))

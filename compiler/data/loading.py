@@ -64,7 +64,8 @@ AUTO_MEMORY_LIMIT = 2 << 30  # bytes: ``cache: auto`` keeps smaller data sets in
 # Bump when decoding or resizing changes the pixels: old disk caches then miss.
 # 2: grey models decode a JPEG's luma plane (draft "L"); pixels moved by <= 1 level.
 # 3: JPEGs larger than needed decode at M/8 scale (libjpeg-turbo's scaled IDCT), not 1/2, 1/4, 1/8.
-LOADER_VERSION = 3
+# 4: a letterbox's content box follows the file's own aspect, not a scaled decode's rounded one.
+LOADER_VERSION = 4
 
 Log = Callable[[str], None]
 

@@ -359,3 +359,21 @@ def test_large_jpeg_reduced_decode_matches_full_decode(tmp_path, how):
         slow = prepare_array(np.asarray(im.convert("RGB")), 3, (48, 64), how)
     assert fast.shape == slow.shape == (3, 48, 64)
     assert np.abs(fast.astype(int) - slow).mean() < 3
+
+
+def test_letterbox_box_of_a_scaled_jpeg_decode_follows_the_files_own_aspect(tmp_path):
+    """A JPEG decoded at a smaller scale has rounded sides (144x38 at 2/8 is 36x10, not 36x9.5):
+    its letterbox box is the file's own (7 rows at 28 wide, as the PNG), not the decode's (8)."""
+    from PIL import Image
+
+    from convspec.runtime import load_image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(60, 255, (38, 144), dtype=np.uint8)
+    boxes = []
+    for name in ("strip.png", "strip.jpg"):
+        Image.fromarray(pixels).save(tmp_path / name, quality=95)
+        a = load_image(tmp_path / name, 1, (36, 28), "letterbox")
+        rows = np.flatnonzero(a[0].max(axis=1) > 0)
+        boxes.append((rows.min(), rows.max()))
+    assert boxes[0] == boxes[1] and boxes[0][1] - boxes[0][0] + 1 == round(38 * 28 / 144)
