@@ -119,6 +119,14 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
                 f"No test images of {', '.join(_cell(n) for n in absent)}: "
                 f"{'its' if len(absent) == 1 else 'their'} precision, recall and F1 count as 0 in the macro means.",
             ]
+        mistakes = test.get("mistakes") or []
+        if mistakes:
+            lines += ["", f"Worst test mistakes ({len(mistakes)} listed in results.json; the first 20):", "",
+                      "| file | true | predicted | probability |", "|---|---|---|---|"]  # fmt: skip
+            lines += [
+                f"| {_cell(_code(m['file']))} | {_cell(m['true'])} | {_cell(m['predicted'])} | {m['probability']:.4f} |"
+                for m in mistakes[:20]
+            ]
         lines += ["", "![confusion](confusion.png)", ""]
         lines += [
             f"![{n}]({n}.png)" for n in ("errors", "roc", "pr", "calibration") if (path.parent / f"{n}.png").exists()

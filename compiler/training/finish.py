@@ -14,7 +14,7 @@ from ..export.worker import ExportWorker, export_run
 from ..run import checkpoint, report
 from ..run.files import writing
 from ..run.folder import Run
-from ..run.plots import plot_results
+from ..run.plots import plot_results, worst_mistakes
 from .epoch import Setup, evaluate
 from .progress import Log
 from .records import EpochLog
@@ -107,7 +107,21 @@ def _test(setup: Setup, model, data: Dataset, results: dict) -> dict:
                 setup, model, "test", detail=True, class_names=data.class_names, threshold=record["value"]
             )
     results["test"] = {"loss": tested["loss"], "metrics": tested["metrics"], "per_class": tested["per_class"]}
+    results["test"]["mistakes"] = _mistakes(data, tested, spec.task, results.get("threshold", {}).get("value"))
     return tested
+
+
+MISTAKES = 100  # listed in results.json by file, most confident first (report.md shows the first 20)
+
+
+def _mistakes(data: Dataset, tested: dict, task: str, threshold: float | None) -> list[dict]:
+    """The test split's wrong predictions by file: what the pictures show, findable in the data."""
+    ids, idx, names = data.file_ids(), data.splits["test"], data.class_names
+    worst = worst_mistakes(tested["labels"], tested["probs"], task, threshold, MISTAKES)
+    return [
+        {"file": ids[idx[i]], "true": names[int(tested["labels"][i])], "predicted": names[pred], "probability": p}
+        for i, pred, p in worst
+    ]
 
 
 def _pictures(run: Run, setup: Setup, state: TrainState, data: Dataset, results: dict, tested) -> list[Path]:

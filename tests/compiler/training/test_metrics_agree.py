@@ -131,3 +131,31 @@ def test_multiclass_with_a_class_absent_from_test(tmp_path):
     # every declared class counts in the macro means: recall of the absent class is 0
     recalls = [c["recall"] for c in results["test"]["per_class"]["classes"].values()]
     assert len(recalls) == 4 and results["test"]["metrics"]["recall"] == pytest.approx(np.mean(recalls))
+
+
+def test_results_name_the_test_mistakes_by_file(tmp_path):
+    """errors.png shows the worst mistakes; results.json and report.md name their files, so a
+    reviewer can open them: each listed file is in the test split, with its true label, and the
+    listed prediction is what the model says for it."""
+    from convspec.runtime import Predictor
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text((REPO / "examples" / "digits.yaml").read_text())
+    run = train(load_spec(spec_file, overrides=["training.epochs=1"]), out=tmp_path / "runs", **QUIET).path
+    results = json.loads((run / "results.json").read_text())
+    mistakes = results["test"]["mistakes"]
+    split = json.loads((run / "split.json").read_text())["splits"]["test"]
+    truth = dict(zip(split["files"], split["labels"], strict=True))
+    confusion = np.array(results["test"]["per_class"]["confusion"])
+    assert len(mistakes) == min(100, int(confusion.sum() - np.trace(confusion))) > 0
+    assert all(truth[m["file"]] == m["true"] != m["predicted"] for m in mistakes)
+    probs = [m["probability"] for m in mistakes]
+    assert probs == sorted(probs, reverse=True)
+    data = load_dataset(load_spec(spec_file), split_file=run / "split.json", log=lambda _m: None)
+    ids = data.file_ids()
+    first = mistakes[0]
+    row = data.images[ids.index(first["file"])][None]
+    pred = Predictor(run / "model.onnx").predict_arrays(row)[0]
+    assert data.class_names[int(pred.argmax())] == first["predicted"]
+    assert float(pred.max()) == pytest.approx(first["probability"], abs=1e-4)
+    assert f"`{first['file']}`" in (run / "report.md").read_text()
