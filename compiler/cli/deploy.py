@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -238,8 +239,8 @@ def evaluate(
     avg = f"{result.classes[1]} (positive class)" if result.task == "binary" else "macro"
     out.print(
         f"{what}: {result.images} images, accuracy {result.accuracy * 100:.2f} %, {avg} precision "
-        f"{result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}, AUC {result.auc:.4f}, "
-        f"ECE {result.ece:.4f}" + (f", threshold {result.threshold:g}" if result.threshold is not None else ""),
+        f"{result.precision:.4f}, recall {result.recall:.4f}, F1 {result.f1:.4f}, AUC {_score(result.auc)}, "
+        f"ECE {_score(result.ece)}" + (f", threshold {result.threshold:g}" if result.threshold is not None else ""),
         markup=False,
     )
     table = Table(title_justify="left")
@@ -263,3 +264,8 @@ def evaluate(
         err.print(
             f"{len(result.failures)} unreadable image{'s' if len(result.failures) != 1 else ''} skipped", markup=False
         )
+
+
+def _score(v: float) -> str:
+    """A metric in the table: ``n/a`` where undefined (the AUC of a split holding one class), as the JSON's null."""
+    return "n/a" if v is None or math.isnan(v) else f"{v:.4f}"
