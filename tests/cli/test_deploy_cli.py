@@ -123,6 +123,16 @@ def test_evaluate_folder(model, folder):
     assert "confusion" in result.stdout
 
 
+def test_evaluate_a_folder_of_one_class_writes_n_a_for_its_auc(model, tmp_path, band):
+    """AUC needs both a class and others: undefined, ``n/a`` in the table as ``null`` in the JSON."""
+    band.save(tmp_path / "one" / "a" / "0.png", 0)
+    band.save(tmp_path / "one" / "a" / "1.png", 0)
+    result = invoke("evaluate", model, tmp_path / "one")
+    assert result.exit_code == 0, result.output
+    assert "AUC n/a" in result.stdout and "nan" not in result.stdout
+    assert json.loads(invoke("evaluate", model, tmp_path / "one", "--format", "json").stdout)["auc"] is None
+
+
 def test_evaluate_json_and_unknown_class(model, folder, band):
     result = invoke("evaluate", model, folder, "--format", "json")
     assert json.loads(result.stdout)["accuracy"] == 1.0
