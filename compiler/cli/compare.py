@@ -44,7 +44,6 @@ def compare(
     from convspec.runtime.compare import compare_runs, plot_compare
 
     comparison = compare_runs(runs)
-    png = plot_compare(comparison, out_png or Path("compare.png"))
     if fmt == CompareFormat.json:
         sys.stdout.write(comparison.to_json())
     elif fmt == CompareFormat.csv:
@@ -68,4 +67,5 @@ def compare(
                 _fmt(row["images_per_s"]),
             )
         out.print(table)
+    png = plot_compare(comparison, out_png or Path("compare.png"))  # Why last: an unwritable place keeps the table
     err.print(f"wrote {png}", markup=False)
