@@ -170,9 +170,9 @@ def test_trailing_crops_and_affines_are_one_multiply_add_with_the_same_pixels():
 
 
 def test_denoise_kernel_too_large_for_image_is_a_spec_error():
-    spec = make_spec([{"type": "center_crop", "size": [4, 4]}, {"type": "denoise", "kernel": 9}])
+    """Refused when the spec is validated (at its line), before any module is built."""
     with pytest.raises(SpecError, match="too large"):
-        build_preprocess(spec)
+        make_spec([{"type": "center_crop", "size": [4, 4]}, {"type": "denoise", "kernel": 9}])
 
 
 def test_normalize_auto_is_identity_until_set():
