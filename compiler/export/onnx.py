@@ -357,13 +357,7 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         test_metrics=metrics,
         threshold=threshold_from_results(results) if spec.task == "binary" else None,
     )
-    props = info.to_props()
-    keep = [p for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    _set_props(proto, info.to_props())
     (h, w), c = spec.input.size, spec.input.channels
     proto.doc_string = f"convspec {spec.name}: uint8 images (N, {c}, {h}, {w}) -> probabilities"
 
@@ -494,23 +488,27 @@ def _with_test_metrics(blob: bytes, info: ModelInfo, probs: np.ndarray | None = 
     model's metric names), or without the entry when there are none."""
     import onnx
 
-    from convspec.runtime.metrics import compute
+    from convspec.runtime.metrics import METRICS, compute
 
     metrics = {}
     if probs is not None and len(probs):
         threshold = 0.5 if info.threshold is None else info.threshold
-        names = [n for n in info.test_metrics if n in ("accuracy", "precision", "recall", "f1", "auc", "ece")]
+        names = [n for n in info.test_metrics if n in (*METRICS, "ece")]
         got = compute(names, labels, probs, info.task, threshold=threshold, num_classes=len(info.classes))
         metrics = finite_metrics(got)
-    props = replace(info, test_metrics=metrics).to_props()
     model = onnx.load_from_string(blob)
-    keep = [p for p in model.metadata_props if p.key not in props and p.key != f"{PREFIX}test_metrics"]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    _set_props(model, replace(info, test_metrics=metrics).to_props(), drop=f"{PREFIX}test_metrics")
     return model.SerializeToString()
+
+
+def _set_props(proto, props: dict[str, str], drop: str = "") -> None:
+    """Write ``props`` into a ModelProto's metadata, replacing same-named entries (and ``drop``)."""
+    keep = [p for p in proto.metadata_props if p.key not in props and p.key != drop]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def _take(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
