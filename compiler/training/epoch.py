@@ -22,6 +22,7 @@ from ..data.memory import images_per_batch
 from . import distributed, metrics
 from .device import Placement
 from .distributed import Dist
+from .errors import BatchOfOne
 from .objective import Criterion, predicted_class
 from .schedule import lr_at
 from .state import TrainState
@@ -59,6 +60,16 @@ def without_lone_last(perm: torch.Tensor, batch: int) -> torch.Tensor:
     return perm[:-1] if batch > 1 and len(perm) > 1 and len(perm) % batch == 1 else perm
 
 
+def _batch_of_one(e: ValueError, images: int, batch: int) -> BatchOfOne:
+    """torch's refusal of batch norm over a one-image batch, as what to change (a backbone at a small
+    input size has 1x1 maps that the spec's own shapes do not show)."""
+    why = "the training split holds 1 image; give it more" if images == 1 else "use training.batch_size 2 or more"
+    shape = str(e).rsplit("input size ", 1)[-1]
+    return BatchOfOne(
+        f"batch norm cannot train on a batch of one image (its input {shape}: one value per channel); {why}"
+    )
+
+
 def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[dict, int]:
     """Train one epoch (1-based) over the training split; return its record and the images seen."""
     spec, place, dd = setup.spec, setup.place, setup.dd
@@ -85,7 +96,12 @@ def train_epoch(setup: Setup, state: TrainState, epoch: int, bar=None) -> tuple[
         lr = lr_at(step, base_lr=base_lr, total_steps=total, steps_per_epoch=per_epoch, scheduler=sched)
         for group in state.optimizer.param_groups:
             group["lr"] = lr * state.lr_scale() * group.get("lr_mult", 1.0)
-        logits, loss = train_step(setup, state, x, y)
+        try:
+            logits, loss = train_step(setup, state, x, y)
+        except ValueError as e:
+            if not str(e).startswith("Expected more than 1 value per channel when training"):
+                raise
+            raise _batch_of_one(e, len(perm), setup.batch) from None
         with torch.no_grad():
             loss_sum += loss.detach() * len(idx)
             correct += (predicted_class(logits.detach(), spec.task) == y).sum()

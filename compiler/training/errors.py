@@ -13,3 +13,7 @@ class TrainingInterrupted(ConvspecError):
 
 class TrainingDiverged(ConvspecError):
     """The training loss became NaN or infinite; last.pt holds the last good epoch."""
+
+
+class BatchOfOne(ConvspecError):
+    """Batch norm met a training batch of one image where it has one value per channel (torch refuses)."""

@@ -29,7 +29,7 @@ from ..run.folder import Run, discard_new_run, new_run
 from . import distributed
 from .device import WorkerShare, check_memory, placement_for
 from .epoch import train_epoch, validate
-from .errors import TrainingDiverged, TrainingInterrupted
+from .errors import BatchOfOne, TrainingDiverged, TrainingInterrupted
 from .finish import Timings, finish
 from .progress import Progress, silent, stderr_log
 from .records import EpochLog
@@ -132,6 +132,10 @@ def train(
                         stopped_early = True
                         log(f"early stopping: {state.monitor.describe()}")
                         break
+        except BatchOfOne:
+            if ckpt is None and state.epoch == 0 and dd.is_main:
+                discard_new_run(run)  # Why: a spec that cannot train leaves nothing, as one validation refuses
+            raise
         except KeyboardInterrupt:
             raise TrainingInterrupted(
                 f"interrupted; {run.last} holds epoch {state.epoch}. Continue with: convspec train --resume {run}"

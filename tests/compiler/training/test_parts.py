@@ -232,3 +232,42 @@ def test_an_epoch_whose_last_batch_is_one_image_leaves_it_out(tmp_path):
     assert setup.steps_per_epoch == 1
     record, seen = train_epoch(setup, state, 1)
     assert seen == n - 1 and math.isfinite(record["train_loss"])
+
+
+def test_a_training_split_of_one_image_with_batch_norm_is_one_line(tmp_path):
+    """No last-batch trim can help one image: torch's refusal becomes what to change."""
+    import dataclasses
+
+    from convspec.compiler.training.errors import BatchOfOne
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "version: 1\ntask: multiclass\ndata: {source: {type: builtin, name: digits, classes: [0, 1, 2]}}\n"
+        "input: {channels: 1, size: [8, 8]}\n"
+        "model: {layers: [{type: global_avg_pool}, {type: dense, units: 4, batch_norm: true}]}\n"
+    )
+    spec = load_spec(spec_file)
+    data = load_dataset(spec, log=lambda _m: None)
+    data = dataclasses.replace(data, splits={**data.splits, "train": data.splits["train"][:1]})
+    setup, state = setup_training(spec, data, placement_for("cpu", "fp32"), Dist())
+    with pytest.raises(BatchOfOne, match=r"one value per channel\); the training split holds 1 image"):
+        train_epoch(setup, state, 1)
+
+
+def test_a_backbone_with_batch_size_1_fails_at_once_and_leaves_no_run(tmp_path):
+    """ResNet-18 at 32x32 ends in 1x1 maps, which the spec's own shapes do not show: the first step
+    fails with one line, and the fresh run folder goes (it held last.pt, spec.yaml, split.json)."""
+    pytest.importorskip("timm")
+    from convspec.compiler.training.errors import BatchOfOne
+    from convspec.compiler.training.loop import train
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "version: 1\ntask: multiclass\ndata: {source: {type: builtin, name: digits, classes: [0, 1]}}\n"
+        "input: {channels: 3, size: [32, 32]}\n"
+        "model: {layers: [{type: backbone, name: resnet18, weights: none}]}\n"
+        "training: {epochs: 1, batch_size: 1}\n"
+    )
+    with pytest.raises(BatchOfOne, match="use training.batch_size 2 or more"):
+        train(load_spec(spec_file), out=tmp_path / "runs", export=False, progress=False, log=lambda _m: None)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
