@@ -530,6 +530,19 @@ def _check_batch_norm(spec, rows: list[Row]) -> None:
             )
 
 
+def _last_acting(layers, path: Path):
+    """The last layer that changes values (past dropout and ``activation: none``, into repeats), and its path."""
+    for i in range(len(layers) - 1, -1, -1):
+        layer = layers[i]
+        if isinstance(layer, Repeat):
+            found, at = _last_acting(layer.layers, path + (i, "layers"))
+            if found is not None:
+                return found, at
+        elif not isinstance(layer, Dropout) and not (isinstance(layer, ActivationLayer) and layer.fn == "none"):
+            return layer, path + (i,)
+    return None, path
+
+
 def _check_own_head(spec, shape: tuple[int, ...]) -> None:
     """``model.head: false``: the last layer gives the logits, flat, 1 (binary) or one per class.
 
@@ -541,13 +554,14 @@ def _check_own_head(spec, shape: tuple[int, ...]) -> None:
     last = layers[-1] if layers else None
     while isinstance(last, Repeat):  # its last layer is the model's last
         where, last = where + ("layers", len(last.layers) - 1), last.layers[-1]
-    act = last.fn if isinstance(last, ActivationLayer) else getattr(last, "activation", "none")
+    acting, at = _last_acting(layers, ("model", "layers"))
+    act = acting.fn if isinstance(acting, ActivationLayer) else getattr(acting, "activation", "none")
     if act in ("softmax", "sigmoid"):
         raise SpecError(
             Issue(
                 f"with model.head: false the last layer gives the logits, and the model adds the "
                 f"{'sigmoid' if spec.task == 'binary' else 'softmax'} itself; remove this {act}",
-                where + (("fn",) if isinstance(last, ActivationLayer) else ("activation",)),
+                at + (("fn",) if isinstance(acting, ActivationLayer) else ("activation",)),
             )
         )
     units = spec.output_units()

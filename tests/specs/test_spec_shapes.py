@@ -213,6 +213,12 @@ FLAT = "    - {type: flatten}\n"
         ("    - {type: global_avg_pool}\n    - {type: activation, fn: sigmoid}\n", "binary", "10:30", "this sigmoid"),
         ("    - {type: conv, filters: 10}\n", "multiclass", "9:7", "it gives shape (10, 16, 16)"),
         (
+            FLAT + "    - {type: dense, units: 10, activation: softmax}\n    - {type: dropout, rate: 0.1}\n",
+            "multiclass",
+            "10:44",
+            "remove this softmax",
+        ),  # a trailing no-op does not hide it
+        (
             "    - {type: flatten}\n    - type: repeat\n      times: 2\n      layers:\n"
             "        - {type: dense, units: 3}\n",
             "multiclass",
