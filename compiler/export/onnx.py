@@ -122,6 +122,9 @@ def export_model(
 
     if quantize:
         info["int8"] = quantize_run(run, spec, blob, images, log=log)
+    elif run.onnx_int8.exists():  # Why: quantized from the weights before these; records no longer name it
+        run.onnx_int8.unlink()
+        log(f"removed the stale {run.onnx_int8.name} (quantized from earlier weights; export --int8 writes a new one)")
     info["time_s"] = round(time.perf_counter() - t0, 2)
     run.write_json(run.export_json, info)
     return info

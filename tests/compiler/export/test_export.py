@@ -118,6 +118,10 @@ def test_int8_export(run_copy, capfd):
     assert int8_metrics["ece"] != fp32_metrics["ece"]  # int8 probabilities, not a copy of fp32's numbers
     assert any("model.int8.onnx" in line for line in lines)
     assert "INT8" in run_copy.report.read_text()
+    # A later export without INT8 (after more epochs, say) leaves no model.int8.onnx of older weights
+    lines.clear()
+    export_onnx(run_copy, int8=False, log=lines.append)
+    assert not run_copy.onnx_int8.exists() and any("removed the stale model.int8.onnx" in ln for ln in lines)
 
 
 def test_failed_parity_leaves_no_model(run_copy, monkeypatch):
