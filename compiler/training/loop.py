@@ -92,8 +92,7 @@ def train(
                 checkpoint.save(path, state.to_checkpoint(spec_yaml, data.class_names, place.device))
 
         if ckpt is not None:
-            state.restore(ckpt, place.device, run.last)
-            log(f"resuming {run} after epoch {state.epoch}")
+            _continue(run, state, ckpt, place, spec_yaml, dd.is_main, log)
         else:
             try:
                 save(run.last)  # Why: Ctrl-C in epoch 1 still leaves a resumable run
@@ -160,6 +159,27 @@ def _new_run_folder(out, spec: Spec, data, dd) -> Run:
             discard_new_run(run)
             raise
     return run
+
+
+def _continue(run: Run, state, ckpt, place, spec_yaml: str, is_main: bool, log) -> None:
+    """Restore a resumed run's state; its ``spec.yaml`` becomes the spec it now trains.
+
+    Why rewrite it: ``--set training.epochs=N`` on resume is the run's spec from now on (the checks
+    let only resumable keys differ); spec.yaml would otherwise keep the old value, and ``compare``
+    would show no difference between a 12- and a 14-epoch run.
+    """
+    state.restore(ckpt, place.device, run.last)
+    log(f"resuming {run} after epoch {state.epoch}")
+    if is_main and _read_text(run.spec) != spec_yaml:
+        with writing(run.spec, "the resolved spec"):
+            atomic_write_text(run.spec, spec_yaml)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _summary(spec: Spec):

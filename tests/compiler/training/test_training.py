@@ -121,6 +121,18 @@ def test_resume_continues_to_the_same_result(tmp_path):
     assert resumed.read_results()["test"]["metrics"] == full.read_results()["test"]["metrics"]
 
 
+def test_resume_with_more_epochs_records_them_in_spec_yaml(tmp_path):
+    """``--resume RUN --set training.epochs=N``: spec.yaml says N afterwards (it kept the old
+    count, so compare showed no difference between the runs), and export still accepts the run."""
+    from convspec.compiler.export.onnx import export_onnx
+    from convspec.specs import load_spec
+
+    run = train(small_digits("training.epochs=1"), out=tmp_path, export=False, **QUIET)
+    train(resume=run.path, overrides=["training.epochs=2"], export=False, **QUIET)
+    assert load_spec(run.spec).training.epochs == 2 and len(run.history()) == 2
+    export_onnx(run, log=lambda _m: None)
+
+
 def test_resume_refuses_a_different_spec_with_a_diff(tmp_path):
     part = train(small_digits("training.epochs=1"), out=tmp_path, export=False, **QUIET)
     with pytest.raises(checkpoint.CheckpointError, match=r"(?s)cannot resume.*filters: 16"):
