@@ -141,8 +141,8 @@ def train(
             ) from None
         timings = Timings(t_start, t_data, time.perf_counter() - t_train, seen)
 
-        finish(run, setup, state, data, timings, epoch_log, stopped_early=stopped_early, test=test, export=export,
-               log=log, worker=exporter)  # fmt: skip
+        _finish(run, setup, state, data, timings, epoch_log, stopped_early=stopped_early, test=test, export=export,
+                log=log, worker=exporter)  # fmt: skip
         distributed.shutdown(dd)
         return run
 
@@ -159,6 +159,17 @@ def _new_run_folder(out, spec: Spec, data, dd) -> Run:
             discard_new_run(run)
             raise
     return run
+
+
+def _finish(run: Run, setup, state, *args, **kwargs) -> None:
+    """:func:`finish`; Ctrl-C there says how to complete the run (all epochs are in last.pt)."""
+    try:
+        finish(run, setup, state, *args, **kwargs)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted while testing and exporting; {run.last} holds all {state.epoch} epochs. "
+            f"Finish with: convspec train --resume {run}"
+        ) from None
 
 
 def _continue(run: Run, state, ckpt, place, spec_yaml: str, is_main: bool, log) -> None:

@@ -287,3 +287,23 @@ def test_normalize_auto_takes_mean_and_std_from_the_training_split(tmp_path):
     assert results["normalize"][0]["preprocess"] == 0
     assert np.allclose(results["normalize"][0]["mean"], x.mean(axis=(0, 2, 3)), atol=1e-6)
     assert "mean: auto from the training split: mean [" in run.report.read_text()
+
+
+def test_ctrl_c_while_finishing_says_how_to_finish(tmp_path, monkeypatch):
+    """Ctrl-C during the test, plots or export: a bare "interrupted" before; now the hint, and the
+    hinted --resume completes the run (results and report written, no epoch trained again)."""
+    from convspec.compiler.training import loop
+    from convspec.compiler.training.loop import TrainingInterrupted
+
+    def ctrl_c(*_a, **_k):
+        raise KeyboardInterrupt
+
+    real = loop.finish
+    monkeypatch.setattr(loop, "finish", ctrl_c)
+    with pytest.raises(TrainingInterrupted, match=r"holds all 1 epochs\. Finish with: convspec train --resume "):
+        train(small_digits("training.epochs=1"), out=tmp_path, export=False, **QUIET)
+    run = tmp_path / "digits-cnn"
+    assert not (run / "results.json").exists()
+    monkeypatch.setattr(loop, "finish", real)
+    done = train(resume=run, export=False, **QUIET)
+    assert done.read_results()["epochs_run"] == 1 and (run / "report.md").exists()
