@@ -45,9 +45,11 @@ class Dataset:
         Paths relative to :attr:`root` with ``/`` separators (absolute when outside it);
         builtin ids (``digits:17``) as they are. ``split.json`` stores these.
         """
-        if self.root is None:
-            return list(self.files)
-        return [file_id(f, self.root) for f in self.files]
+        return [self.file_id(i) for i in range(len(self.files))]
+
+    def file_id(self, i: int) -> str:
+        """The id of file ``i`` (see :meth:`file_ids`), without computing every other one."""
+        return self.files[i] if self.root is None else file_id(self.files[i], self.root)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per class in each split: ``{"train": {"cat": 40, "dog": 38}, ...}``."""

@@ -422,7 +422,7 @@ def _disk_write(
     if free < need:
         log(
             f"warning: not enough free space in {folder} for the disk cache "
-            f"({_size(need)} needed, {_size(free)} free){stale}; keeping images in memory"
+            f"({gib(need)} needed, {gib(free)} free){stale}; keeping images in memory"
         )
         return None
     t0 = time.perf_counter()
@@ -466,10 +466,6 @@ def _disk_write(
     if others:
         log(f"data: disk cache written{stale}")
     return _disk_read(folder, key, (channels, *size))
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _reserve(path: str) -> None:

@@ -116,10 +116,15 @@ MISTAKES = 100  # listed in results.json by file, most confident first (report.m
 
 def _mistakes(data: Dataset, tested: dict, task: str, threshold: float | None) -> list[dict]:
     """The test split's wrong predictions by file: what the pictures show, findable in the data."""
-    ids, idx, names = data.file_ids(), data.splits["test"], data.class_names
+    idx, names = data.splits["test"], data.class_names
     worst = worst_mistakes(tested["labels"], tested["probs"], task, threshold, MISTAKES)
     return [
-        {"file": ids[idx[i]], "true": names[int(tested["labels"][i])], "predicted": names[pred], "probability": p}
+        {
+            "file": data.file_id(int(idx[i])),
+            "true": names[int(tested["labels"][i])],
+            "predicted": names[pred],
+            "probability": p,
+        }
         for i, pred, p in worst
     ]
 

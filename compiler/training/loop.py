@@ -18,6 +18,7 @@ from pathlib import Path
 
 from convspec.runtime.files import atomic_write_text
 from convspec.specs import ConvspecError, Spec, SpecError, load_spec
+from convspec.specs.readfile import FileReadError, read_text
 
 from ..data.dataset import Dataset
 from ..data.loading import load_dataset
@@ -181,16 +182,13 @@ def _continue(run: Run, state, ckpt, place, spec_yaml: str, is_main: bool, log) 
     """
     state.restore(ckpt, place.device, run.last)
     log(f"resuming {run} after epoch {state.epoch}")
-    if is_main and _read_text(run.spec) != spec_yaml:
+    try:
+        written = read_text(run.spec, "spec")
+    except FileReadError:  # missing: write it
+        written = None
+    if is_main and written != spec_yaml:
         with writing(run.spec, "the resolved spec"):
             atomic_write_text(run.spec, spec_yaml)
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _summary(spec: Spec):

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from convspec.runtime.files import os_reason
 from convspec.specs import ConvspecError
 from convspec.specs.extras import require
 
@@ -157,8 +158,8 @@ class _MLflow:
 
 def _reason(e: BaseException) -> str:
     """One line of why a tracker call failed: an OSError's reason and file, else the message's first line."""
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror.lower()}: {e.filename}" if e.filename else e.strerror.lower()
+    if isinstance(e, OSError):
+        return f"{os_reason(e)}: {e.filename}" if e.filename else os_reason(e)
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
 

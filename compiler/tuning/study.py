@@ -422,8 +422,7 @@ def _storage(url: str | None, folder: Path):
         except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
             last = e
             break
-    text = str(getattr(last, "orig", None) or last).strip().splitlines()
-    raise TuneError(f"--storage {shown}: cannot open the study database: {text[0] if text else type(last).__name__}")
+    raise TuneError(f"--storage {shown}: cannot open the study database: {_db_reason(last)}")
 
 
 def _storage_failure(e: Exception, shown: str) -> Exception:
@@ -443,13 +442,17 @@ def _storage_failure(e: Exception, shown: str) -> Exception:
     db_error = next((x for x in chain if isinstance(x, sqlalchemy.exc.SQLAlchemyError)), None)
     if isinstance(e, ConvspecError) or db_error is None:
         return e
-    text = str(getattr(db_error, "orig", None) or db_error).strip().splitlines()
-    reason = text[0][:200] if text else type(db_error).__name__
     return TuneError(
-        f"--storage {shown}: the study database cannot be written ({reason})"
+        f"--storage {shown}: the study database cannot be written ({_db_reason(db_error)[:200]})"
         + (f"; the trial had stopped with: {trial_error}" if trial_error is not None else "")
         + "; with room again, run the same command to continue the study"
     )
+
+
+def _db_reason(e: BaseException) -> str:
+    """The first line of a database error: the driver's own (``orig``) where SQLAlchemy wraps one."""
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _psycopg3_only() -> bool:
