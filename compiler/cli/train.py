@@ -45,7 +45,10 @@ def train(
     ] = 1,
     no_export: Annotated[bool, typer.Option("--no-export", help="Skip writing model.onnx.")] = False,
     folds: Annotated[
-        int | None, typer.Option("--folds", help="K-fold cross-validation: runs/NAME/fold-1..K/ and cv.json.")
+        int | None,
+        typer.Option(
+            "--folds", help="K-fold cross-validation: runs/NAME/fold-1..K/ and cv.json (with --resume: continue one)."
+        ),
     ] = None,
     allow_out_in_data: AllowOutInData = False,
 ) -> None:
@@ -95,18 +98,16 @@ def _early_exporter(spec, export: bool):
 def _train_folds(
     spec_path, folds: int, set_, out_dir: Path, resume, device, nproc: int, allow_in_data: bool, export: bool
 ) -> None:
-    if resume is not None or nproc != 1 or spec_path is None:
-        raise ConvspecError("--folds K trains a SPEC from the start, in one process (not with --resume or --nproc)")
+    if nproc != 1 or (spec_path is None and resume is None):
+        raise ConvspecError("--folds K trains a SPEC, or continues a --folds folder with --resume, in one process")
     if folds < 2:
         raise ConvspecError(f"--folds {folds}: must be at least 2")
 
-    from convspec.specs import load_spec
-
     from ..training.folds import train_folds
 
-    spec = load_spec(spec_path, overrides=set_)
     log = lambda m: err.print(m, markup=False)  # noqa: E731
-    train_folds(spec, folds, out_dir, export=export, device=device, log=log, allow_out_in_data=allow_in_data)
+    train_folds(spec_path, folds, out_dir, export=export, resume=resume, overrides=set_, device=device, log=log,
+                allow_out_in_data=allow_in_data)  # fmt: skip
 
 
 @user_errors

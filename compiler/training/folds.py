@@ -6,6 +6,10 @@ cut into K stratified folds (scikit-learn's ``StratifiedKFold``, shuffled with
 run under ``OUT/NAME/fold-i/``; ``OUT/NAME/cv.json`` holds every test metric's mean and standard
 deviation over the folds, and the fold with the best validation score (``early_stopping.monitor``)
 is exported and copied to ``OUT/NAME/model.onnx``.
+
+``--folds K --resume OUT/NAME`` continues an interrupted cross-validation: finished folds are kept,
+the interrupted one resumes from its ``last.pt``, the rest train. The spec is the first fold's (as
+``--resume`` reads a run); every fold's ``split.json`` must be fold i of K over the same data.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
+from convspec.runtime.compare import cv_folds
 from convspec.runtime.files import atomic_write, atomic_write_text, json_text
-from convspec.specs import ConvspecError, Spec
+from convspec.specs import ConvspecError, Spec, load_spec
 
 from ..data.dataset import Dataset
 from ..data.loading import load_dataset
+from ..data.split import apply_split_file
+from ..run.checkpoint import CheckpointError
 from ..run.files import check_run_out, writing
 from ..run.folder import Run, discard_new_run, new_run
+from .errors import TrainingInterrupted
+from .resume import open_checkpoint, resume_spec
 
 
 def fold_splits(data: Dataset, k: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -45,34 +54,58 @@ def fold_splits(data: Dataset, k: int, seed: int) -> list[dict[str, np.ndarray]]
 
 
 def train_folds(
-    spec: Spec,
+    spec: Spec | str | os.PathLike | None,
     k: int,
     out: str | os.PathLike = "runs",
     *,
     export: bool = True,
+    resume: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
     **train_kwargs,
 ) -> Path:
     """Train ``k`` folds of ``spec`` and write ``cv.json``; returns the cross-validation folder.
 
     ``export``: also export the best fold and copy its ``model.onnx`` up (``--no-export``: not).
+    ``resume``: continue the cross-validation folder it names; ``spec`` (optional) and ``overrides``
+    may then change only what ``--resume`` lets a run change (epochs, device).
     """
     from ..export.onnx import export_onnx
     from .loop import train
 
-    check_run_out(out, spec, allow_in_data=train_kwargs.get("allow_out_in_data", False))  # before the data loads
-    data = load_dataset(spec, log=log)
-    splits = fold_splits(data, k, spec.data.split.seed)
-    parent = new_run(out, spec.name).path
+    if resume is None:
+        spec = spec if isinstance(spec, Spec) else load_spec(spec, overrides=overrides)
+        check_run_out(out, spec, allow_in_data=train_kwargs.get("allow_out_in_data", False))  # before the data loads
+        data = load_dataset(spec, log=log)
+        splits = fold_splits(data, k, spec.data.split.seed)
+        parent = new_run(out, spec.name).path
+    else:
+        parent = Path(resume)
+        spec, data, splits = _resumed(parent, k, spec, overrides, log)
+    again = f"convspec train --folds {k} --resume {parent}" + ("" if export else " --no-export")
     runs: list[Run] = []
     try:
         for i, split in enumerate(splits, 1):
-            log(f"fold {i}/{k}: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test images")
             fold_spec = spec.model_copy(update={"name": f"fold-{i}"})
             fold_data = dataclasses.replace(data, splits=split)
-            runs.append(train(fold_spec, out=parent, dataset=fold_data, export=False, log=log, **train_kwargs))
+            folder = Run(parent / fold_spec.name)
+            if resume is not None and _finished(folder, fold_spec):
+                log(f"fold {i}/{k}: finished before ({folder})")
+                runs.append(folder)
+                continue
+            log(f"fold {i}/{k}: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test images")
+            where = {"resume": folder.path} if resume is not None and folder.path.exists() else {"out": parent}
+            runs.append(train(fold_spec, dataset=fold_data, export=False, log=log, **where, **train_kwargs))
+    except (KeyboardInterrupt, TrainingInterrupted):
+        if not cv_folds(parent):  # nothing trained: no folder holding only its marker is left behind
+            discard_new_run(Run(parent))
+            raise
+        raise TrainingInterrupted(
+            f"interrupted in fold {len(runs) + 1} of {k}; the finished folds and its last.pt are kept. "
+            f"Continue the cross-validation with: {again}"
+        ) from None
     except BaseException:
-        if not runs:  # nothing trained: no folder holding only its marker is left behind
+        if not cv_folds(parent):
             discard_new_run(Run(parent))
         raise
     summary = cv_summary(runs)
@@ -88,6 +121,51 @@ def train_folds(
     wrote = f"{parent / 'cv.json'}" + (f", {parent / 'model.onnx'}" if export else "")
     log(f"best fold: {summary['best_fold']} ({summary['monitor']}); {wrote}")
     return parent
+
+
+def _resumed(
+    parent: Path, k: int, given: Spec | str | os.PathLike | None, overrides: list[str] | None, log
+) -> tuple[Spec, Dataset, list[dict[str, np.ndarray]]]:
+    """The spec, data and K splits that continue the cross-validation folder ``parent``.
+
+    Checked before any epoch: ``parent`` holds fold runs; none is numbered above K; each fold's
+    ``split.json`` is fold i of K over the data as it is now (the same test split in each).
+    """
+    folds = cv_folds(parent)
+    if not folds:
+        what = "not found" if not parent.exists() else "not a cross-validation folder (no fold-N/ run folders)"
+        raise CheckpointError(f"{parent}: {what}; --folds K --resume takes a folder written by convspec train --folds")
+    beyond = [f.name for f in folds if int(f.name[5:]) > k]
+    if beyond:
+        raise CheckpointError(
+            f"{parent}: has {', '.join(beyond)}, more than --folds {k}; resume with the K it was started with"
+        )
+    first, ckpt = open_checkpoint(folds[0])
+    if given is not None:  # the fold's name is the only other difference a given spec has
+        given = given if isinstance(given, Spec) else load_spec(given, overrides=overrides)
+        given, overrides = given.model_copy(update={"name": folds[0].name}), None
+    spec = resume_spec(first, ckpt, given, overrides)
+    data = load_dataset(spec, split_file=first.split, log=log)
+    splits = fold_splits(data, k, spec.data.split.seed)
+    for fold in folds:
+        i = int(fold.name[5:])
+        saved = apply_split_file(fold / "split.json", data, lambda _m: None)
+        if any(not np.array_equal(saved[s], splits[i - 1][s]) for s in ("train", "val", "test")):
+            raise CheckpointError(
+                f"{fold / 'split.json'}: is not fold {i} of --folds {k} over this data; resume with the K the "
+                "cross-validation was started with, on the same data"
+            )
+    return spec, data, splits
+
+
+def _finished(run: Run, spec: Spec) -> bool:
+    """A fold whose run completed (its report written) with the epochs ``spec`` asks for."""
+    if not run.report.is_file():
+        return False
+    try:
+        return run.read_results().get("epochs") == spec.training.epochs
+    except ConvspecError:  # an unreadable results.json: the fold is finished again
+        return False
 
 
 def cv_summary(runs: list[Run]) -> dict:

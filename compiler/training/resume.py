@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from convspec.runtime.compare import not_a_fold_hint
+from convspec.runtime.compare import cv_folds
 from convspec.specs import Spec, load_spec, load_spec_text
 from convspec.specs.readfile import describe_mode
 
@@ -29,8 +29,13 @@ def open_checkpoint(resume: str | os.PathLike) -> tuple[Run, dict]:
     if not run.path.is_dir():
         raise CheckpointError(f"{run}: run folder not found" if not run.path.exists() else f"{run}: not a folder")
     if not run.last.exists():
+        if cv_folds(run.path):
+            raise CheckpointError(
+                f"{run}: a cross-validation folder; continue it with: convspec train --folds K --resume {run} "
+                "(K as it was started), or resume one fold, e.g. " + str(cv_folds(run.path)[0])
+            )
         if not run.spec.exists():
-            raise CheckpointError(f"{run}: not a convspec run folder (no last.pt, no spec.yaml){not_a_fold_hint(run)}")
+            raise CheckpointError(f"{run}: not a convspec run folder (no last.pt, no spec.yaml)")
         raise CheckpointError(
             f"{run}: no last.pt: the run stopped before its first checkpoint; start it again with convspec train SPEC"
         )

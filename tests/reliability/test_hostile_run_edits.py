@@ -121,7 +121,8 @@ def test_cross_validation_folders_are_named_or_expanded(tiny_run, tmp_path):
     assert done.exit_code == 0, done.stderr
     assert [r["name"] for r in json.loads(done.stdout)["runs"]] == ["fold-1", "fold-2"]
     user_error(cli("export", cv), "cross-validation folder", "fold-1")
-    user_error(cli("train", "--resume", cv), "cross-validation folder", "fold-1")
+    user_error(cli("train", "--resume", cv), "cross-validation folder", "--folds K --resume", "fold-1")
+    user_error(cli("train", "--folds", "2", "--resume", tmp_path), "not a cross-validation folder", "--folds K")
     (cv / "cv.json").unlink()  # interrupted before cv.json: its folds are runs all the same
     user_error(cli("export", cv), "cross-validation folder", "fold-1")
     done = cli("compare", cv, "--format", "json", cwd=tmp_path)

@@ -99,3 +99,51 @@ def test_a_cv_folder_that_cannot_be_written_is_refused_before_the_data_and_leave
     with pytest.raises(WriteError, match="no space left"):
         train_folds(spec, 2, tmp_path / "runs", log=lines.append)
     assert list((tmp_path / "runs").iterdir()) == []  # no empty run folder left behind
+
+
+@pytest.mark.slow
+def test_an_interrupted_cross_validation_continues_where_it_stopped(tmp_path):
+    """Ctrl-C in fold 2 of 3: the hint names ``--folds 3 --resume``; that keeps fold 1 as it was,
+    resumes fold 2 from its last.pt, trains fold 3 and writes cv.json. A wrong K is refused first."""
+    from convspec.compiler.run import checkpoint
+    from convspec.compiler.run.checkpoint import CheckpointError
+    from convspec.compiler.training.errors import TrainingInterrupted
+    from convspec.compiler.training.folds import train_folds
+
+    spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=2"])
+    epochs_seen: list[int] = []
+
+    def ctrl_c_in_fold_2(record):
+        epochs_seen.append(record["epoch"])
+        if len(epochs_seen) == 3:  # fold 1's two epochs, then fold 2's first
+            raise KeyboardInterrupt
+
+    quiet = dict(progress=False, export=False)
+    with pytest.raises(TrainingInterrupted, match=r"fold 2 of 3.*--folds 3 --resume \S+ --no-export") as e:
+        train_folds(spec, 3, tmp_path, log=lambda _m: None, on_epoch=ctrl_c_in_fold_2, **quiet)
+    assert e.value.exit_code == 130
+    parent = tmp_path / "digits-cnn"
+    assert not (parent / "cv.json").exists() and not (parent / "fold-3").exists()
+    assert checkpoint.load(parent / "fold-2" / "last.pt")["epoch"] == 1
+    fold_1 = (parent / "fold-1" / "results.json").read_bytes()
+
+    for wrong_k, message in ((4, "fold 1 of --folds 4"), (2, "fold 1 of --folds 2"), (1, "has fold-2, more than --folds 1")):
+        with pytest.raises(CheckpointError, match=message):
+            train_folds(None, wrong_k, resume=parent, log=lambda _m: None, **quiet)
+    assert checkpoint.load(parent / "fold-2" / "last.pt")["epoch"] == 1  # a refusal changes nothing
+
+    lines: list[str] = []
+    train_folds(None, 3, resume=parent, log=lines.append, **quiet)
+    assert (parent / "fold-1" / "results.json").read_bytes() == fold_1  # finished: kept, not trained again
+    assert any(ln.startswith("fold 1/3: finished before") for ln in lines)
+    assert any(ln.startswith("resuming") and "fold-2 after epoch 1" in ln for ln in lines)
+    cv = json.loads((parent / "cv.json").read_text())
+    assert cv["runs"] == ["fold-1", "fold-2", "fold-3"]
+    for i in (2, 3):
+        history = [json.loads(line) for line in (parent / f"fold-{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert [h["epoch"] for h in history] == [1, 2]
+    # the folds are exactly those of an uninterrupted run: fold i of 3 over the same data
+    data = load_dataset(spec, log=lambda _m: None)
+    for i, split in enumerate(fold_splits(data, 3, spec.data.split.seed), 1):
+        saved = json.loads((parent / f"fold-{i}" / "split.json").read_text())["splits"]
+        assert saved["val"]["files"] == [data.file_id(int(j)) for j in split["val"]]
