@@ -127,7 +127,8 @@ def test_an_interrupted_cross_validation_continues_where_it_stopped(tmp_path):
     assert checkpoint.load(parent / "fold-2" / "last.pt")["epoch"] == 1
     fold_1 = (parent / "fold-1" / "results.json").read_bytes()
 
-    for wrong_k, message in ((4, "fold 1 of --folds 4"), (2, "fold 1 of --folds 2"), (1, "has fold-2, more than --folds 1")):
+    wrong = {4: "fold 1 of --folds 4", 2: "fold 1 of --folds 2", 1: "has fold-2, more than --folds 1"}
+    for wrong_k, message in wrong.items():
         with pytest.raises(CheckpointError, match=message):
             train_folds(None, wrong_k, resume=parent, log=lambda _m: None, **quiet)
     assert checkpoint.load(parent / "fold-2" / "last.pt")["epoch"] == 1  # a refusal changes nothing
