@@ -59,6 +59,11 @@ class _Plateau(_Part):
     bad: int = Field(ge=0)
 
 
+class _Elapsed(_Part):
+    train_s: float = Field(ge=0, allow_inf_nan=False)
+    images_seen: int = Field(ge=0)
+
+
 class _Rng(_Part):
     torch: Tensor
     shuffle: Tensor
@@ -82,6 +87,7 @@ class Resumable(Weights):
     stale: int = Field(ge=0)
     plateau: _Plateau | None = None
     rng: _Rng
+    elapsed: _Elapsed | None = None  # absent in checkpoints written before it was kept
 
     @model_validator(mode="after")
     def _epoch_matches_history(self):

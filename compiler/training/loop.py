@@ -108,8 +108,8 @@ def train(
                 discard_new_run(run)
             raise
 
-        epochs, seen, stopped_early = spec.training.epochs, 0, False
-        t_train = time.perf_counter()
+        epochs, stopped_early = spec.training.epochs, False
+        t_train, before_s = time.perf_counter(), state.train_s  # before_s: the sessions before a resume
         try:
             with (
                 Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar,
@@ -120,9 +120,9 @@ def train(
                     record, n = train_epoch(setup, state, epoch, bar)
                     _check_finite(record, run, state.epoch)
                     record.update(validate(setup, state))
-                    seen += n
                     state.history.append(record)
                     state.epoch = epoch
+                    state.train_s, state.images_seen = before_s + time.perf_counter() - t_train, state.images_seen + n
                     if state.monitor.update(record):
                         save(run.best)
                     save(run.last)
@@ -140,7 +140,7 @@ def train(
             raise TrainingInterrupted(
                 f"interrupted; {run.last} holds epoch {state.epoch}. Continue with: convspec train --resume {run}"
             ) from None
-        timings = Timings(t_start, t_data, time.perf_counter() - t_train, seen)
+        timings = Timings(t_start, t_data, before_s + time.perf_counter() - t_train, state.images_seen)
 
         _finish(run, setup, state, data, timings, epoch_log, stopped_early=stopped_early, test=test, export=export,
                 log=log, worker=exporter)  # fmt: skip

@@ -31,6 +31,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     epoch: int = 0  # last finished epoch
     init: dict | None = None  # what training.init copied (init.init_from's summary), kept across resumes
+    train_s: float = 0.0  # training wall time up to the last finished epoch, over every session of the run
+    images_seen: int = 0  # training images up to then (its images/s counts the epochs before a resume too)
 
     def lr_scale(self) -> float:
         return self.plateau.scale if self.plateau is not None else 1.0
@@ -46,6 +48,7 @@ class TrainState:
             "class_names": class_names,
             "history": self.history,
             "init": self.init,
+            "elapsed": {"train_s": self.train_s, "images_seen": self.images_seen},
             **self.monitor.state(),
             "plateau": self.plateau.state() if self.plateau is not None else None,
             "rng": {
@@ -80,6 +83,8 @@ class TrainState:
             self.plateau = Plateau(self.plateau.factor, self.plateau.patience, **ckpt["plateau"])
         self.epoch = ckpt["epoch"]
         self.init = ckpt.get("init")
+        elapsed = ckpt.get("elapsed") or {"train_s": 0.0, "images_seen": 0}  # older checkpoints: this session's
+        self.train_s, self.images_seen = float(elapsed["train_s"]), int(elapsed["images_seen"])
 
 
 @contextlib.contextmanager

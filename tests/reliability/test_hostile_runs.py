@@ -88,6 +88,11 @@ CRAFTED = {
     "epoch-beyond-history": (lambda s: s.update(epoch=7), "resume", ("epoch is 7", "history holds 1")),
     "negative-stale": (lambda s: s.update(stale=-1), "resume", ("stale", "greater than or equal to 0")),
     "bool-epoch": (lambda s: s.update(epoch=True), "resume", ("epoch", "integer")),
+    "elapsed-nan": (
+        lambda s: s.update(elapsed={"train_s": float("nan"), "images_seen": 3}),
+        "resume",
+        ("elapsed.train_s", "finite"),
+    ),
     "not-a-dict": (None, "both", ("not a convspec checkpoint", "list")),
 }
 

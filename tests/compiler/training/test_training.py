@@ -119,6 +119,11 @@ def test_resume_continues_to_the_same_result(tmp_path):
     strip = lambda hs: [{k: v for k, v in h.items() if k not in ("time_s", "images_per_s")} for h in hs]  # noqa: E731
     assert strip(resumed.history()) == strip(full.history())
     assert resumed.read_results()["test"]["metrics"] == full.read_results()["test"]["metrics"]
+    # the timings cover all four epochs, the two before the resume too (they counted two before)
+    timings, history = resumed.read_results()["timings"], resumed.history()
+    images = timings["images_per_s"] * timings["train_s"]
+    assert images == pytest.approx(4 * sum(full.read_results()["counts"]["train"].values()))
+    assert timings["train_s"] >= sum(h["time_s"] for h in history)
 
 
 def test_resume_with_more_epochs_records_them_in_spec_yaml(tmp_path):
