@@ -37,6 +37,7 @@ from convspec.specs.layers import Backbone
 from convspec.specs.readfile import FileReadError, check_regular
 
 from ..run.checkpoint import why_not_a_torch_file
+from .hub import cache_folder, offline_when_unreachable
 
 Shape = tuple[int, ...]
 log = logging.getLogger("convspec.backbone")
@@ -83,14 +84,21 @@ def create_timm(name: str, in_chans: int, pretrained: bool = False) -> nn.Module
     timm = timm_module()
     if not timm.is_model(name.split(".")[0]):
         raise unknown_name_error(name)
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
-    except (RuntimeError, OSError, ValueError) as e:
-        what = "download the pretrained weights of" if pretrained else "create"
-        raise BackboneError(
-            f"model.layers[0]: timm could not {what} {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            + ("; offline, save the weights to a file and give its path as weights:" if pretrained else "")
-        ) from None
+    with offline_when_unreachable() if pretrained else contextlib.nullcontext() as offline:
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+        except (RuntimeError, OSError, ValueError) as e:
+            if offline:
+                raise BackboneError(
+                    f"model.layers[0]: the pretrained weights of {name!r} are not in huggingface_hub's cache "
+                    f"({cache_folder()}) and {offline}; offline, save the weights to a file and "
+                    "give its path as weights:"
+                ) from None
+            what = "download the pretrained weights of" if pretrained else "create"
+            raise BackboneError(
+                f"model.layers[0]: timm could not {what} {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                + ("; offline, save the weights to a file and give its path as weights:" if pretrained else "")
+            ) from None
 
 
 def stage_index(model: nn.Module) -> tuple[int, dict[str, int]]:

@@ -291,3 +291,40 @@ def test_export_parity_int8_and_torch_free_runtime(tmp_path, name):
         timeout=120,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+# ------------------------------------------------------------------ weights: pretrained without a network
+
+
+def test_pretrained_without_a_network_reads_the_hub_cache_at_once(tmp_path, monkeypatch):
+    """No hub to reach: cached weights load (huggingface_hub's retries took 50 s first), weights
+    missing from the cache are one line naming the cache; the offline mode ends with the build."""
+    import time
+
+    from huggingface_hub import constants
+
+    from convspec.compiler.model import hub
+
+    probed: list[str] = []
+    monkeypatch.setattr(hub, "reachable", lambda endpoint, timeout=hub.PROBE_S: probed.append(endpoint) or False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    pretrained = spec_of([{"type": "backbone", "name": SMALL, "weights": "pretrained"}])
+
+    t0 = time.perf_counter()
+    with pytest.raises(BackboneError, match=r"not in huggingface_hub's cache \(.*hub\) and .* cannot be reached"):
+        build_model(pretrained)
+    assert time.perf_counter() - t0 < 10 and probed and constants.HF_HUB_OFFLINE is False
+
+    # the cache as huggingface_hub lays it out: refs/main names the snapshot holding the file
+    repo_id = timm.models.get_pretrained_cfg(SMALL).hf_hub_id
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    saved = save_timm(repo / "snapshots" / commit / "model.safetensors", SMALL, in_chans=1, seed=5)
+    got = backbone_state(build_model(pretrained))
+    for key, tensor in got.items():
+        assert torch.equal(tensor, saved[key]), key
+    assert constants.HF_HUB_OFFLINE is False
