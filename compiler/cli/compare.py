@@ -38,9 +38,6 @@ def compare(
     ] = None,
 ) -> None:
     """Compare runs: what differs in their specs, test metrics, epochs, time, images/s; draw compare.png."""
-    from rich.markup import escape
-    from rich.table import Table
-
     from convspec.runtime.compare import compare_runs, plot_compare
 
     comparison = compare_runs(runs)
@@ -49,23 +46,59 @@ def compare(
     elif fmt == CompareFormat.csv:
         sys.stdout.write(comparison.to_csv())
     else:
-        table = Table(title=f"{len(comparison.runs)} runs", title_justify="left")
-        table.add_column("run", overflow="fold")
-        table.add_column("differs" if comparison.differing else "differs (nothing)", overflow="fold")
-        for m in comparison.metrics:
-            table.add_column(f"test {m}", justify="right")
-        for col in ("epochs", "train s", "images/s"):
-            table.add_column(col, justify="right")
-        for row in comparison.rows():
-            differs = "\n".join(f"{k}={v}" for k, v in row["differs"].items())
-            table.add_row(
-                escape(row["name"]),
-                escape(differs),  # Why escape: keys and values are user data, not Rich markup
-                *(_fmt(v) for v in row["metrics"].values()),
-                _fmt(row["epochs"]),
-                _fmt(row["train_s"]),
-                _fmt(row["images_per_s"]),
-            )
-        out.print(table)
+        from rich.measure import Measurement
+
+        wide = _wide_table(comparison)
+        natural = Measurement.get(out, out.options.update(width=1 << 16), wide).maximum  # unclamped width
+        # Why: ten columns squeezed into 80 fold every cell; then runs go across, values down
+        out.print(wide if natural <= out.width else _tall_table(comparison))
     png = plot_compare(comparison, out_png or Path("compare.png"))  # Why last: an unwritable place keeps the table
     err.print(f"wrote {png}", markup=False)
+
+
+TIMES = (("epochs", "epochs"), ("train s", "train_s"), ("images/s", "images_per_s"))
+
+
+def _wide_table(comparison):
+    """One row per run: the differing keys as ``key=value`` lines, then metrics and times."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{len(comparison.runs)} runs", title_justify="left")
+    table.add_column("run", overflow="fold")
+    table.add_column("differs" if comparison.differing else "differs (nothing)", overflow="fold")
+    for m in comparison.metrics:
+        table.add_column(f"test {m}", justify="right")
+    for title, _ in TIMES:
+        table.add_column(title, justify="right")
+    for row in comparison.rows():
+        differs = "\n".join(f"{k}={v}" for k, v in row["differs"].items())
+        table.add_row(
+            escape(row["name"]),
+            escape(differs),  # Why escape: keys and values are user data, not Rich markup
+            *(_fmt(v) for v in row["metrics"].values()),
+            *(_fmt(row[key]) for _, key in TIMES),
+        )
+    return table
+
+
+def _tall_table(comparison):
+    """One column per run: a row per differing key, test metric and time."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = comparison.rows()
+    same = "" if comparison.differing else "; their specs differ in nothing but the name"
+    table = Table(title=f"{len(rows)} runs{same}", title_justify="left")
+    table.add_column("", overflow="fold")
+    for row in rows:
+        table.add_column(escape(row["name"]), justify="right", overflow="fold")
+    for key in comparison.differing:
+        table.add_row(escape(key), *(escape(str(row["differs"].get(key, "-"))) for row in rows))  # as written
+    if comparison.differing:
+        table.add_section()
+    for m in comparison.metrics:
+        table.add_row(f"test {m}", *(_fmt(row["metrics"][m]) for row in rows))
+    for title, key in TIMES:
+        table.add_row(title, *(_fmt(row[key]) for row in rows))
+    return table

@@ -133,6 +133,15 @@ def test_cli_table_json_and_errors(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "model.layers.0.filters=32" in r.stdout and "test accuracy" in r.stdout and (tmp_path / "c.png").is_file()
+    # 80 columns (a pipe, CI logs): the runs go across and every cell stays whole
+    narrow = {**os.environ, "COLUMNS": "80"}
+    r = subprocess.run([*cmd, str(a), str(b), "--out", str(tmp_path / "c.png")], capture_output=True, text=True,
+                       env=narrow)  # fmt: skip
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and max(map(len, lines)) <= 80, r.stdout
+    assert re.search(r"┃ +a ┃ +b ┃", lines[2]), lines[2]  # the header row names both runs
+    assert re.search(r"model\.layers\.0\.filters +\S +16 +\S +32 ", r.stdout), r.stdout
+    assert re.search(r"test accuracy +\S +0\.9000 +\S +0\.9000 ", r.stdout), r.stdout
     r = subprocess.run(
         [*cmd, str(a), str(b), "--format", "json", "--out", str(tmp_path / "d.png")], capture_output=True, text=True
     )
