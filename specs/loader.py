@@ -32,7 +32,7 @@ from .yamlio import (
     to_plain,
 )
 
-__all__ = ["load_spec", "load_spec_text", "spec_from_dict", "apply_values", "dump_yaml"]
+__all__ = ["load_spec", "load_spec_text", "spec_from_dict", "apply_values", "dump_yaml", "locate_issues"]
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Spec:
@@ -111,6 +111,34 @@ def load_spec_text(
         raise SpecError([locate(i) for i in issues])
     spec._warnings = Warnings(locate(w) for w in backbone_warnings(spec))
     return spec
+
+
+def locate_issues(spec: Spec, issues: list[Issue], options: dict[tuple, str] | None = None) -> list[Issue]:
+    """Issues found after loading (the devices of this machine) as ``FILE:LINE:COL``, like load's.
+
+    An issue gets its key's position in ``spec.source_file`` when the file still holds the spec's
+    value there. A key an option gave (``options``: ``{("training", "device"): "--device cuda"}``)
+    is named with the option; one ``--set`` gave, or a spec whose file is gone (a checkpoint's),
+    without a position.
+    """
+    file = spec.source_file
+    try:
+        with open_regular(file, "spec", limit=MAX_BYTES) as f:
+            doc = parse_yaml(f.read(), file)
+    except (FileReadError, SpecError, OSError):
+        doc = None
+    data, located = spec.to_dict(), []
+    for issue in issues:
+        where: tuple[int, int] | None = None
+        try:
+            if doc is not None and to_plain(get_node(doc, issue.path)) == get_node(data, issue.path):
+                where = position(doc, issue.path)
+        except KeyError:
+            pass
+        option = (options or {}).get(issue.path) if where is None else None
+        name = f"{file} ({option})" if option else file
+        located.append(replace(issue, file=name, line=where and where[0], col=where and where[1]))
+    return located
 
 
 def _non_finite(data: Any, path: tuple = ()) -> list[Issue]:

@@ -13,11 +13,11 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from convspec.runtime.files import atomic_write_text
 from convspec.specs import ConvspecError, Spec, SpecError, load_spec
+from convspec.specs.loader import locate_issues
 from convspec.specs.readfile import FileReadError, read_text
 
 from ..data.dataset import Dataset
@@ -72,8 +72,9 @@ def train(
     spec = _with_device(given, device)
     try:
         place = placement_for(spec.training.device, spec.training.precision, dd.local_rank if dd.enabled else None)
-    except SpecError as e:  # Why: placement_for has no spec; its issues name this one's file
-        raise SpecError([replace(i, file=spec.source_file or i.file) for i in e.issues]) from None
+    except SpecError as e:  # Why: placement_for has no spec; its issues name this one's file and key
+        given = {("training", "device"): f"--device {device}"} if device else {}
+        raise SpecError(locate_issues(spec, e.issues, given)) from None
     summary = _summary(spec)
     check_memory(spec, place, summary)
     distributed.init(dd, place.device)

@@ -182,3 +182,21 @@ def test_half_precision_without_a_gpu_names_the_spec_file(tmp_path):
     args = ("train", spec, "--set", "training.precision=bf16", "--out", tmp_path / "runs")
     err = user_error(cli(*args), "half.yaml", "bf16 needs a CUDA device")
     assert "<spec>" not in err and not (tmp_path / "runs").exists()
+
+
+def test_device_errors_at_train_time_point_at_the_key_or_name_the_option(tmp_path):
+    """What only training can check (no GPU here) is ``FILE:LINE:COL`` when the file says it, and
+    names ``--device`` or leaves out the position when an option or ``--set`` gave the value."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: cuda trains")
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(DIGITS.read_text().replace("training:\n", "training:\n  device: cuda\n", 1))
+    line = spec.read_text().splitlines().index("  device: cuda") + 1
+    out = ("--out", tmp_path / "runs")
+    user_error(cli("train", spec, *out), f"{spec}:{line}:11: training.device: device 'cuda' asked for")
+    user_error(cli("train", spec, "--device", "cuda:1", *out), f"{spec} (--device cuda:1): training.device:")
+    err = user_error(cli("train", spec, "--device", "cpu", "--set", "training.precision=fp16", *out), "fp16")
+    assert err.strip().startswith(f"{spec}: training.precision: precision fp16 needs a CUDA device"), err
+    assert not (tmp_path / "runs").exists()
