@@ -82,14 +82,22 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: Any = 0.5) -> f
     kind, value = _rule(rule)
     if kind == "fixed":
         return float(value)
+    check_choosable(rule, y_val)
     y = np.asarray(y_val, dtype=np.int64)
     p = positive_probability(p_val).astype(np.float64)
-    if len(y) == 0 or not (y == 1).any() or not (y == 0).any():
+    return _halfway_down(_chosen(kind, value, y, p), p)
+
+
+def check_choosable(rule: Any, y_val: np.ndarray) -> None:
+    """Raise ThresholdError when ``rule`` cannot be chosen on validation labels ``y_val`` (it needs
+    both classes); a fixed number always can. Training calls it before the first epoch."""
+    kind, value = _rule(rule)
+    y = np.asarray(y_val, dtype=np.int64)
+    if kind != "fixed" and (len(y) == 0 or not (y == 1).any() or not (y == 0).any()):
         raise ThresholdError(
             f"export.threshold {_show(kind, value)}: the validation split needs images of both classes "
             f"(it has {int((y == 0).sum())} negative, {int((y == 1).sum())} positive)"
         )
-    return _halfway_down(_chosen(kind, value, y, p), p)
 
 
 def _chosen(kind: str, value: float | str, y: np.ndarray, p: np.ndarray) -> float:

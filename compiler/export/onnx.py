@@ -91,11 +91,16 @@ def export_model(
     check_run_writable(run)  # Why before the export: fail in a second, not after a minute
     quantize = wants_int8(spec, int8)
 
+    data = None
+    threshold = _run_threshold(spec, run)
+    if threshold is None and spec.task == "binary":  # a run without results.json (stopped before its test)
+        data = _dataset(spec, run)
+        threshold = _threshold_on_validation(spec, model, data, log)
     proto = _export_proto(model, spec)
-    _add_metadata(proto, spec, class_names, run)
+    _add_metadata(proto, spec, class_names, run, threshold)
     _check(proto)
     if images is None or (quantize and images.calibration is None):
-        images = export_images(spec, _dataset(spec, run), int8=quantize)
+        images = export_images(spec, data if data is not None else _dataset(spec, run), int8=quantize)
     blob = proto.SerializeToString()
     try:
         parity = _parity(model, blob, images.parity, spec.task)
@@ -339,13 +344,33 @@ def _dynamic_shapes(model: torch.nn.Module, shapes):
     return {params[0].name: shapes["x"]} if params else shapes
 
 
-def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
+def _run_threshold(spec: Spec, run: Run) -> float | None:
+    """A binary run's threshold: the one results.json records, else a fixed ``export.threshold``;
+    None for a rule the run has not chosen yet (and for multiclass)."""
+    from convspec.runtime.threshold import choose_threshold, threshold_from_results
+
+    if spec.task != "binary":
+        return None
+    chosen = threshold_from_results(_read_results(run))
+    rule = spec.export.threshold
+    return chosen if chosen is not None or not isinstance(rule, (int, float)) else choose_threshold([], [], rule)
+
+
+def _threshold_on_validation(spec: Spec, model: torch.nn.Module, data, log: Callable[[str], None]) -> float:
+    """``export.threshold``'s rule chosen on the run's validation split, as training's finish does."""
+    from convspec.runtime.threshold import choose_threshold
+
+    idx = data.splits["val"]
+    value = choose_threshold(data.labels[idx], torch_probabilities(model, data.images[idx]), spec.export.threshold)
+    log(f"threshold {value:.6g}: export.threshold chosen on the validation split (the run has no results.json)")
+    return value
+
+
+def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run, threshold: float | None) -> None:
     try:
         version = importlib.metadata.version("convspec")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    from convspec.runtime.threshold import threshold_from_results
-
     results = _read_results(run)
     metrics = _test_metrics(results)
     info = ModelInfo(
@@ -358,7 +383,7 @@ def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run) -> None:
         spec=spec.to_yaml(),
         version=version,
         test_metrics=metrics,
-        threshold=threshold_from_results(results) if spec.task == "binary" else None,
+        threshold=threshold,
     )
     _set_props(proto, info.to_props())
     (h, w), c = spec.input.size, spec.input.channels
@@ -529,7 +554,7 @@ def export_to_file(
     proto = _export_proto(model.eval(), spec)
     names = class_names or list(model.class_names or [str(i) for i in range(model.num_classes or 2)])
     with tempfile.TemporaryDirectory() as d:
-        _add_metadata(proto, spec, names, Run(Path(d)))
+        _add_metadata(proto, spec, names, Run(Path(d)), _run_threshold(spec, Run(Path(d))))
     _check(proto)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(proto.SerializeToString()))
 

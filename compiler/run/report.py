@@ -70,6 +70,25 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _threshold_lines(t) -> list[str]:
+    """The binary operating threshold: how it was set, and what it gives on test (else validation)."""
+    if not isinstance(t, dict) or not isinstance(t.get("value"), (int, float)):
+        return []
+    rule = t.get("rule")
+    how = (
+        f"{', '.join(f'{k} {v}' for k, v in rule.items())}, chosen on the validation split"
+        if isinstance(rule, dict)
+        else "fixed by export.threshold"
+    )
+    split = next((s for s in ("test", "validation") if isinstance(t.get(s), dict)), None)
+    gives = (
+        f": {split} sensitivity {_fmt(t[split].get('sensitivity'))}, specificity {_fmt(t[split].get('specificity'))}"
+        if split
+        else ""
+    )
+    return ["", f"Operating threshold {t['value']:.4f} ({how}){gives}.", ""]
+
+
 def write_report(path: Path, results: dict[str, Any]) -> None:
     """report.md: data counts, test metrics, per-class scores, timings, bad files, export."""
     r = results
@@ -131,17 +150,9 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
         lines += [
             f"![{n}]({n}.png)" for n in ("errors", "roc", "pr", "calibration") if (path.parent / f"{n}.png").exists()
         ]
-        if isinstance(r.get("threshold"), dict) and "test" in r["threshold"]:
-            t = r["threshold"]
-            rule = ", ".join(f"{k} {v}" for k, v in t["rule"].items()) if isinstance(t["rule"], dict) else "fixed"
-            lines += [
-                "",
-                f"Operating threshold {t['value']:.4f} ({rule}, chosen on validation): test sensitivity "
-                f"{_fmt(t['test']['sensitivity'])}, specificity {_fmt(t['test']['specificity'])}.",
-                "",
-            ]
     else:
         lines += ["No test split (data.split.test is 0).", ""]
+    lines += _threshold_lines(r.get("threshold"))
     lines += ["![curves](curves.png)", ""]
     exp = r.get("export")
     if exp:

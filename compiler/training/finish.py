@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from convspec.runtime.threshold import threshold_record
+from convspec.runtime.threshold import describe_threshold, threshold_record
 
 from ..data.dataset import Dataset
 from ..export.onnx import export_images, record_export, wants_int8
@@ -66,6 +66,8 @@ def finish(
     }
     if not setup.dd.is_main:
         return results
+    if test and spec.task == "binary":  # the model's operating point, with or without a test split
+        results["threshold"] = _threshold(setup, model, data)
     tested = _test(setup, model, data, results) if test and len(data.splits["test"]) else None
     with writing(run.path, "the results, plots and report"):
         run.write_json(run.results, results)  # before the export: the model's metadata carries its metrics
@@ -94,20 +96,24 @@ def _auto_statistics(spec, model) -> list[dict]:
     ]
 
 
+def _threshold(setup: Setup, model, data: Dataset) -> dict:
+    """``export.threshold`` chosen on the validation split: results.json's ``threshold`` entry."""
+    val = evaluate(setup, model, "val") if len(data.splits["val"]) else {"labels": [], "probs": []}
+    return threshold_record(setup.spec.export.threshold, val["labels"], val["probs"])
+
+
 def _test(setup: Setup, model, data: Dataset, results: dict) -> dict:
-    """Test metrics into ``results`` (binary: at the threshold chosen on validation); the raw scores."""
-    spec = setup.spec
+    """Test metrics into ``results`` (binary: at the chosen threshold, which it describes); the raw scores."""
     tested = evaluate(setup, model, "test", detail=True, class_names=data.class_names)
-    if spec.task == "binary":
-        val = evaluate(setup, model, "val") if len(data.splits["val"]) else {"labels": [], "probs": []}
-        record = threshold_record(spec.export.threshold, val["labels"], val["probs"], tested["labels"], tested["probs"])
-        results["threshold"] = record
+    record = results.get("threshold")
+    if record is not None:
+        record["test"] = describe_threshold(tested["labels"], tested["probs"], record["value"])
         if record["value"] != 0.5:
             tested = evaluate(
                 setup, model, "test", detail=True, class_names=data.class_names, threshold=record["value"]
             )
     results["test"] = {"loss": tested["loss"], "metrics": tested["metrics"], "per_class": tested["per_class"]}
-    results["test"]["mistakes"] = _mistakes(data, tested, spec.task, results.get("threshold", {}).get("value"))
+    results["test"]["mistakes"] = _mistakes(data, tested, setup.spec.task, results.get("threshold", {}).get("value"))
     return tested
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from convspec.runtime.files import atomic_write_text
+from convspec.runtime.threshold import check_choosable
 from convspec.specs import ConvspecError, Spec, SpecError, load_spec
 from convspec.specs.loader import locate_issues
 from convspec.specs.readfile import FileReadError, read_text
@@ -84,6 +85,7 @@ def train(
         split_file = str(run.split) if run is not None and run.split.exists() else None
         data = dataset or load_dataset(spec, split_file=split_file, log=log)
         t_data = time.perf_counter() - t_start
+        _check_threshold_rule(spec, data, test)
         # a bad training.init: no folder either
         setup, state = setup_training(spec, data, place, dd, fresh=ckpt is None, log=log)
         run = run or _new_run_folder(out, spec, data, dd)
@@ -204,6 +206,12 @@ def _work_macs(summary, spec: Spec, data) -> float | None:
     """Training's multiply-accumulates (forward and backward, about 3x the forward), None when unknown."""
     macs = summary.macs if summary is not None else 0
     return 3.0 * macs * len(data.splits["train"]) * spec.training.epochs if macs else None
+
+
+def _check_threshold_rule(spec: Spec, data: Dataset, test: bool) -> None:
+    """A binary ``export.threshold`` rule the validation split cannot meet: refused before any epoch."""
+    if test and spec.task == "binary":
+        check_choosable(spec.export.threshold, data.labels[data.splits["val"]])
 
 
 def _check_finite(record: dict, run: Run, last_good: int) -> None:

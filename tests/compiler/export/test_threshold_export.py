@@ -65,3 +65,66 @@ def test_recall_threshold_reaches_metadata_and_predict(tmp_path):
     got = {Path(p["source"]).name: p["label"] for p in json.loads(out.stdout)}
     want = {f"{i:03d}.png": data.class_names[int(p >= t)] for i, p in enumerate(p_val)}
     assert got == want
+
+
+def _threshold_in(model: Path) -> float | None:
+    props = {p.key: p.value for p in onnx.load(model).metadata_props}
+    return float(props["convspec.threshold"]) if "convspec.threshold" in props else None
+
+
+@pytest.mark.slow
+def test_export_of_a_run_without_results_keeps_the_specs_threshold(tmp_path):
+    """A run stopped before its test (Ctrl-C: best.pt, no results.json), then ``convspec export``:
+    the model labelled at 0.5 whatever ``export.threshold`` said. A number is now written as it is;
+    a rule is chosen on the run's validation split, the value training would have chosen."""
+    spec = load_spec(
+        REPO / "examples" / "digits-binary.yaml", overrides=["training.epochs=1", "export.threshold={metric: f1}"]
+    )
+    quiet = dict(progress=False, log=lambda _m: None)
+    run = train(spec.model_copy(update={"name": "rule"}), out=tmp_path, **quiet)
+    trained = _threshold_in(run.onnx)
+    assert trained == pytest.approx(run.read_results()["threshold"]["value"]) and trained != 0.5
+    run.results.unlink()
+    run.onnx.unlink()
+    lines: list[str] = []
+    export_onnx(run, log=lines.append)
+    assert _threshold_in(run.onnx) == trained  # the same value, chosen on the same split from best.pt
+    assert any("chosen on the validation split" in ln for ln in lines)
+
+    at_03 = spec.export.model_copy(update={"threshold": 0.3})
+    fixed = train(spec.model_copy(update={"name": "fixed", "export": at_03}), out=tmp_path, export=False, **quiet)
+    fixed.results.unlink()
+    export_onnx(fixed, log=lambda _m: None)
+    assert _threshold_in(fixed.onnx) == 0.3
+
+
+@pytest.mark.slow
+def test_a_threshold_rule_is_chosen_without_a_test_split_and_refused_before_training_when_it_cannot_be(tmp_path):
+    """No test split: the rule is still chosen (the model kept 0.5). A validation split of one class:
+    refused before the first epoch, with no run folder (it failed after training, leaving one)."""
+    spec = load_spec(
+        REPO / "examples" / "digits-binary.yaml",
+        overrides=[
+            "training.epochs=1",
+            "data.split={train: 0.8, val: 0.2, test: 0.0}",
+            "export.threshold={metric: f1}",
+        ],
+    )
+    run = train(spec, out=tmp_path / "a", progress=False, log=lambda _m: None)
+    record = run.read_results()["threshold"]
+    assert "validation" in record and "test" not in record and record["value"] != 0.5
+    assert _threshold_in(run.onnx) == pytest.approx(record["value"])
+
+    from convspec.runtime.threshold import ThresholdError
+
+    lonely = load_spec(
+        REPO / "examples" / "digits-binary.yaml",
+        overrides=["training.epochs=1", "export.threshold={recall: 0.9}"],
+    )
+    epochs: list[int] = []
+    data = load_dataset(lonely, log=lambda _m: None)
+    one_class = data.splits["val"][data.labels[data.splits["val"]] == 0]
+    data.splits = {**data.splits, "val": one_class}
+    with pytest.raises(ThresholdError, match="needs images of both classes"):
+        train(lonely, out=tmp_path / "b", dataset=data, on_epoch=epochs.append, progress=False, log=lambda _m: None)
+    assert epochs == [] and not (tmp_path / "b").exists()

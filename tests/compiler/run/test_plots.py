@@ -98,7 +98,13 @@ def test_report_links_the_pictures_and_the_threshold(tmp_path):
     write_report(tmp_path / "report.md", results)
     text = (tmp_path / "report.md").read_text()
     assert "![errors](errors.png)" in text and "![calibration](calibration.png)" in text and "pr.png" not in text
-    assert "Operating threshold 0.3100 (recall 0.95, chosen on validation): test sensitivity 0.9600" in text
+    assert "Operating threshold 0.3100 (recall 0.95, chosen on the validation split): test sensitivity 0.9600" in text
+    # a fixed number is not "chosen on validation"; without a test split, validation's figures
+    results["threshold"] = {"value": 0.3, "rule": 0.3, "validation": {"sensitivity": 0.9, "specificity": 0.7}}
+    del results["test"]
+    write_report(tmp_path / "report.md", results)
+    text = (tmp_path / "report.md").read_text()
+    assert "Operating threshold 0.3000 (fixed by export.threshold): validation sensitivity 0.9000" in text
 
 
 def test_report_keeps_its_tables_and_lines_whole_for_any_names(tmp_path):
