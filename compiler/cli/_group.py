@@ -76,13 +76,16 @@ _SPEC_KEYS = {
 } | {"lr": "training.optimizer.lr"}
 
 
-def at_least(low: float, unit: str = ""):
-    """An option callback: a value below ``low`` is refused as a user error (exit 1, one line)."""
+def at_least(low: float, unit: str = "", high: float | None = None):
+    """An option callback: a value below ``low`` (or above ``high``) is refused as a user error
+    (exit 1, one line), as the README's exit codes say; Click's own range check exits 2."""
 
     def check(ctx, param, value):
+        name = param.opts[0] if param.opts else param.name
         if value is not None and not value >= low:  # Why not <: NaN is refused too
-            name = param.opts[0] if param.opts else param.name
             raise ConvspecError(f"{name} {value}: must be at least {low:g}{unit}")
+        if value is not None and high is not None and value > high:
+            raise ConvspecError(f"{name} {value}: must be at most {high:g}{unit}")
         return value
 
     return check

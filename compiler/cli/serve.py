@@ -15,6 +15,7 @@ import typer
 from convspec.specs import ConvspecError
 
 from ._common import user_errors
+from ._group import at_least
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -40,16 +41,24 @@ def serve(
     host: Annotated[
         str, typer.Option("--host", help="Interface to listen on (0.0.0.0: every interface).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images per inference run.")] = 32,
+    port: Annotated[int, typer.Option("--port", callback=at_least(0, high=65535), help="TCP port.")] = 8000,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", callback=at_least(1), help="Most images per inference run.")
+    ] = 32,
     max_delay_ms: Annotated[
         float,
-        typer.Option("--max-delay-ms", min=0, max=10_000, help="How long a batch waits for more images (0-10000 ms)."),
+        typer.Option(
+            "--max-delay-ms",
+            callback=at_least(0, " ms", high=10_000),
+            help="How long a batch waits for more images (0-10000 ms).",
+        ),
     ] = 5.0,
     max_bytes: Annotated[
         str, typer.Option("--max-bytes", help="Largest request body (20MB, 512KB, 1MiB); 413 above it.")
     ] = "20MB",
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes, each with its own model session.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", callback=at_least(1), help="Processes, each with its own model session.")
+    ] = 1,
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, /metadata, /metrics, and a page at /."""
     from convspec.runtime.serve import run
