@@ -473,3 +473,14 @@ def test_set_normalization_lives_in_buffers():
         model.set_normalization([0.1], [0.5])
     with pytest.raises(ValueError, match="mean: auto"):
         build_model(make_spec(SMALL)).set_normalization([0.1] * 3, [1.0] * 3)
+
+
+@pytest.mark.parametrize("k", [1, 0, -2])
+def test_num_classes_below_two_is_refused_for_multiclass(k):
+    """``build_model(spec, num_classes=K)`` where the spec cannot know K: K=1 built a softmax that is
+    always 1.0, K=0 an empty output, K=-2 a torch traceback."""
+    spec = make_spec([{"type": "flatten"}], classes="auto")
+    with pytest.raises(SpecError, match=f"task: multiclass needs at least 2 classes; got num_classes={k}"):
+        build_model(spec, num_classes=k)
+    with pytest.raises(SpecError, match=r"task: binary needs exactly 2 classes; got 3$"):  # the key once
+        build_model(make_spec([{"type": "flatten"}], task="binary", classes="auto"), num_classes=3)
