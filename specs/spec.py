@@ -253,20 +253,24 @@ class PrecisionThreshold(Strict):
 
 
 def _threshold_kind(value: Any) -> str | None:
-    """Which form of ``export.threshold`` a value is (None: none; pydantic then reports the expected forms)."""
-    if isinstance(value, dict):
-        return next((k for k in ("metric", "recall", "precision") if k in value), None)
+    """Which form of ``export.threshold`` a value is (None: none; pydantic then reports the expected forms).
+
+    Why "-rule" tags: a tag equal to the rule's key ("recall") read as a key in error locations.
+    """
+    if isinstance(value, dict):  # exactly one rule (two would be named as an unknown key of the first)
+        kinds = [k for k in ("metric", "recall", "precision") if k in value]
+        return f"{kinds[0]}-rule" if len(kinds) == 1 else None
     if isinstance(value, (MetricThreshold, RecallThreshold, PrecisionThreshold)):
-        return next(iter(type(value).model_fields))
+        return f"{next(iter(type(value).model_fields))}-rule"
     return "fixed"
 
 
 # Why a callable discriminator: a plain union reports every branch's failure (4 lines for one typo)
 Threshold = Annotated[
     Annotated[Annotated[float, Field(ge=0, le=1)], Tag("fixed")]
-    | Annotated[MetricThreshold, Tag("metric")]
-    | Annotated[RecallThreshold, Tag("recall")]
-    | Annotated[PrecisionThreshold, Tag("precision")],
+    | Annotated[MetricThreshold, Tag("metric-rule")]
+    | Annotated[RecallThreshold, Tag("recall-rule")]
+    | Annotated[PrecisionThreshold, Tag("precision-rule")],
     Discriminator(
         _threshold_kind,
         custom_error_type="threshold_form",
