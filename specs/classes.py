@@ -122,6 +122,30 @@ def folder_classes(root: str) -> list[str]:
     )
 
 
+def has_image(folder: str) -> bool:
+    """Whether ``folder`` (searched recursively, as training lists it) holds a file with an image
+    extension. Stops at the first one: a full class folder costs a few directory entries."""
+    pending, seen = [folder], set()
+    try:
+        while pending:
+            path = pending.pop()
+            st = os.stat(path)  # links are followed, as training does; a loop is read once
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as entries:
+                for e in entries:
+                    if e.name.startswith("."):
+                        continue
+                    if os.path.splitext(e.name)[1].lower() in _IMAGE_EXT and e.is_file():
+                        return True
+                    if e.is_dir():
+                        pending.append(e.path)
+    except OSError:
+        return True  # unreadable here: training says what is wrong with it
+    return False
+
+
 def static_class_names(spec) -> list[str] | None:
     """The data's class names, sorted; None when the source cannot be read here.
 

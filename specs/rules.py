@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .backbone_rules import backbone_issues, resolve_backbone_paths
-from .classes import DIGITS, class_name_problem, static_class_names
+from .classes import DIGITS, class_name_problem, has_image, static_class_names
 from .errors import Issue
 
 
@@ -99,16 +99,32 @@ def _source(spec) -> list[Issue]:
     return []
 
 
+def _empty_class_folders(spec, found: list[str], where: tuple) -> list[Issue]:
+    """Class folders without an image file, which training refuses: named by validate too."""
+    src = spec.data.source
+    if src.type != "folder":
+        return []
+    root = os.path.join(src.path, "train") if spec.data.split.from_ == "folders" else src.path
+    empty = [c for c in found if not has_image(os.path.join(root, c))]
+    if not empty:
+        return []
+    which = "folder" if len(empty) == 1 else "folders"
+    shown = ", ".join(empty[:5]) + (f", ... ({len(empty)} in all)" if len(empty) > 5 else "")
+    return [Issue(f"class {which} without images in {root}: {shown} (remove it, or add its images)", where)]
+
+
 def _classes(spec) -> list[Issue]:
     issues = []
     n = spec.num_classes()
+    found = (static_class_names(spec) or []) if spec.classes == "auto" and n is not None else []
     if spec.task == "binary" and n is not None and n != 2:
         where = ("classes",) if spec.classes != "auto" else ("task",)
         what = "binary" if where == ("task",) else "task: binary"  # Why: the key is already printed before it
-        issues.append(Issue(f"{what} needs exactly 2 classes; this spec has {n}", where))
+        names = f" ({', '.join(found)})" if found and len(found) <= 10 else ""
+        issues.append(Issue(f"{what} needs exactly 2 classes; this spec has {n}{names}", where))
     if spec.classes == "auto" and n is not None:  # what train would refuse at once, said by validate too
-        found = static_class_names(spec) or []
         where = ("data", "source", "path") if spec.data.source.type != "builtin" else ("data", "source", "classes")
+        issues += _empty_class_folders(spec, found, where)
         if spec.task == "multiclass" and n < 2:
             src = spec.data.source
             what = {"folder": "class folder", "csv": "label"}.get(src.type, "class")

@@ -18,3 +18,39 @@ def test_order_does_not_depend_on_the_input_order(names):
     """'3', '03' and '٣' are all 3: a tie broken by their text; '²' and '①' are names, not numbers."""
     orders = {tuple(sort_names(p)) for p in itertools.permutations(names)}
     assert len(orders) == 1
+
+
+def _folder_spec(root, task: str) -> str:
+    return (
+        f"version: 1\ntask: {task}\ndata:\n  source: {{type: folder, path: {root}}}\n"
+        "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
+    )
+
+
+def test_validate_names_empty_class_folders_and_the_classes_a_binary_spec_found(tmp_path):
+    """A stray empty folder beside the classes: validate said OK (multiclass), or "has 3" without
+    which (binary), and train then refused the data. Images deeper down, or behind a link, count."""
+    from PIL import Image
+
+    from convspec.specs import SpecError, load_spec_text
+
+    for name in ("cat", "dog", "deep/1/2"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    for name in ("cat/a.png", "dog/b.png", "deep/1/2/c.png"):
+        Image.new("L", (8, 8)).save(tmp_path / "data" / name)
+    (tmp_path / "data" / "unsorted").mkdir()
+    (tmp_path / "data" / "unsorted" / "notes.txt").write_text("not an image")
+    (tmp_path / "data" / "unsorted" / "loop").symlink_to(tmp_path / "data" / "unsorted")
+
+    with pytest.raises(SpecError) as multi:
+        load_spec_text(_folder_spec(tmp_path / "data", "multiclass"), "m.yaml")
+    assert str(multi.value).endswith(f"class folder without images in {tmp_path / 'data'}: unsorted "
+                                     "(remove it, or add its images)")  # fmt: skip
+    with pytest.raises(
+        SpecError, match=r"binary needs exactly 2 classes; this spec has 4 \(cat, deep, dog, unsorted\)"
+    ):
+        load_spec_text(_folder_spec(tmp_path / "data", "binary"), "b.yaml")
+
+    (tmp_path / "data" / "unsorted" / "notes.txt").unlink()
+    (tmp_path / "data" / "unsorted" / "elsewhere").symlink_to(tmp_path / "data" / "cat")  # a link to images
+    assert load_spec_text(_folder_spec(tmp_path / "data", "multiclass"), "m.yaml").num_classes() == 4
