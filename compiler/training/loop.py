@@ -113,6 +113,7 @@ def train(
 
         epochs, stopped_early = spec.training.epochs, False
         t_train, before_s = time.perf_counter(), state.train_s  # before_s: the sessions before a resume
+        saved = state.epoch  # the epoch last.pt holds (Ctrl-C inside a save leaves the one before)
         try:
             with (
                 Progress(progress and dd.is_main, epochs, setup.steps_per_epoch) as bar,
@@ -129,6 +130,7 @@ def train(
                     if state.monitor.update(record):
                         save(run.best)
                     save(run.last)
+                    saved = epoch
                     bar.end_epoch(record)
                     epoch_log(state.history)
                     if distributed.broadcast(dd, state.monitor.should_stop):
@@ -141,7 +143,7 @@ def train(
             raise
         except KeyboardInterrupt:
             raise TrainingInterrupted(
-                f"interrupted; {run.last} holds epoch {state.epoch}. Continue with: convspec train --resume {run}"
+                f"interrupted; {run.last} holds epoch {saved}. Continue with: convspec train --resume {run}"
             ) from None
         timings = Timings(t_start, t_data, before_s + time.perf_counter() - t_train, state.images_seen)
 

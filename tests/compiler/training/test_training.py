@@ -126,6 +126,25 @@ def test_resume_continues_to_the_same_result(tmp_path):
     assert timings["train_s"] >= sum(h["time_s"] for h in history)
 
 
+def test_ctrl_c_inside_a_checkpoint_write_names_the_epoch_last_pt_holds(tmp_path, monkeypatch):
+    """Ctrl-C while epoch 2's last.pt is written: the file keeps epoch 1 (atomic write), and the
+    message said "holds epoch 2"; it names epoch 1, which --resume then continues after."""
+    from convspec.compiler.training import loop
+    from convspec.compiler.training.loop import TrainingInterrupted
+
+    real = loop.checkpoint.save
+
+    def ctrl_c_in_epoch_2s_write(path, state):
+        if path.name == "last.pt" and state["epoch"] == 2:
+            raise KeyboardInterrupt
+        return real(path, state)
+
+    monkeypatch.setattr(loop.checkpoint, "save", ctrl_c_in_epoch_2s_write)
+    with pytest.raises(TrainingInterrupted, match="last.pt holds epoch 1. Continue with"):
+        train(small_digits("training.epochs=3"), out=tmp_path, export=False, **QUIET)
+    assert checkpoint.load(tmp_path / "digits-cnn" / "last.pt")["epoch"] == 1
+
+
 def test_resume_with_more_epochs_records_them_in_spec_yaml(tmp_path):
     """``--resume RUN --set training.epochs=N``: spec.yaml says N afterwards (it kept the old
     count, so compare showed no difference between the runs), and export still accepts the run."""
