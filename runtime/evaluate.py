@@ -197,9 +197,11 @@ def evaluate_files(
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Score ``predictor`` on image files whose true class indices (into its classes) are ``labels``."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    labels = _class_indices(labels, len(paths), predictor.classes)
     failures: list[tuple[str, str]] = []
     probs, kept_labels = [], []
-    for chunk in predictor.scored_chunks(list(paths), batch_size):
+    for chunk in predictor.scored_chunks(paths, batch_size):
         failures.extend(chunk.failures)
         probs.append(chunk.probabilities)
         kept_labels.append(labels[chunk.kept])
@@ -224,19 +226,39 @@ def evaluate_arrays(
 
     ``images``: an array, or anything with ``len`` whose slices are arrays (read a batch at a time).
     """
+    labels = _class_indices(labels, len(images), predictor.classes)
+    if not len(labels):
+        raise DataError("no images to evaluate (images and labels are empty)")
     probs = [
         predictor.class_probabilities(predictor.predict_arrays(images[i : i + batch_size]))
         for i in range(0, len(images), batch_size)
     ]
     p = np.concatenate(probs) if probs else np.zeros((0, len(predictor.classes)))
     return scores(
-        np.asarray(labels),
+        labels,
         predictor.decide(p),
         predictor.classes,
         p,
         task=predictor.task,
         threshold=predictor.threshold,
     )
+
+
+def _class_indices(labels: Any, n: int, classes: Sequence[str]) -> np.ndarray:
+    """``labels`` as int64 class indices into ``classes``, one per image; else a DataError saying
+    what is wrong (a label outside 0..K-1 dropped images from the confusion matrix unseen)."""
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"labels: expected {n} class indices, one per image (got shape {y.shape})")
+    if len(y) and not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+        raise DataError(f"labels: expected integer class indices 0..{len(classes) - 1} (got {y.dtype} values)")
+    bad = y[(y < 0) | (y >= len(classes))] if len(y) else y
+    if len(bad):
+        raise DataError(
+            f"labels: {len(bad)} outside 0..{len(classes) - 1}, the model's {len(classes)} classes "
+            f"(e.g. {int(bad[0])}); give indices into Predictor.classes"
+        )
+    return y.astype(np.int64)
 
 
 def _samples(data: Any, log: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:

@@ -310,6 +310,9 @@ class Predictor:
         Pillow's decoding alone at 224 px, bench/real_size.py). Memory: one batch a worker and one
         waiting, each at most :data:`CHUNK_BYTES` of pixels (64 images at 224 px, 21 at 1024 px).
         """
+        if isinstance(items, (str, os.PathLike)):  # one file, as predict() takes it (not its characters)
+            items = [items]
+        items = items if isinstance(items, Sequence) else list(items)
         cores = min(8, os.cpu_count() or 1)
         # Why smaller batches for a few items: each core still gets one (50 files, 2 cores: 2 of 25)
         fit = max(1, CHUNK_BYTES // math.prod(self.info.input_shape))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -32,7 +33,15 @@ from .yamlio import (
     to_plain,
 )
 
-__all__ = ["load_spec", "load_spec_text", "spec_from_dict", "apply_values", "dump_yaml", "locate_issues"]
+__all__ = [
+    "load_spec",
+    "load_spec_text",
+    "spec_from_dict",
+    "apply_values",
+    "dump_yaml",
+    "locate_issues",
+    "revalidate",
+]
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Spec:
@@ -111,6 +120,34 @@ def load_spec_text(
         raise SpecError([locate(i) for i in issues])
     spec._warnings = Warnings(locate(w) for w in backbone_warnings(spec))
     return spec
+
+
+def revalidate(spec: Spec, overrides: list[str] | None = None) -> Spec:
+    """A Spec object checked again, as its file would be, with ``overrides`` (``KEY=VALUE``) applied.
+
+    Why: ``model_copy(update=...)`` and attribute assignment do not validate, so a Python caller
+    can hand ``train`` an ``epochs`` of 0 or ``"2"``, or a ``name`` of ``"../x"``. Issues name the
+    spec's file and key, without a line: the object no longer is its file.
+
+    Raises:
+        SpecError: what ``load_spec`` would say of the same values.
+    """
+    name = spec.source_file or "<spec>"
+    try:
+        with warnings.catch_warnings():  # a wrong type gives pydantic's serializer warning; the check names it
+            warnings.simplefilter("ignore")
+            text = spec.to_yaml()
+    except (ValueError, TypeError) as e:  # PydanticSerializationError is a ValueError
+        reason = str(e).splitlines()[0][:200]
+        raise SpecError(Issue(f"the Spec cannot be written as YAML ({reason})", file=name)) from None
+    try:
+        return load_spec_text(text, name, base_dir=spec.base_dir, overrides=overrides, default_name=_given_name(spec))
+    except SpecError as e:
+        raise SpecError([i if i.line is None else replace(i, line=None, col=None) for i in e.issues]) from None
+
+
+def _given_name(spec: Spec) -> str | None:
+    return spec.name if isinstance(spec.name, str) else None
 
 
 def locate_issues(spec: Spec, issues: list[Issue], options: dict[tuple, str] | None = None) -> list[Issue]:

@@ -334,6 +334,15 @@ class Spec(Strict):
             raise ValueError(f"classes must be unique (repeated: {', '.join(dup)})")
         return classes
 
+    def __eq__(self, other):
+        """Specs are equal when they say the same: where they were read from (``_source``) is not
+        part of the language, so a spec equals itself reloaded from ``to_yaml()`` or ``to_dict()``."""
+        if not isinstance(other, Spec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__ and self._warnings == other._warnings
+
+    __hash__ = None  # type: ignore[assignment]
+
     @property
     def source_file(self) -> str:
         return self._source

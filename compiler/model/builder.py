@@ -9,12 +9,14 @@ from pixels to probabilities with nothing to re-implement at deployment.
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from convspec.specs.classes import static_class_names
+from convspec.specs import load_spec
+from convspec.specs.classes import class_names_problem, static_class_names
 from convspec.specs.errors import Issue, SpecError
 
 from .layers import BUILDERS, build_layers, register  # noqa: F401  (re-exported registry)
@@ -99,6 +101,8 @@ def _resolve_classes(
     where, file = ("classes",), spec.source_file
     if class_names is not None:
         class_names = [str(c) for c in class_names]
+        if problem := class_names_problem(class_names):
+            raise SpecError(Issue(f"class_names: {problem}", where, file))
         if num_classes is None:
             num_classes = len(class_names)
         elif len(class_names) != num_classes:
@@ -131,7 +135,7 @@ def build_model(spec, num_classes: int | None = None, class_names: list[str] | N
     it maps uint8 images to probabilities as SPEC.md says (``.train()`` gives logits; the loop calls it).
 
     Args:
-        spec: a :class:`convspec.specs.Spec` (from ``load_spec``).
+        spec: a :class:`convspec.specs.Spec` (from ``load_spec``), or a spec file's path.
         num_classes: the class count, where the spec cannot know it (``classes: auto`` with
             data that is not readable here); default ``spec.num_classes()``.
         class_names: names in output order; default the spec's list or the data's names.
@@ -140,6 +144,8 @@ def build_model(spec, num_classes: int | None = None, class_names: list[str] | N
         SpecError: the class count is unknown (and the head needs it), or contradicts the
             spec; a layer's shapes do not work out.
     """
+    if isinstance(spec, (str, os.PathLike)):  # as train() and export_onnx() take a path
+        spec = load_spec(spec)
     num_classes, class_names = _resolve_classes(spec, num_classes, class_names)
     preprocess = build_preprocess(spec)
     body, shape = build_layers(spec.model.layers, preprocess.out_shape)

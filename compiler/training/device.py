@@ -90,6 +90,12 @@ BYTES_PER_PARAM = 16
 BYTES_PER_ACTIVATION = 8
 
 
+def own_rng(place: Placement):
+    """A context in which training seeds and draws from torch's global generators (model init,
+    dropout), restored afterwards: a caller's ``torch.manual_seed(1234)`` outlives ``train()``."""
+    return torch.random.fork_rng(devices=[place.device.index or 0] if place.device.type == "cuda" else [])
+
+
 def check_memory(spec: Spec, place: Placement, summary) -> None:
     """Refuse, before any data loads, a model whose training step cannot fit in memory.
 

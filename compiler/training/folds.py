@@ -26,6 +26,7 @@ import numpy as np
 from convspec.runtime.compare import cv_folds
 from convspec.runtime.files import atomic_write, atomic_write_text, json_text
 from convspec.specs import ConvspecError, Spec, load_spec
+from convspec.specs.loader import revalidate
 
 from ..data.dataset import Dataset
 from ..data.loading import load_dataset
@@ -74,7 +75,7 @@ def train_folds(
     from .loop import train
 
     if resume is None:
-        spec = spec if isinstance(spec, Spec) else load_spec(spec, overrides=overrides)
+        spec = revalidate(spec, overrides) if isinstance(spec, Spec) else load_spec(spec, overrides=overrides)
         check_run_out(out, spec, allow_in_data=train_kwargs.get("allow_out_in_data", False))  # before the data loads
         data = load_dataset(spec, log=log)
         splits = fold_splits(data, k, spec.data.split.seed)

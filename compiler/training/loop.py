@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,8 @@ from pathlib import Path
 from convspec.runtime.files import atomic_write_text
 from convspec.runtime.threshold import check_choosable
 from convspec.specs import ConvspecError, Spec, SpecError, load_spec
-from convspec.specs.loader import locate_issues
+from convspec.specs.base import DEVICE_PATTERN
+from convspec.specs.loader import locate_issues, revalidate
 from convspec.specs.readfile import FileReadError, read_text
 
 from ..data.dataset import Dataset
@@ -29,7 +31,7 @@ from ..run import checkpoint
 from ..run.files import check_run_out, writing
 from ..run.folder import Run, discard_new_run, new_run
 from . import distributed
-from .device import WorkerShare, check_memory, placement_for
+from .device import WorkerShare, check_memory, own_rng, placement_for
 from .epoch import train_epoch, validate
 from .errors import BatchOfOne, TrainingDiverged, TrainingInterrupted
 from .finish import Timings, finish
@@ -79,7 +81,7 @@ def train(
     summary = _summary(spec)
     check_memory(spec, place, summary)
     distributed.init(dd, place.device)
-    with warm_exporter(spec, export and dd.is_main, exporter) as exporter:  # Why now: it warms up while we train
+    with own_rng(place), warm_exporter(spec, export and dd.is_main, exporter) as exporter:  # it warms up meanwhile
         t_start = time.perf_counter()
         # data first: bad data must leave no run folder behind
         split_file = str(run.split) if run is not None and run.split.exists() else None
@@ -228,6 +230,8 @@ def _with_device(spec: Spec, device: str | None) -> Spec:
     """A copy of ``spec`` with ``training.device`` replaced; the caller's Spec is never changed."""
     if device is None:
         return spec
+    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
+        raise ConvspecError(f"device: expected auto, cpu, cuda or cuda:N, as training.device (got {device!r})")
     return spec.model_copy(update={"training": spec.training.model_copy(update={"device": device})})
 
 
@@ -235,6 +239,6 @@ def _load(spec: Spec | str | os.PathLike | None, overrides: list[str] | None, ou
     """The spec of a new run; ``out`` is checked before any data loads (a bad --out costs seconds)."""
     if spec is None:
         raise ConvspecError("train needs a spec file, or --resume RUN")
-    spec = spec if isinstance(spec, Spec) else load_spec(spec, overrides=overrides)
+    spec = revalidate(spec, overrides) if isinstance(spec, Spec) else load_spec(spec, overrides=overrides)
     check_run_out(out, spec, allow_in_data=allow_out_in_data)
     return spec

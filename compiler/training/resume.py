@@ -11,6 +11,7 @@ from pathlib import Path
 
 from convspec.runtime.compare import cv_folds
 from convspec.specs import Spec, load_spec, load_spec_text
+from convspec.specs.loader import revalidate
 from convspec.specs.readfile import describe_mode
 
 from ..export.checks import check_spec_file
@@ -72,7 +73,7 @@ def resume_spec(run: Run, ckpt: dict, given: Spec | str | os.PathLike | None, ov
         if given is None:
             new = load_spec_text(ckpt["spec"], f"{run.last}[spec]", overrides=overrides)
         else:
-            new = given if isinstance(given, Spec) else load_spec(given, overrides=overrides)
+            new = revalidate(given, overrides) if isinstance(given, Spec) else load_spec(given, overrides=overrides)
         diff = spec_diff(saved, new)
         if beyond_resumable(diff):
             raise CheckpointError(

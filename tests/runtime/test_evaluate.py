@@ -141,3 +141,30 @@ def test_evaluate_onnx_matches_pytorch_on_pngs(digits_run, tmp_path):
     assert (r.y_pred == ref.argmax(1)).all()
     assert r.accuracy == pytest.approx(float((ref.argmax(1) == labels[order]).mean()))
     np.testing.assert_allclose(r.probabilities, ref, atol=1e-4)
+
+
+def test_evaluate_arrays_and_files_refuse_labels_that_are_not_class_indices(model, tmp_path, band):
+    """Labels 5..14 for 3 classes scored 0.0 and dropped images from the confusion matrix unseen;
+    floats were truncated; a length mismatch or a list surfaced as scikit-learn's or numpy's error."""
+    from convspec.runtime.evaluate import evaluate_arrays, evaluate_files
+
+    predictor = Predictor(model)
+    images = np.stack([np.asarray(Image.open(band.save(tmp_path / f"{j}.png", j)))[None] for j in (0, 1, 2)])
+    assert evaluate_arrays(predictor, images, [0, 1, 2]).accuracy == 1.0  # a list is fine
+    for labels, message in (
+        ([0, 1, 3], r"labels: 1 outside 0..2, the model's 3 classes \(e.g. 3\)"),
+        ([-1, 1, 2], r"labels: 1 outside 0..2"),
+        ([0.0, 1.0, 2.0], r"labels: expected integer class indices 0..2 \(got float64 values\)"),
+        ([0, 1], r"labels: expected 3 class indices, one per image \(got shape \(2,\)\)"),
+    ):
+        with pytest.raises(DataError, match=message):
+            evaluate_arrays(predictor, images, labels)
+    with pytest.raises(DataError, match="no images to evaluate"):
+        evaluate_arrays(predictor, images[:0], [])
+    files = [str(tmp_path / f"{j}.png") for j in (0, 1, 2)]
+    assert evaluate_files(predictor, files, [0, 1, 2]).accuracy == 1.0
+    with pytest.raises(DataError, match="expected 3 class indices"):
+        evaluate_files(predictor, files, [0, 1])
+    # one path, as predict() takes it: one file, not one per character of its name
+    [chunk] = list(predictor.scored_chunks(files[1]))
+    assert chunk.failures == [] and chunk.probabilities.argmax(1).tolist() == [1]

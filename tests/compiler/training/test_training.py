@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import torch
 
 from convspec.compiler.run import checkpoint
 from convspec.compiler.training.loop import train
-from convspec.specs import load_spec, load_spec_text
+from convspec.specs import ConvspecError, load_spec, load_spec_text
 
 REPO = Path(__file__).resolve().parents[3]
 DIGITS = REPO / "examples" / "digits.yaml"
@@ -331,3 +332,36 @@ def test_ctrl_c_while_finishing_says_how_to_finish(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "finish", real)
     done = train(resume=run, export=False, **QUIET)
     assert done.read_results()["epochs_run"] == 1 and (run / "report.md").exists()
+
+
+def test_a_spec_object_is_checked_again_and_takes_overrides(tmp_path):
+    """``model_copy(update=...)`` does not validate: epochs 0 trained nothing and "succeeded", "2"
+    was a TypeError after the run folder existed, a name "../x" wrote outside ``out``. Overrides
+    given with a Spec object were dropped; with a file they applied."""
+    from convspec.specs import SpecError
+
+    spec = small_digits()
+    for update, message in (
+        ({"epochs": 0}, "training.epochs: must be greater than 0 (got 0)"),
+        ({"epochs": "2"}, "training.epochs: must be an integer (got '2')"),
+    ):
+        bad = spec.model_copy(update={"training": spec.training.model_copy(update=update)})
+        with pytest.raises(SpecError, match=re.escape(message)):
+            train(bad, out=tmp_path / "runs", export=False, **QUIET)
+    with pytest.raises(SpecError, match=r"name: must match"):
+        train(spec.model_copy(update={"name": "../escaped"}), out=tmp_path / "runs", export=False, **QUIET)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escaped").exists()
+
+    run = train(spec, out=tmp_path / "runs", overrides=["training.epochs=1"], export=False, **QUIET)
+    assert [h["epoch"] for h in run.history()] == [1]
+    with pytest.raises(ConvspecError, match=r"device: expected auto, cpu, cuda or cuda:N, as training.device \(got 0"):
+        train(spec, out=tmp_path / "runs", device=0, export=False, **QUIET)
+
+
+def test_train_leaves_the_callers_global_torch_generator_as_it_was(tmp_path):
+    """train() seeds torch's global generator (init, dropout); a notebook's own seed outlived it not."""
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    train(small_digits("training.epochs=1"), out=tmp_path, export=False, **QUIET)
+    assert torch.equal(torch.rand(3), expected) and torch.initial_seed() == 1234
