@@ -42,6 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from convspec.runtime.datasets import (
     DataError,
     list_csv,
@@ -410,6 +415,7 @@ def _disk_write(
     except OSError as e:
         log(f"warning: cannot use the disk cache in {folder} ({e.strerror or e}); keeping images in memory")
         return None
+    _remove_killed_decodes(folder, log)
     others, others_bytes = _other_entries(folder, key)
     stale = (
         f"; {others} other cached data sets there hold {others_bytes / 2**30:.2f} GiB "
@@ -427,13 +433,12 @@ def _disk_write(
         return None
     t0 = time.perf_counter()
     log(f"data: decoding {n} images to {channels}x{size[0]}x{size[1]} into the disk cache {folder / key}.npy")
-    full = ""
+    full, lock = "", -1
     try:
         for entry in (folder / f"{key}.npy", folder / f"{key}.json"):
             if os.path.lexists(entry) and (entry.is_symlink() or not entry.is_file()):
                 os.unlink(entry)  # a FIFO or a link in the cache's own folder: atomic_write replaces files only
-        fd, full = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
-        os.close(fd)
+        lock, full = _locked_temp(folder, key)
         mm = np.lib.format.open_memmap(full, mode="w+", dtype=np.uint8, shape=(n, channels, *size))
         _reserve(full)
         bad = _decode_rows(files, mm, channels, size, resize, bits_stored, on_error, workers, progress)
@@ -452,7 +457,12 @@ def _disk_write(
 
             atomic_write(folder / f"{key}.npy", write)
         else:
-            atomic_write(folder / f"{key}.npy", lambda tmp: os.replace(full, tmp))
+
+            def move(tmp: str) -> None:
+                os.chmod(full, os.stat(tmp).st_mode & 0o7777)  # the mode atomic_write gives (mkstemp's is 0600)
+                os.replace(full, tmp)
+
+            atomic_write(folder / f"{key}.npy", move)
         del mm
         info = {"version": LOADER_VERSION, "count": n, "bad": [[i, p, r] for i, p, r in bad]}
         atomic_write_text(folder / f"{key}.json", json.dumps(info))  # written last: marks the entry complete
@@ -462,10 +472,54 @@ def _disk_write(
     finally:
         if full and os.path.exists(full):
             os.unlink(full)
+        if lock >= 0:
+            os.close(lock)
     log(f"data: decoded in {time.perf_counter() - t0:.1f} s")
     if others:
         log(f"data: disk cache written{stale}")
     return _disk_read(folder, key, (channels, *size))
+
+
+def _locked_temp(folder: Path, key: str) -> tuple[int, str]:
+    """A new ``.KEY.*.full.tmp`` in ``folder`` and an open descriptor holding an flock on it until
+    the decode ends: a file nobody holds is a killed decode's (:func:`_remove_killed_decodes`)."""
+    while True:
+        fd, path = tempfile.mkstemp(prefix=f".{key}.", suffix=".full.tmp", dir=folder)
+        if fcntl is None:
+            return fd, path
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd, path
+        os.close(fd)  # another run's clean-up took it between mkstemp and the lock: make another
+
+
+def _remove_killed_decodes(folder: Path, log) -> None:
+    """Delete the temp files of decodes that were killed (SIGKILL, the OOM killer): each holds a
+    whole data set's pixels, and the next run decodes into a new one. A file that can be locked
+    has no live writer; one that is locked is a decode running now, in this or another process."""
+    if fcntl is None:  # Windows: they are counted with the other entries instead
+        return
+    count = freed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if not (entry.name.startswith(".") and entry.name.endswith(".full.tmp")):
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                size = os.fstat(fd).st_size
+                os.unlink(entry.path)
+                count, freed = count + 1, freed + size
+            except OSError:
+                pass  # held: a decode in progress
+            finally:
+                os.close(fd)
+    if count:
+        log(f"data: removed {count} temp file(s) of killed decodes from {folder} ({gib(freed)})")
 
 
 def _reserve(path: str) -> None:

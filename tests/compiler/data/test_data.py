@@ -398,6 +398,30 @@ def test_a_new_disk_entry_says_what_the_stale_ones_hold(tmp_path, shapes_folder,
     assert isinstance(ds.images, np.ndarray) and not isinstance(ds.images, np.memmap)
 
 
+def test_a_killed_decodes_temp_file_is_removed_and_a_running_ones_kept(tmp_path, shapes_folder):
+    """SIGKILL during a disk-cache decode (the OOM killer) left a data-set-sized ``.full.tmp`` that
+    no run removed or counted. A decode holds an flock on its own; a file nobody holds is removed."""
+    import fcntl
+
+    spec = make_spec({"type": "folder", "path": str(shapes_folder)}, channels=3, size=(16, 16), cache="disk")
+    folder = tmp_path / "cache" / "images"
+    folder.mkdir(parents=True)
+    killed, running = folder / ".0123abcd.x1y2.full.tmp", folder / ".4567ef01.z3w4.full.tmp"
+    killed.write_bytes(b"\0" * 4096)
+    running.write_bytes(b"\0" * 4096)
+    with open(running, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another process's decode, in progress
+        log = Log()
+        load_dataset(spec, cache_dir=tmp_path / "cache", log=log)
+    assert not killed.exists() and running.exists()
+    assert any(m.startswith(f"data: removed 1 temp file(s) of killed decodes from {folder}") for m in log), list(log)
+    # the entry has the mode any new file gets (umask), not mkstemp's 0600: a shared cache stays readable
+    umask = os.umask(0)
+    os.umask(umask)
+    (entry,) = folder.glob("*.npy")
+    assert entry.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_split_rows_read_what_is_indexed_and_match_the_split_copy(tmp_path, shapes_folder):
     spec = make_spec({"type": "folder", "path": str(shapes_folder)}, channels=3, size=(16, 16), cache="disk")
     ds = load_dataset(spec, cache_dir=tmp_path / "cache", log=Log())
