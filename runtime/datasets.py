@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 
 from convspec.specs.classes import OUTPUT_IMAGES, class_name_problem, folder_classes, is_run_folder, sort_names
-from convspec.specs.errors import ConvspecError
+from convspec.specs.errors import ConvspecError, one_line
 from convspec.specs.readfile import FileReadError, check_regular, describe_mode, read_text
 
 from .images import IMAGE_EXTENSIONS, is_image_file
@@ -35,7 +35,7 @@ class DataError(ConvspecError):
 def short_list(items, show: int = _SHOW) -> str:
     """``a, b, c, ... and 12 more``: long lists in messages stay one line."""
     items = list(items)
-    text = ", ".join(str(i) for i in items[:show])
+    text = ", ".join(one_line(str(i)) for i in items[:show])
     return text + (f", ... and {len(items) - show} more" if len(items) > show else "")
 
 

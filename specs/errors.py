@@ -38,6 +38,12 @@ def printable(text: str) -> str:
     return _CONTROL_BUT_LINES.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+def one_line(text: str) -> str:
+    """``text`` with every control character written as an escape, newline and tab too: a file
+    name inside a one-line message or a table row (``bad\\nname.png``) stays on its line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 @dataclass(frozen=True)
 class Issue:
     """One problem in a spec, with where it is.

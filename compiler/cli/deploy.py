@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from convspec.specs import ConvspecError
+from convspec.specs.errors import one_line
 
 from ._common import err, out, user_errors
 from ._group import at_least
@@ -135,7 +136,7 @@ def predict(
         if k > 1:
             table.add_column(f"next {k - 1}")
         for p in preds:
-            row = [escape(p.source), escape(p.label), f"{p.probability:.4f}"]
+            row = [escape(one_line(p.source)), escape(p.label), f"{p.probability:.4f}"]
             if k > 1:
                 row.append(escape(", ".join(f"{lab} {prob:.4f}" for lab, prob in p.top[1:])))
             table.add_row(*row)

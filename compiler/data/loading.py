@@ -57,6 +57,7 @@ from convspec.runtime.datasets import (
 from convspec.runtime.files import atomic_write, atomic_write_text
 from convspec.runtime.images import ImageError, decode_into, prepare_array, sixteen_bit_peak
 from convspec.specs.classes import DIGITS, sort_names
+from convspec.specs.errors import one_line
 from convspec.specs.readfile import FileReadError, check_regular, read_json
 
 from .dataset import SPLITS, Dataset
@@ -156,7 +157,7 @@ def load_dataset(
         if bad:
             warn(f"skipped {len(bad)} unreadable image{'s' if len(bad) != 1 else ''} (data.on_bad_image: skip):")
             for path, reason in bad:
-                log(f"  {path}: {reason}")
+                log(f"  {one_line(path)}: {reason}")
 
     class_names, remap = _resolve_classes(spec, data_names)
     labels = remap[labels] if len(labels) else labels.astype(np.int64)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from convspec.runtime.files import atomic_write, atomic_write_text
-from convspec.specs.errors import printable
+from convspec.specs.errors import one_line, printable
 
 from .plots import fixed_margins, pyplot
 
@@ -60,7 +60,7 @@ def _cell(text: str) -> str:
 
 def _code(text: str) -> str:
     """A file name as Markdown code: control characters escaped, backticks in it kept inside."""
-    text = printable(text).replace("\n", "\\n").replace("\t", "\\t")
+    text = one_line(text)
     return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 

@@ -171,3 +171,29 @@ def test_a_model_with_a_bad_bits_stored_is_refused(tmp_path, value, says):
     model = classifier_model(tmp_path / "m.onnx", ("a", "b"), props={"convspec.bits_stored": value})
     save_png(tmp_path / "img.png", 10)
     user_error(cli("predict", model, tmp_path / "img.png"), "m.onnx", "convspec.bits_stored", says)
+
+
+def test_a_newline_in_a_file_name_stays_inside_its_line_and_its_table_row(tmp_path):
+    """``bad\\nname.png``: train's skipped-image list and predict's table printed the name in two
+    lines (ESC was escaped, newline was not); a message or a row is one line whatever the name."""
+    from convspec.compiler.data.loading import load_dataset
+    from convspec.specs import load_spec_text
+
+    for i in range(4):
+        for label, value in (("a", 10), ("b", 240)):
+            save_png(tmp_path / "data" / label / f"{i}.png", value)
+    write(tmp_path / "data" / "b" / "bad\nname.png", b"not an image")
+    good = save_png(tmp_path / "data" / "a" / "good\nname.png", 10)
+    spec = load_spec_text(
+        f"version: 1\ntask: binary\ndata:\n  source: {{type: folder, path: {tmp_path / 'data'}}}\n"
+        "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
+    )
+    lines: list[str] = []
+    load_dataset(spec, log=lines.append)
+    assert f"  {tmp_path / 'data' / 'b'}/bad\\nname.png: " in "\n".join(lines)
+    assert not any(line.startswith("name.png") for line in "\n".join(lines).splitlines())
+
+    model = classifier_model(tmp_path / "m.onnx", ("a", "b"))
+    result = cli("predict", model, good)
+    rows = [line for line in result.stdout.splitlines() if "name.png" in line]
+    assert len(rows) == 1 and "good\\nname.png" in rows[0], result.stdout
