@@ -7,8 +7,11 @@ indices ``y`` ``(N,)`` and probabilities ``(N, 1)`` (binary) or ``(N, K)``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,34 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_GLYPH = re.compile(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
+
+
+@contextlib.contextmanager
+def one_glyph_warning(log: Callable[[str], None]) -> Iterator[None]:
+    """Say in one line which characters of the class names the plots' font cannot draw.
+
+    Why: matplotlib warns once per figure and character, each with a source line (8 lines for one
+    CJK class name); other warnings pass through as they were.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    missing, fonts = {}, set()
+    for w in caught:
+        found = _GLYPH.match(str(w.message))
+        if found:
+            missing.setdefault(chr(int(found.group(1))), None)
+            fonts.add(found.group(2))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        log(
+            f"warning: the plots' font ({', '.join(sorted(fonts))}) cannot draw {''.join(missing)} in the class names: "
+            "drawn as boxes (a font that has them, such as Noto Sans CJK, fixes the pictures; nothing else)"
+        )
 
 
 def fixed_margins(fig, *, left: float, bottom: float, right: float = 0.97, top: float = 0.93, **grid) -> None:

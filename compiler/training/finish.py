@@ -14,7 +14,7 @@ from ..export.worker import ExportWorker, export_run
 from ..run import checkpoint, report
 from ..run.files import writing
 from ..run.folder import Run
-from ..run.plots import plot_results, worst_mistakes
+from ..run.plots import one_glyph_warning, plot_results, worst_mistakes
 from .epoch import Setup, evaluate
 from .progress import Log
 from .records import EpochLog
@@ -75,7 +75,8 @@ def finish(
     images = export_images(setup.spec, data, int8=wants_int8(setup.spec, None)) if export else None
     exporting = export and worker is not None and worker.begin(run, images=images)  # it exports while we draw
     with writing(run.path, "the results, plots and report"):
-        pictures = _pictures(run, setup, state, data, results, tested)
+        with one_glyph_warning(log):
+            pictures = _pictures(run, setup, state, data, results, tested)
         report.write_report(run.report, results)
     if export:
         record_export(run, export_run(worker if exporting else None, run, log, images), log, results)

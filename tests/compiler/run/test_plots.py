@@ -128,3 +128,22 @@ def test_report_keeps_its_tables_and_lines_whole_for_any_names(tmp_path):
     assert "- `/data/a\\x1b[2J\\nb.png`: not an image" in text
     assert "- `` /data/tick`.png ``: truncated" in text
     assert "\x1b" not in text
+
+
+def test_class_names_the_font_cannot_draw_are_one_warning_line(tmp_path):
+    """A CJK class name: matplotlib warned once per figure and character, with source lines."""
+    import warnings
+
+    from convspec.compiler.run.plots import one_glyph_warning
+    from convspec.compiler.run.report import plot_confusion
+
+    lines: list[str] = []
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        with one_glyph_warning(lines.append):
+            plot_confusion([[3, 1], [0, 4]], ["猫", "dog"], tmp_path / "a.png", "cats")
+            plot_confusion([[3, 1], [0, 4]], ["猫", "dog"], tmp_path / "b.png", "cats")
+            warnings.warn("something else", UserWarning, stacklevel=1)  # passes through as it was
+    assert [str(w.message) for w in leaked] == ["something else"]
+    assert len(lines) == 1 and lines[0].startswith("warning: the plots' font (") and "cannot draw 猫 " in lines[0]
+    assert (tmp_path / "a.png").is_file()
