@@ -30,6 +30,11 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to che
             continue
         for warning in spec.warnings:
             err.print(warning.as_warning(), markup=False)
+        problem = _csv_problem(spec)
+        if problem:
+            failed = True
+            err.print(f"{path}: {problem}", markup=False)
+            continue
         n = spec.num_classes()
         out.print(
             f"{path}: OK ({spec.name}, {spec.task}, "
@@ -38,6 +43,22 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to che
         )
     if failed:
         raise typer.Exit(1)
+
+
+def _csv_problem(spec) -> str | None:
+    """What ``train`` would refuse in a CSV source's rows (listed twice, missing files, paths that
+    leave the root), or None. Why here: the spec's checks read the labels only; validate said OK
+    to a CSV that train then refused. A CSV that is not there yet is train's to report."""
+    src = spec.data.source
+    if src.type != "csv" or not Path(src.path).exists():
+        return None
+    from convspec.runtime.datasets import DataError, list_csv
+
+    try:
+        list_csv(src.path, src.root, allow_outside_root=src.allow_outside_root)
+    except DataError as e:
+        return str(e)
+    return None
 
 
 @user_errors

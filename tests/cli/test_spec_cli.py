@@ -73,6 +73,26 @@ def test_validate_folder_source_without_data_says_so(tmp_path: Path):
     assert "OK" in result.stdout and "unknown number of classes" in result.stdout
 
 
+def test_validate_refuses_the_csv_rows_train_would(tmp_path: Path):
+    """A CSV listing a file twice: validate said OK (it reads the labels only), train refused it."""
+    from PIL import Image
+
+    for name in ("a/1.png", "b/2.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("L", (8, 8)).save(tmp_path / name)
+    (tmp_path / "labels.csv").write_text("path,label\na/1.png,a\nb/2.png,b\na/1.png,b\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "version: 1\ntask: binary\ndata:\n  source: {type: csv, path: labels.csv}\n"
+        "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
+    )
+    result = invoke("validate", spec)
+    assert result.exit_code == 1 and "OK" not in result.stdout
+    assert "labels.csv:4: a/1.png is listed twice (first on line 2)" in result.stderr, result.stderr
+    (tmp_path / "labels.csv").write_text("path,label\na/1.png,a\nb/2.png,b\n")
+    assert invoke("validate", spec).exit_code == 0
+
+
 def test_summary_table_has_totals():
     result = runner.invoke(app, ["summary", str(EXAMPLES / "lenet5.yaml")], terminal_width=160)
     assert result.exit_code == 0, result.output
