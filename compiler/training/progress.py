@@ -10,13 +10,25 @@ Log = Callable[[str], None]
 REFRESH_S = 0.25  # Why: reading the loss from a GPU waits for it; at most 4 reads a second
 
 
-def stderr_log() -> Log:
-    """Messages to stderr through Rich (no markup: paths and class names are user data)."""
+def _stderr_console(**kwargs):
+    """A Rich console on stderr whose broken pipe (``| head`` left) raises BrokenPipeError.
+
+    Why: Rich exits 1 there itself; the CLI exits as SIGPIPE would (141), and the run keeps last.pt.
+    """
     from rich.console import Console
 
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return PipeConsole(stderr=True, **kwargs)
+
+
+def stderr_log() -> Log:
+    """Messages to stderr through Rich (no markup: paths and class names are user data)."""
     from convspec.specs.errors import printable
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)  # Why soft: a log file gets whole lines
+    console = _stderr_console(highlight=False, soft_wrap=True)  # Why soft: a log file gets whole lines
     return lambda msg: console.print(printable(msg), markup=False)
 
 
@@ -40,11 +52,10 @@ class Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
-            console = Console(stderr=True, highlight=False)
+            console = _stderr_console(highlight=False)
             if not console.is_terminal:
                 self.lines = lambda msg: console.print(msg, markup=False, soft_wrap=True)  # whole lines
                 return self

@@ -206,3 +206,24 @@ def test_device_errors_at_train_time_point_at_the_key_or_name_the_option(tmp_pat
     err = user_error(cli("train", spec, "--device", "cpu", "--set", "training.precision=fp16", *out), "fp16")
     assert err.strip().startswith(f"{spec}: training.precision: precision fp16 needs a CUDA device"), err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_reader_that_leaves_ends_training_as_sigpipe_would_and_keeps_last_pt(tmp_path):
+    """``convspec train ... 2>&1 | head``: Rich exited 1 (convspec's "refused input") with nothing
+    said. Now 141 (128 + SIGPIPE) like any Unix tool, with last.pt kept for --resume."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convspec.compiler", "train", str(DIGITS), "--out", str(tmp_path),
+         "--set", "training.epochs=200", "--no-export"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    for line in proc.stderr:
+        if line.startswith("epoch 1/"):
+            break
+    proc.stderr.close()  # the reader leaves, as head does after its lines
+    assert proc.wait(timeout=120) == 141
+    assert (tmp_path / "digits-cnn" / "last.pt").is_file()
