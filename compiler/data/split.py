@@ -218,5 +218,7 @@ def apply_split_file(path, ds: Dataset, log: Log) -> dict[str, np.ndarray]:
     if relabelled:
         log(f"warning: {relabelled} images have a different label than in {path}; using the data's labels")
     if used < len(ds):
-        log(f"warning: {len(ds) - used} images of the data are not in {path} and are not used")
+        listed = {int(i) for part in splits.values() for i in part}
+        unused = [ds.file_id(i) for i in range(len(ds)) if i not in listed]
+        log(f"warning: {len(unused)} images of the data are not in {path} and are not used: {short_list(unused)}")
     return splits

@@ -80,6 +80,8 @@ def train_folds(
         data = load_dataset(spec, log=log)
         splits = fold_splits(data, k, spec.data.split.seed)
         parent = new_run(out, spec.name).path
+        pool = len(splits[0]["train"]) + len(splits[0]["val"])
+        log(f"folds: {k} over the {pool} train and val images; the {len(splits[0]['test'])} test images stay fixed")
     else:
         parent = Path(resume)
         spec, data, splits = _resumed(parent, k, spec, overrides, log)

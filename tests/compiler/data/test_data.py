@@ -305,6 +305,17 @@ def test_split_file_with_missing_files(tmp_path, digits_folder):
         load_dataset(spec, split_file=path, log=Log())
     with pytest.raises(DataError, match="split file not found"):
         load_dataset(spec, split_file=tmp_path / "none.json", log=Log())
+    # files added since the split was saved are named, not only counted
+    shutil.copy(root / ds.file_ids()[0], root / ds.file_ids()[0].replace(".png", "-new.png"))
+    os.unlink(path)
+    ds = load_dataset(spec, log=Log())
+    path = save_split(ds, tmp_path / "split.json")
+    added = root / ds.file_ids()[1].replace(".png", "-added.png")
+    shutil.copy(root / ds.file_ids()[1], added)
+    log = Log()
+    load_dataset(spec, split_file=path, log=log)
+    name = added.relative_to(root).as_posix()
+    assert any(m.startswith("warning: 1 images of the data are not in") and m.endswith(name) for m in log), list(log)
     (tmp_path / "bad.json").write_text(json.dumps({"version": 1}))
     with pytest.raises(DataError, match="not a convspec split file"):
         read_split(tmp_path / "bad.json")
