@@ -282,36 +282,13 @@ def load_weights(model: nn.Module, path: str, name: str) -> dict:
             a tensor's shape differs (the first such key and both shapes are named).
     """
     sd = read_state_dict(path)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    heads = cfg.get("classifier") or ()
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
     own = model.state_dict()
-    sd = {k: v for k, v in sd.items() if k in own or not any(k == h or k.startswith(h + ".") for h in heads)}
-    adapted = []
-    first_conv = cfg.get("first_conv")
-    stems = {f"{c}.weight" for c in ((first_conv,) if isinstance(first_conv, str) else first_conv or ())}
-    for key, want in own.items():
-        if key not in sd:
-            continue
-        have = sd[key]
-        if have.shape == want.shape:
-            continue
-        if key in stems and have.ndim == 4 and have.shape[1] == 3 and want.shape[1] == 1:
-            from timm.models import adapt_input_conv
+    kept, adapted, missing = _fit(model, {k: tuple(v.shape) for k, v in sd.items()}, path, name)
+    sd = {k: v for k, v in sd.items() if k in kept}
+    if adapted:
+        from timm.models import adapt_input_conv
 
-            sd[key] = adapt_input_conv(1, have)
-            adapted.append(key)
-            continue
-        raise BackboneError(
-            f"model.layers[0].weights: {path} does not fit {name} (another architecture?): first mismatch "
-            f"{key!r} is {tuple(have.shape)} in the file, {tuple(want.shape)} in the model"
-        )
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise BackboneError(
-            f"model.layers[0].weights: {path} lacks {len(missing)} of {name}'s {len(own)} tensors "
-            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); is it a {name} state dict?"
-        )
+        sd.update({k: adapt_input_conv(1, sd[k]) for k in adapted})
     unexpected = [k for k in sd if k not in own]
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     if unexpected:
@@ -324,6 +301,64 @@ def load_weights(model: nn.Module, path: str, name: str) -> dict:
             ", ..." if len(unexpected) > 8 else "",
         )
     return {"file": path, "loaded": len(own) - len(missing), "unexpected": unexpected, "adapted": adapted}
+
+
+def check_weights_file(layer: Backbone, in_chans: int) -> None:
+    """Refuse a ``weights:`` file that does not fit ``layer`` before any image is decoded.
+
+    Why: the model is built after the data (its class count), so a file of another architecture
+    was named only after a 10,000-image decode. Here the model is built on the meta device (no
+    memory) and the file's shapes are read without its tensors where the format allows.
+    """
+    if layer.weights_file is None:
+        return
+    with torch.device("meta"):
+        model = create_timm(layer.name, in_chans)
+    _fit(model, _file_shapes(layer.weights_file), layer.weights_file, layer.name)
+
+
+def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a weights file: safetensors' header, or a lazily mapped torch file."""
+    if os.path.splitext(path)[1].lower() == ".safetensors":
+        try:
+            check_regular(path, "weights")
+            st = require("safetensors", "timm", "backbone weights files")
+            with st.safe_open(path, framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+        except Exception:  # noqa: BLE001 - read_state_dict says what is wrong with the file
+            pass
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
+def _fit(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: str, name: str):
+    """Which of a file's tensors go into ``model``: ``(kept keys, stems to adapt to 1 channel,
+    the model's tensors the file lacks but may)``; BackboneError when they do not fit."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    heads = cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    own = model.state_dict()
+    kept = {k for k in shapes if k in own or not any(k == h or k.startswith(h + ".") for h in heads)}
+    first_conv = cfg.get("first_conv")
+    stems = {f"{c}.weight" for c in ((first_conv,) if isinstance(first_conv, str) else first_conv or ())}
+    adapted = []
+    for key, want in own.items():
+        if key not in kept or shapes[key] == tuple(want.shape):
+            continue
+        have = shapes[key]
+        if key in stems and len(have) == 4 and have[1] == 3 and want.shape[1] == 1:
+            adapted.append(key)
+            continue
+        raise BackboneError(
+            f"model.layers[0].weights: {path} does not fit {name} (another architecture?): first mismatch "
+            f"{key!r} is {tuple(have)} in the file, {tuple(want.shape)} in the model"
+        )
+    missing = [k for k in own if k not in kept and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise BackboneError(
+            f"model.layers[0].weights: {path} lacks {len(missing)} of {name}'s {len(own)} tensors "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); is it a {name} state dict?"
+        )
+    return kept, adapted, missing
 
 
 # ------------------------------------------------------------------ module

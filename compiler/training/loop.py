@@ -80,6 +80,7 @@ def train(
         raise SpecError(locate_issues(spec, e.issues, given)) from None
     summary = _summary(spec)
     check_memory(spec, place, summary)
+    _check_weights_file(spec, fresh=ckpt is None)
     distributed.init(dd, place.device)
     with own_rng(place), warm_exporter(spec, export and dd.is_main, exporter) as exporter:  # it warms up meanwhile
         t_start = time.perf_counter()
@@ -210,6 +211,16 @@ def _work_macs(summary, spec: Spec, data) -> float | None:
     """Training's multiply-accumulates (forward and backward, about 3x the forward), None when unknown."""
     macs = summary.macs if summary is not None else 0
     return 3.0 * macs * len(data.splits["train"]) * spec.training.epochs if macs else None
+
+
+def _check_weights_file(spec: Spec, fresh: bool) -> None:
+    """A backbone's ``weights:`` file that does not fit it: refused before the data decodes (a
+    resumed run takes every weight from last.pt)."""
+    layer = spec.model.layers[0] if spec.model.layers else None
+    if fresh and getattr(layer, "type", None) == "backbone":
+        from ..model.backbone import check_weights_file
+
+        check_weights_file(layer, spec.input.channels)
 
 
 def _check_threshold_rule(spec: Spec, data: Dataset, test: bool) -> None:

@@ -196,6 +196,7 @@ def test_weights_of_another_architecture_exit_1_naming_the_key_and_shapes(tmp_pa
     own = timm.create_model(SMALL, num_classes=0, in_chans=1).state_dict()
     key = next(k for k in own if k in large and large[k].shape != own[k].shape)
     err = invoke_train(spec_of([{"type": "backbone", "name": SMALL, "weights": str(path)}]), tmp_path)
+    assert "data:" not in err
     assert (
         f"{path} does not fit {SMALL} (another architecture?): first mismatch {key!r} is "
         f"{tuple(large[key].shape)} in the file, {tuple(own[key].shape)} in the model"
@@ -205,6 +206,7 @@ def test_weights_of_another_architecture_exit_1_naming_the_key_and_shapes(tmp_pa
     err = invoke_train(spec_of([{"type": "backbone", "name": SMALL, "weights": str(other)}]), tmp_path)
     assert f"{other} lacks {len(own) - sum(k.endswith('num_batches_tracked') for k in own)} of " in err, err
     assert "conv_stem.weight" in err
+    assert "data:" not in err  # refused before any image was decoded (after a 10,000-image decode, it was)
 
 
 def test_unknown_name_at_build_has_close_matches():
