@@ -15,6 +15,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from .backbone_rules import backbone_warnings
 from .errors import Issue, SpecError, format_path
+from .interrupts import held_interrupt
 from .messages import describe, doc_path, valid_keys
 from .paths import PathError, has_path, set_path, split_path, with_values
 from .readfile import FileReadError, open_regular
@@ -329,7 +330,8 @@ def _tune_issues(spec: Spec) -> list[Issue]:
     if spec.tune is None:
         return []
     issues = []
-    full = spec.model_dump(mode="json", by_alias=True)
+    with held_interrupt():  # see Spec.to_dict
+        full = spec.model_dump(mode="json", by_alias=True)
     base = spec.to_dict()
     for dotted, dist in spec.tune.space.items():
         where = ("tune", "space", dotted)
@@ -396,4 +398,5 @@ def apply_values(spec: Spec, values: dict[str, Any], name: str = "<trial>") -> S
 
 
 def get_value(spec: Spec, dotted: str) -> Any:
-    return get_node(spec.model_dump(mode="json", by_alias=True), split_path(dotted))
+    with held_interrupt():  # see Spec.to_dict
+        return get_node(spec.model_dump(mode="json", by_alias=True), split_path(dotted))

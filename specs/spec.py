@@ -9,6 +9,7 @@ from pydantic import Strict as PydanticStrict
 
 from .base import DEVICE_PATTERN, ClassName, NonNegInt, Pair, PosInt, Seed, Strict
 from .classes import BITS_STORED
+from .interrupts import held_interrupt
 from .layers import Layer
 from .pipeline import AugmentStep, PreprocessStep
 
@@ -385,7 +386,8 @@ class Spec(Strict):
 
     def to_dict(self) -> dict:
         """The spec as plain data, with defaults filled in (YAML/JSON-ready)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        with held_interrupt():  # Why: pydantic-core would turn a Ctrl-C landing in a discriminator into a warning
+            return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def to_yaml(self) -> str:
         """The resolved spec as YAML text, loadable by ``load_spec_text``."""
