@@ -142,7 +142,7 @@ def has_image(folder: str) -> bool:
                     if e.is_dir():
                         pending.append(e.path)
     except OSError:
-        return True  # unreadable here: training says what is wrong with it
+        return False  # unreadable (no permission): training lists no images there either
     return False
 
 

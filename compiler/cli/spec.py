@@ -15,6 +15,7 @@ from convspec.specs import SpecError
 from ._common import err, out, user_errors
 
 
+@user_errors
 def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to check.")]) -> None:
     """Check spec files; print every error as FILE:LINE:COL: message."""
     from convspec.specs import load_spec

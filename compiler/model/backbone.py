@@ -87,18 +87,28 @@ def create_timm(name: str, in_chans: int, pretrained: bool = False) -> nn.Module
     with offline_when_unreachable() if pretrained else contextlib.nullcontext() as offline:
         try:
             return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
-        except (RuntimeError, OSError, ValueError) as e:
-            if offline:
+        except Exception as e:  # noqa: BLE001 - a damaged cached file raises safetensors' own error type
+            if offline and type(e).__name__ in _NOT_CACHED:
                 raise BackboneError(
                     f"model.layers[0]: the pretrained weights of {name!r} are not in huggingface_hub's cache "
                     f"({cache_folder()}) and {offline}; offline, save the weights to a file and "
                     "give its path as weights:"
                 ) from None
             what = "download the pretrained weights of" if pretrained else "create"
+            reason = str(e).splitlines()[0][:200] if str(e).strip() else ""
             raise BackboneError(
-                f"model.layers[0]: timm could not {what} {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-                + ("; offline, save the weights to a file and give its path as weights:" if pretrained else "")
+                f"model.layers[0]: timm could not {what} {name!r} ({type(e).__name__}: {reason})"
+                + (
+                    f"; a damaged download in {cache_folder()} is fetched again once deleted; offline, save the "
+                    "weights to a file and give its path as weights:"
+                    if pretrained
+                    else ""
+                )
             ) from None
+
+
+# huggingface_hub's errors for a file that is not in its cache (offline mode, or no network)
+_NOT_CACHED = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "EntryNotFoundError", "HfHubHTTPError")
 
 
 def stage_index(model: nn.Module) -> tuple[int, dict[str, int]]:

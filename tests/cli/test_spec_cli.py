@@ -93,6 +93,44 @@ def test_validate_refuses_the_csv_rows_train_would(tmp_path: Path):
     assert invoke("validate", spec).exit_code == 0
 
 
+def test_validate_into_a_reader_that_left_exits_141_without_a_traceback():
+    """``convspec validate SPEC | head -0``: a 57-line traceback and exit 1 (validate alone lacked
+    the handler every other command has)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "convspec.compiler", "validate", str(EXAMPLES / "digits.yaml")],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
+
+
+def test_validate_counts_an_unreadable_class_folder_as_without_images(tmp_path: Path, monkeypatch):
+    """train finds no images in a folder it cannot read; validate said OK to it."""
+    from PIL import Image
+
+    from convspec.specs import SpecError, classes, load_spec_text
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (8, 8)).save(tmp_path / name / "1.png")
+    real = os.scandir
+
+    def no_permission(path="."):
+        if os.fspath(path) == str(tmp_path / "b"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(classes.os, "scandir", no_permission)
+    text = (
+        f"version: 1\ntask: binary\ndata:\n  source: {{type: folder, path: {tmp_path}}}\n"
+        "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
+    )
+    with pytest.raises(SpecError, match=r"class folder without images in .*: b "):
+        load_spec_text(text, "s.yaml")
+
+
 def test_summary_table_has_totals():
     result = runner.invoke(app, ["summary", str(EXAMPLES / "lenet5.yaml")], terminal_width=160)
     assert result.exit_code == 0, result.output

@@ -330,3 +330,7 @@ def test_pretrained_without_a_network_reads_the_hub_cache_at_once(tmp_path, monk
     for key, tensor in got.items():
         assert torch.equal(tensor, saved[key]), key
     assert constants.HF_HUB_OFFLINE is False
+    # a damaged file in the cache: one line naming the cache (it was an 80-line safetensors traceback)
+    (repo / "snapshots" / commit / "model.safetensors").write_bytes(b"\x10\x00" + b"x" * 64)
+    with pytest.raises(BackboneError, match=r"timm could not download the pretrained weights of .* damaged download"):
+        build_model(pretrained)
