@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -506,11 +507,13 @@ def _remove_killed_decodes(folder: Path, log) -> None:
         for entry in os.scandir(folder):
             if not (entry.name.startswith(".") and entry.name.endswith(".full.tmp")):
                 continue
-            try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:  # Why non-blocking: a FIFO put here under that name would hang the open
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue  # not a decode's file: not ours to delete
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 size = os.fstat(fd).st_size
                 os.unlink(entry.path)

@@ -420,11 +420,13 @@ def test_a_killed_decodes_temp_file_is_removed_and_a_running_ones_kept(tmp_path,
     killed, running = folder / ".0123abcd.x1y2.full.tmp", folder / ".4567ef01.z3w4.full.tmp"
     killed.write_bytes(b"\0" * 4096)
     running.write_bytes(b"\0" * 4096)
+    fifo = folder / ".fifo.full.tmp"
+    os.mkfifo(fifo)  # anyone who can write the cache can put one there: it must not hang the run
     with open(running, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another process's decode, in progress
         log = Log()
         load_dataset(spec, cache_dir=tmp_path / "cache", log=log)
-    assert not killed.exists() and running.exists()
+    assert not killed.exists() and running.exists() and fifo.exists()
     assert any(m.startswith(f"data: removed 1 temp file(s) of killed decodes from {folder}") for m in log), list(log)
     # the entry has the mode any new file gets (umask), not mkstemp's 0600: a shared cache stays readable
     umask = os.umask(0)
