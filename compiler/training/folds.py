@@ -113,12 +113,20 @@ def train_folds(
         raise
     summary = cv_summary(runs)
     best = runs[summary["best_fold"] - 1]
-    if export:
-        export_onnx(best, log=log)
-        with writing(parent / "model.onnx"):
-            atomic_write(parent / "model.onnx", lambda tmp: shutil.copyfile(best.onnx, tmp))
-    with writing(parent / "cv.json"):
-        atomic_write_text(parent / "cv.json", json_text(summary, indent=1) + "\n")
+    try:
+        if export:
+            export_onnx(best, log=log)
+            with writing(parent / "model.onnx"):
+                atomic_write(parent / "model.onnx", lambda tmp: shutil.copyfile(best.onnx, tmp))
+        elif (parent / "model.onnx").is_file():  # an earlier run's best fold, whose weights may have changed
+            (parent / "model.onnx").unlink()
+            log(f"removed the stale {parent / 'model.onnx'} (--no-export: export the best fold with convspec export)")
+        with writing(parent / "cv.json"):
+            atomic_write_text(parent / "cv.json", json_text(summary, indent=1) + "\n")
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted after the last fold, while exporting; every fold is kept. Finish with: {again}"
+        ) from None
     for name, m in summary["test"].items():
         log(f"{name:>10}: {m['mean']:.4f} +- {m['std']:.4f}")
     wrote = f"{parent / 'cv.json'}" + (f", {parent / 'model.onnx'}" if export else "")

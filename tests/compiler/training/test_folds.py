@@ -133,8 +133,10 @@ def test_an_interrupted_cross_validation_continues_where_it_stopped(tmp_path):
             train_folds(None, wrong_k, resume=parent, log=lambda _m: None, **quiet)
     assert checkpoint.load(parent / "fold-2" / "last.pt")["epoch"] == 1  # a refusal changes nothing
 
+    (parent / "model.onnx").write_bytes(b"an earlier run's best fold")  # stale once fold 2 trains on
     lines: list[str] = []
     train_folds(None, 3, resume=parent, log=lines.append, **quiet)
+    assert not (parent / "model.onnx").exists() and any("removed the stale" in ln for ln in lines)
     assert (parent / "fold-1" / "results.json").read_bytes() == fold_1  # finished: kept, not trained again
     assert any(ln.startswith("fold 1/3: finished before") for ln in lines)
     assert any(ln.startswith("resuming") and "fold-2 after epoch 1" in ln for ln in lines)
@@ -148,3 +150,21 @@ def test_an_interrupted_cross_validation_continues_where_it_stopped(tmp_path):
     for i, split in enumerate(fold_splits(data, 3, spec.data.split.seed), 1):
         saved = json.loads((parent / f"fold-{i}" / "split.json").read_text())["splits"]
         assert saved["val"]["files"] == [data.file_id(int(j)) for j in split["val"]]
+
+
+def test_ctrl_c_while_exporting_the_best_fold_says_how_to_finish(tmp_path, monkeypatch):
+    """Ctrl-C after the last fold, during the export: a bare "interrupted" before, and no cv.json."""
+    from convspec.compiler.export import onnx as onnx_export
+    from convspec.compiler.training.errors import TrainingInterrupted
+    from convspec.compiler.training.folds import train_folds
+
+    spec = load_spec(REPO / "examples" / "digits.yaml", overrides=["training.epochs=1"])
+    quiet = dict(progress=False, log=lambda _m: None)
+    parent = train_folds(spec, 2, tmp_path, export=False, **quiet)
+
+    def ctrl_c(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "export_onnx", ctrl_c)
+    with pytest.raises(TrainingInterrupted, match=rf"while exporting; .* --folds 2 --resume {parent}$"):
+        train_folds(None, 2, resume=parent, **quiet)
