@@ -48,10 +48,19 @@ def compare(
     else:
         from rich.measure import Measurement
 
-        wide = _wide_table(comparison)
-        natural = Measurement.get(out, out.options.update(width=1 << 16), wide).maximum  # unclamped width
-        # Why: ten columns squeezed into 80 fold every cell; then runs go across, values down
-        out.print(wide if natural <= out.width else _tall_table(comparison))
+        def fits(table) -> bool:
+            return Measurement.get(out, out.options.update(width=1 << 16), table).maximum <= out.width
+
+        # Why: ten columns squeezed into 80 fold every cell; then runs go across, values down; with
+        # too many runs for that, one small table per run
+        for layout in (_wide_table, _tall_table):
+            table = layout(comparison)
+            if fits(table):
+                out.print(table)
+                break
+        else:
+            for table in _run_tables(comparison):
+                out.print(table)
     png = plot_compare(comparison, out_png or Path("compare.png"))  # Why last: an unwritable place keeps the table
     err.print(f"wrote {png}", markup=False)
 
@@ -102,3 +111,23 @@ def _tall_table(comparison):
     for title, key in TIMES:
         table.add_row(title, *(_fmt(row[key]) for row in rows))
     return table
+
+
+def _run_tables(comparison):
+    """One two-column table per run (its differing keys, test metrics and times): any width."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    tables = []
+    for row in comparison.rows():
+        table = Table(title=escape(row["name"]), title_justify="left", show_header=False)
+        table.add_column(overflow="fold")
+        table.add_column(justify="right", overflow="fold")
+        for key in comparison.differing:
+            table.add_row(escape(key), escape(str(row["differs"].get(key, "-"))))
+        for m in comparison.metrics:
+            table.add_row(f"test {m}", _fmt(row["metrics"][m]))
+        for title, key in TIMES:
+            table.add_row(title, _fmt(row[key]))
+        tables.append(table)
+    return tables

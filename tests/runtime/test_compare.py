@@ -142,6 +142,13 @@ def test_cli_table_json_and_errors(tmp_path):
     assert re.search(r"┃ +a ┃ +b ┃", lines[2]), lines[2]  # the header row names both runs
     assert re.search(r"model\.layers\.0\.filters +\S +16 +\S +32 ", r.stdout), r.stdout
     assert re.search(r"test accuracy +\S +0\.9000 +\S +0\.9000 ", r.stdout), r.stdout
+    # too many runs even for that (40 columns): one small table per run, numbers still whole
+    more = [make_run(tmp_path, f"run-{i}", lr=0.001 * (i + 1), acc=0.7278) for i in range(4)]
+    r = subprocess.run([*cmd, *map(str, more), "--out", str(tmp_path / "e.png")], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "40"})  # fmt: skip
+    assert r.returncode == 0 and max(map(len, r.stdout.splitlines())) <= 40, r.stdout
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("run-")] == [f"run-{i}" for i in range(4)]
+    assert r.stdout.count("0.7278") == 4 and re.search(r"training\.optimizer\.lr +\S +0\.004 ", r.stdout)
     r = subprocess.run(
         [*cmd, str(a), str(b), "--format", "json", "--out", str(tmp_path / "d.png")], capture_output=True, text=True
     )
