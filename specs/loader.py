@@ -83,6 +83,8 @@ def load_spec_text(
     default_name: str | None = None,
 ) -> Spec:
     """Validate spec text. ``name`` is used in messages; ``base_dir`` anchors relative paths."""
+    if isinstance(overrides, str):  # one KEY=VALUE, not a list of its characters
+        overrides = [overrides]
     doc = parse_yaml(text, name)
     overridden = _apply_overrides(doc, overrides or [], name)
     data = to_plain(doc)

@@ -118,7 +118,9 @@ def _resolve_classes(
         if num_classes is not None and num_classes != 2:
             raise SpecError(Issue(f"binary needs exactly 2 classes; got {num_classes}", ("task",), file))
         num_classes = 2
-    elif num_classes is not None and not (isinstance(num_classes, int) and num_classes >= 2):
+    elif num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)):
+        raise SpecError(Issue(f"num_classes: expected an integer (got {num_classes!r})", ("task",), file))
+    elif num_classes is not None and num_classes < 2:
         raise SpecError(Issue(f"multiclass needs at least 2 classes; got num_classes={num_classes!r}", ("task",), file))
     if class_names is None:
         if isinstance(spec.classes, list):

@@ -28,6 +28,7 @@ def test_revalidate_applies_overrides_and_keeps_a_valid_spec_as_it_is():
     again = revalidate(spec)
     assert again == spec and again.source_file == spec.source_file and again.base_dir == spec.base_dir
     assert revalidate(spec, ["training.epochs=3"]).training.epochs == 3
+    assert load_spec(DIGITS, overrides="training.epochs=4").training.epochs == 4  # one, not its characters
     with pytest.raises(SpecError, match=r"\(--set training.epochs=-1\): training.epochs"):
         revalidate(spec, ["training.epochs=-1"])
 

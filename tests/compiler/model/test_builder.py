@@ -482,5 +482,7 @@ def test_num_classes_below_two_is_refused_for_multiclass(k):
     spec = make_spec([{"type": "flatten"}], classes="auto")
     with pytest.raises(SpecError, match=f"task: multiclass needs at least 2 classes; got num_classes={k}"):
         build_model(spec, num_classes=k)
+    with pytest.raises(SpecError, match=r"num_classes: expected an integer \(got '10'\)"):
+        build_model(spec, num_classes="10")
     with pytest.raises(SpecError, match=r"task: binary needs exactly 2 classes; got 3$"):  # the key once
         build_model(make_spec([{"type": "flatten"}], task="binary", classes="auto"), num_classes=3)
