@@ -91,25 +91,30 @@ def _wide_table(comparison):
     return table
 
 
+def _value_rows(comparison) -> list[tuple[str, list[str]]]:
+    """``(label, one value per run)``: the differing keys as written, then test metrics and times."""
+    from rich.markup import escape
+
+    rows = comparison.rows()
+    out = [(escape(k), [escape(str(r["differs"].get(k, "-"))) for r in rows]) for k in comparison.differing]
+    out += [(f"test {m}", [_fmt(r["metrics"][m]) for r in rows]) for m in comparison.metrics]
+    return out + [(title, [_fmt(r[key]) for r in rows]) for title, key in TIMES]
+
+
 def _tall_table(comparison):
     """One column per run: a row per differing key, test metric and time."""
     from rich.markup import escape
     from rich.table import Table
 
-    rows = comparison.rows()
     same = "" if comparison.differing else "; their specs differ in nothing but the name"
-    table = Table(title=f"{len(rows)} runs{same}", title_justify="left")
+    table = Table(title=f"{len(comparison.runs)} runs{same}", title_justify="left")
     table.add_column("", overflow="fold")
-    for row in rows:
+    for row in comparison.rows():
         table.add_column(escape(row["name"]), justify="right", overflow="fold")
-    for key in comparison.differing:
-        table.add_row(escape(key), *(escape(str(row["differs"].get(key, "-"))) for row in rows))  # as written
-    if comparison.differing:
-        table.add_section()
-    for m in comparison.metrics:
-        table.add_row(f"test {m}", *(_fmt(row["metrics"][m]) for row in rows))
-    for title, key in TIMES:
-        table.add_row(title, *(_fmt(row[key]) for row in rows))
+    for n, (label, values) in enumerate(_value_rows(comparison)):
+        if n == len(comparison.differing) and n:
+            table.add_section()
+        table.add_row(label, *values)
     return table
 
 
@@ -118,16 +123,13 @@ def _run_tables(comparison):
     from rich.markup import escape
     from rich.table import Table
 
+    values = _value_rows(comparison)
     tables = []
-    for row in comparison.rows():
+    for i, row in enumerate(comparison.rows()):
         table = Table(title=escape(row["name"]), title_justify="left", show_header=False)
         table.add_column(overflow="fold")
         table.add_column(justify="right", overflow="fold")
-        for key in comparison.differing:
-            table.add_row(escape(key), escape(str(row["differs"].get(key, "-"))))
-        for m in comparison.metrics:
-            table.add_row(f"test {m}", _fmt(row["metrics"][m]))
-        for title, key in TIMES:
-            table.add_row(title, _fmt(row[key]))
+        for label, per_run in values:
+            table.add_row(label, per_run[i])
         tables.append(table)
     return tables

@@ -19,7 +19,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -91,13 +90,13 @@ def export_model(
     check_run_writable(run)  # Why before the export: fail in a second, not after a minute
     quantize = wants_int8(spec, int8)
 
-    data = None
-    threshold = _run_threshold(spec, run)
+    data, results = None, _read_results(run)
+    threshold = _run_threshold(spec, results)
     if threshold is None and spec.task == "binary":  # a run without results.json (stopped before its test)
         data = _dataset(spec, run)
         threshold = _threshold_on_validation(spec, model, data, log)
     proto = _export_proto(model, spec)
-    _add_metadata(proto, spec, class_names, run, threshold)
+    _add_metadata(proto, spec, class_names, results, threshold)
     _check(proto)
     if images is None or (quantize and images.calibration is None):
         images = export_images(spec, data if data is not None else _dataset(spec, run), int8=quantize)
@@ -344,16 +343,16 @@ def _dynamic_shapes(model: torch.nn.Module, shapes):
     return {params[0].name: shapes["x"]} if params else shapes
 
 
-def _run_threshold(spec: Spec, run: Run) -> float | None:
-    """A binary run's threshold: the one results.json records, else a fixed ``export.threshold``;
+def _run_threshold(spec: Spec, results: dict) -> float | None:
+    """A binary run's threshold: the one its results.json records, else a fixed ``export.threshold``;
     None for a rule the run has not chosen yet (and for multiclass)."""
-    from convspec.runtime.threshold import choose_threshold, threshold_from_results
+    from convspec.runtime.threshold import threshold_from_results
 
     if spec.task != "binary":
         return None
-    chosen = threshold_from_results(_read_results(run))
+    chosen = threshold_from_results(results)
     rule = spec.export.threshold
-    return chosen if chosen is not None or not isinstance(rule, (int, float)) else choose_threshold([], [], rule)
+    return chosen if chosen is not None or not isinstance(rule, (int, float)) else float(rule)
 
 
 def _threshold_on_validation(spec: Spec, model: torch.nn.Module, data, log: Callable[[str], None]) -> float:
@@ -366,12 +365,11 @@ def _threshold_on_validation(spec: Spec, model: torch.nn.Module, data, log: Call
     return value
 
 
-def _add_metadata(proto, spec: Spec, class_names: list[str], run: Run, threshold: float | None) -> None:
+def _add_metadata(proto, spec: Spec, class_names: list[str], results: dict, threshold: float | None) -> None:
     try:
         version = importlib.metadata.version("convspec")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    results = _read_results(run)
     metrics = _test_metrics(results)
     info = ModelInfo(
         classes=tuple(class_names),
@@ -553,8 +551,7 @@ def export_to_file(
     """Export a built model (any weights) with metadata, unchecked against data: for benchmarks and tests."""
     proto = _export_proto(model.eval(), spec)
     names = class_names or list(model.class_names or [str(i) for i in range(model.num_classes or 2)])
-    with tempfile.TemporaryDirectory() as d:
-        _add_metadata(proto, spec, names, Run(Path(d)), _run_threshold(spec, Run(Path(d))))
+    _add_metadata(proto, spec, names, {}, _run_threshold(spec, {}))
     _check(proto)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(proto.SerializeToString()))
 
