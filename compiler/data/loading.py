@@ -63,7 +63,7 @@ from convspec.specs.readfile import FileReadError, check_regular, read_json
 
 from .dataset import SPLITS, Dataset
 from .memory import available_bytes, gib
-from .split import apply_split_file, make_split
+from .split import apply_split_file, check_listed, make_split, read_split
 
 __all__ = ["DataError", "Dataset", "default_cache_dir", "load_dataset"]
 
@@ -116,6 +116,7 @@ def load_dataset(
         log(f"warning: {message}")
 
     preset: dict[str, list[int]] | None = None
+    saved = None  # the split file's contents, read before decoding
     if src.type == "builtin":
         images, labels, files, data_names = _digits(src.classes, channels, size, resize)
         bad: list[tuple[str, str]] = []
@@ -136,6 +137,9 @@ def load_dataset(
             root = src.root or os.path.dirname(os.path.abspath(src.path))
         _resolve_classes(spec, data_names)  # Why here too: fail before minutes of decoding
         all_files = [p for p, _ in samples]
+        if split_file is not None:
+            saved = read_split(split_file)
+            check_listed(split_file, saved, all_files, root)
         images, kept, bad = _decode_files(
             all_files,
             channels,
@@ -169,7 +173,7 @@ def load_dataset(
 
     ds = Dataset(class_names, images, labels, files, {}, bad, root)
     if split_file is not None:
-        ds.splits = apply_split_file(split_file, ds, log)
+        ds.splits = apply_split_file(split_file, ds, log, saved)
     elif preset is not None:
         ds.splits = {s: np.asarray(idx, np.int64) for s, idx in preset.items()}
     else:

@@ -301,8 +301,10 @@ def test_split_file_with_missing_files(tmp_path, digits_folder):
     path = save_split(ds, tmp_path / "split.json")
     gone = ds.file_ids()[ds.splits["test"][0]]
     os.unlink(root / gone)
+    decoded = []
     with pytest.raises(DataError, match=f"1 files of the saved split are not in the data: {gone}"):
-        load_dataset(spec, split_file=path, log=Log())
+        load_dataset(spec, split_file=path, log=Log(), progress=lambda done, total: decoded.append(done))
+    assert decoded == []  # refused from the listing, before any image decoded
     with pytest.raises(DataError, match="split file not found"):
         load_dataset(spec, split_file=tmp_path / "none.json", log=Log())
     # files added since the split was saved are named, not only counted
