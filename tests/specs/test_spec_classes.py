@@ -54,3 +54,27 @@ def test_validate_names_empty_class_folders_and_the_classes_a_binary_spec_found(
     (tmp_path / "data" / "unsorted" / "notes.txt").unlink()
     (tmp_path / "data" / "unsorted" / "elsewhere").symlink_to(tmp_path / "data" / "cat")  # a link to images
     assert load_spec_text(_folder_spec(tmp_path / "data", "multiclass"), "m.yaml").num_classes() == 4
+
+
+def test_a_csv_sources_class_names_follow_edits_of_the_csv(tmp_path):
+    """The names are remembered between the checks that ask for them, but never past an edit."""
+    import os
+
+    from convspec.specs import load_spec_text
+
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\na.png,cat\nb.png,dog\n")
+    text = (
+        f"version: 1\ntask: multiclass\ndata:\n  source: {{type: csv, path: {csv_path}}}\n"
+        "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
+    )
+    assert load_spec_text(text).num_classes() == 2
+    before = os.stat(csv_path)
+    csv_path.write_text("path,label\na.png,cat\nb.png,eel\n")  # same size, same inode
+    os.utime(csv_path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    assert load_spec_text(text).num_classes() == 2
+    from convspec.specs.classes import static_class_names
+
+    assert static_class_names(load_spec_text(text)) == ["cat", "eel"]
+    csv_path.write_text("path,label\na.png,cat\nb.png,dog\nc.png,fox\n")
+    assert load_spec_text(text).num_classes() == 3
