@@ -2,7 +2,8 @@
 
 Torch-free (numpy, Pillow, simplejpeg). Every image a model sees, in training or in deployment, comes
 through :func:`load_image` (files) or :func:`prepare_array` (arrays), so what a model was
-trained on and what it is served are the same pixels by construction.
+trained on and what it is served are the same pixels by construction. Opening a file within its
+limits is :mod:`.image_files`'s; orientation and the resize modes are :mod:`.resize`'s.
 
 Pipeline of one image, in order:
 
@@ -37,26 +38,30 @@ pixels and for transparent pixels that hold leftover colour.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import math
 import os
-import re
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from convspec.specs.classes import BITS_STORED
-from convspec.specs.errors import ConvspecError
-from convspec.specs.readfile import FileReadError, open_regular
+from PIL import Image
 
 from . import jpeg
+from .image_files import (
+    DECODE_BUDGET,
+    IMAGE_EXTENSIONS,
+    ImageError,
+    ImageTooLarge,
+    decode_reason,
+    decoded_bytes,
+    is_image_file,
+    open_regular_image,
+    open_with_pillow,
+)
 from .modes import convert_in_strips, scale16, to_mode
+from .resize import TRANSPOSE, check_args, chw, draft, exif_orientation, needed_size, resize_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -73,104 +78,10 @@ __all__ = [
     "sixteen_bit_peak",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-
-# Pillow format names we accept. MPO is how Pillow names many camera JPEGs.
-_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "WEBP")
-_RESAMPLE = Image.Resampling.BILINEAR
-_RESIZE_MODES = ("stretch", "letterbox", "crop")
-
 # Images above this many pixels are converted to 8 bits a strip of rows at a time (the same
 # pixels as in one go; see modes.convert_in_strips).
 STREAM_PIXELS = 1 << 22
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-
-
-class DecodeBudget:
-    """Bytes of decoded images in flight across every thread of the process.
-
-    A decode waits while others hold more than ``limit`` bytes; one image larger than the
-    limit runs alone. Why in the loader, not in each pool: training's decode pool, the
-    Predictor's and a server's request threads all decode through :func:`load_image`, so one
-    budget bounds them all, whatever their thread counts.
-
-    Args:
-        limit: bytes; default ``CONVSPEC_DECODE_MB`` (MB) from the environment, else 1024 MB.
-    """
-
-    def __init__(self, limit: int | None = None):
-        if limit is None:
-            limit = int(float(os.environ.get("CONVSPEC_DECODE_MB", "1024")) * (1 << 20))
-        self.limit = max(1, int(limit))
-        self.in_flight = 0
-        self._cond = threading.Condition()
-
-    @contextlib.contextmanager
-    def hold(self, nbytes: int):
-        """Wait until ``nbytes`` fit (or nothing else is in flight), hold them for the block."""
-        with self._cond:
-            while self.in_flight and self.in_flight + nbytes > self.limit:
-                self._cond.wait()
-            self.in_flight += nbytes
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.in_flight -= nbytes
-                self._cond.notify_all()
-
-
-DECODE_BUDGET = DecodeBudget()
-
-# Why 64 MB blocks: Pillow allocates large images in blocks (16 MB by default); glibc serves
-# blocks under its 32 MB mmap ceiling from per-thread arenas and keeps them after a free, so
-# every decode thread kept its largest image's worth (three 9400x9400 PNGs one after another:
-# 527 MB, against 375 MB with 64 MB blocks, which are mmapped and given back when freed).
-# Small images are unaffected (one block of their own size). PILLOW_BLOCK_SIZE still wins.
-if "PILLOW_BLOCK_SIZE" not in os.environ:
-    with contextlib.suppress(AttributeError, ValueError):
-        Image.core.set_block_size(64 << 20)
-
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "RGB": 3}
-
-
-def decoded_bytes(im: Image.Image) -> int:
-    """About how much memory decoding and converting ``im`` takes (its size after any draft)."""
-    per = _BYTES_PER_PIXEL.get(im.mode, 4)  # RGBA, CMYK, I, F, ...: 4 bytes a pixel
-    # Why + 3: the decoded image plus its 8-bit RGB copy (strip conversion keeps no other).
-    return im.width * im.height * (per + 3)
-
-
-# Why a lock: the DecompressionBombWarning -> error filter needs ``warnings.catch_warnings``,
-# which swaps a process-global list and is not thread-safe. Only ``Image.open`` (header
-# parsing, microseconds) runs under it; decoding and resizing run in parallel.
-_OPEN_LOCK = threading.Lock()
-
-
-class ImageError(ConvspecError):
-    """An image that cannot be used: ``path: reason`` (``images/cat/3.png: cannot decode image (truncated file)``).
-
-    Attributes:
-        path: the file as given (``"<array>"`` for in-memory arrays).
-        reason: what is wrong with it.
-    """
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(path, reason)  # Why both in args: the error pickles across processes.
-        self.path = str(path)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-class ImageTooLarge(ImageError):
-    """An image over the pixel limit (``Image.MAX_IMAGE_PIXELS``): a decompression bomb, or just too big."""
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    """Whether the name has an image extension (case-insensitive). Says nothing about the content."""
-    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 # ------------------------------------------------------------------ decoding
@@ -200,7 +111,7 @@ def load_image(
         ImageError: the file is missing, empty, not an image, truncated, too large
             (``Image.MAX_IMAGE_PIXELS``) or in a format outside the list above.
     """
-    _check_args(channels, size, resize, bits_stored)
+    check_args(channels, size, resize, bits_stored)
     return _open(os.fspath(path)).decode(channels, size, resize, bits_stored=bits_stored)
 
 
@@ -223,7 +134,7 @@ def load_image_bytes(
     Raises:
         ImageError: as :func:`load_image` (:class:`ImageTooLarge` over the pixel limit).
     """
-    _check_args(channels, size, resize, bits_stored)
+    check_args(channels, size, resize, bits_stored)
     return open_image_bytes(data, name).decode(channels, size, resize, bits_stored=bits_stored)
 
 
@@ -247,12 +158,12 @@ class OpenedImage:
         self, channels: int, size: Sequence[int], resize: str = "stretch", *, bits_stored: int = 16
     ) -> np.ndarray:
         """``(C, H, W)`` uint8, as :func:`load_image`; raises ImageError as it does."""
-        _check_args(channels, size, resize, bits_stored)
+        check_args(channels, size, resize, bits_stored)
         h, w = int(size[0]), int(size[1])
         try:
             if self._im is None:
                 grey = channels == 1 or self._header.colorspace == "Gray"
-                need = _needed(self._header.size, h, w, resize, 1)
+                need = needed_size(self._header.size, h, w, resize, 1)
                 a = _jpeg_pixels(self._fp, self._header.size, need, grey, self._header)
                 if a is not None:
                     return _array_to_model(
@@ -260,7 +171,7 @@ class OpenedImage:
                     )
                 # Why Pillow now: libjpeg-turbo refused or warned (a cut-short or corrupt file);
                 # Pillow decodes what it can, or names what is wrong, as for every other image
-                self._im = _open_with_pillow(self.name, self._fp, quiet=True)
+                self._im = open_with_pillow(self.name, self._fp, quiet=True)
                 return _decode_with_pillow(self.name, self._im, self._fp, channels, (h, w), resize, bits_stored)
             return _decode_opened(self.name, self._im, self._fp, channels, (h, w), resize, bits_stored)
         finally:
@@ -286,8 +197,8 @@ def _decode_opened(
 ) -> np.ndarray:
     """An image Pillow opened -> ``(C, H, W)`` uint8; a JPEG's pixels still come from libjpeg-turbo."""
     if im.format in ("JPEG", "MPO") and im.mode in ("L", "RGB"):
-        orientation = _orientation(im)
-        need = _needed(im.size, size[0], size[1], resize, orientation)
+        orientation = exif_orientation(im)
+        need = needed_size(im.size, size[0], size[1], resize, orientation)
         a = _jpeg_pixels(fp, im.size, need, channels == 1 or im.mode == "L")
         if a is not None:
             return _array_to_model(name, a, orientation, channels, size, resize, bits_stored, stored=im.size)
@@ -316,7 +227,7 @@ def _array_to_model(
     """Decoded ``(H, W)`` grey or ``(H, W, 3)`` RGB pixels -> upright, converted, resized ``(C, H, W)``
     (``stored``: the file's own ``(width, height)`` when ``a`` was decoded at a smaller scale)."""
     if orientation == 1 and a.shape[:2] == size and (a.ndim == 2) == (channels == 1):
-        return _chw(a)  # Why no Pillow image: nothing left to do but the layout
+        return chw(a)  # Why no Pillow image: nothing left to do but the layout
     return _orient_and_finish(name, orientation, channels, size, resize, bits_stored, Image.fromarray(a), stored)
 
 
@@ -326,12 +237,12 @@ def _decode_with_pillow(
     """Pillow's own decode (a JPEG at its 1/2, 1/4, 1/8 draft scales), orientation, mode, resize."""
     stored = im.size
     if im.format in ("JPEG", "MPO"):
-        _draft(im, _needed(im.size, size[0], size[1], resize, _orientation(im)), grey=channels == 1)
+        draft(im, needed_size(im.size, size[0], size[1], resize, exif_orientation(im)), grey=channels == 1)
     with DECODE_BUDGET.hold(decoded_bytes(im)):
         decoded = _load(name, im)
         # Why the orientation only now: a PNG's getexif decodes the image (eXIf may follow the
         # pixels), which must happen within the budget
-        return _orient_and_finish(name, _orientation(decoded), channels, size, resize, bits_stored, decoded, stored)
+        return _orient_and_finish(name, exif_orientation(decoded), channels, size, resize, bits_stored, decoded, stored)
 
 
 def _orient_and_finish(
@@ -349,8 +260,8 @@ def _orient_and_finish(
     if stored is not None and orientation in (5, 6, 7, 8):  # stored sideways
         stored = (stored[1], stored[0])
     try:
-        if orientation in _TRANSPOSE:
-            upright = im.transpose(_TRANSPOSE[orientation])
+        if orientation in TRANSPOSE:
+            upright = im.transpose(TRANSPOSE[orientation])
             im.close()  # Why now: free the decode as stored before the rotated copy is converted
             im = upright
         return _finish(im, channels, size, resize, bits_stored, owned=True, aspect=stored)
@@ -359,7 +270,7 @@ def _orient_and_finish(
     except MemoryError:
         raise ImageError(name, f"not enough memory to convert {w}x{h} pixels") from None
     except Exception as e:
-        raise ImageError(name, _decode_reason(e)) from None
+        raise ImageError(name, decode_reason(e)) from None
 
 
 def _load(name: str, im: Image.Image) -> Image.Image:
@@ -369,7 +280,7 @@ def _load(name: str, im: Image.Image) -> Image.Image:
     except MemoryError:
         raise ImageError(name, f"not enough memory to decode {im.width}x{im.height} pixels") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib.error...
-        raise ImageError(name, _decode_reason(e)) from None
+        raise ImageError(name, decode_reason(e)) from None
     return im
 
 
@@ -399,7 +310,7 @@ def prepare_array(
     Raises:
         ImageError: (path ``<array>``) for a shape or dtype it cannot read.
     """
-    _check_args(channels, size, resize, bits_stored)
+    check_args(channels, size, resize, bits_stored)
     a = np.asarray(array)
     if a.ndim == 3:
         if a.shape[-1] in (1, 3, 4):
@@ -451,7 +362,7 @@ def load_images(
         ``(images, kept, failures)``: uint8 ``(len(kept), C, H, W)``; the input indices of
         the images, ascending; ``(path, reason)`` for each file left out.
     """
-    _check_args(channels, size, resize, bits_stored)
+    check_args(channels, size, resize, bits_stored)
     out = np.empty((len(paths), channels, int(size[0]), int(size[1])), np.uint8)  # (N, C, H, W)
     bad = decode_into(
         paths,
@@ -560,11 +471,11 @@ def sixteen_bit_peak(paths: Sequence[str | os.PathLike], sample: int = 8) -> tup
     count, peak = 0, 0
     for path in list(paths)[::step][:sample]:
         try:
-            fp = _open_regular(os.fspath(path))
+            fp = open_regular_image(os.fspath(path))
         except ImageError:
             continue
         try:
-            im = _open_with_pillow(os.fspath(path), fp, quiet=False)
+            im = open_with_pillow(os.fspath(path), fp, quiet=False)
         except ImageError:
             fp.close()
             continue
@@ -585,21 +496,9 @@ def sixteen_bit_peak(paths: Sequence[str | os.PathLike], sample: int = 8) -> tup
 # ---------------------------------------------------------------- internals
 
 
-def _check_args(channels: int, size: Sequence[int], resize: str, bits_stored: int = 16) -> None:
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3 (got {channels!r})")
-    if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
-        raise ValueError(f"size must be (height, width) with both >= 1 (got {size!r})")
-    if resize not in _RESIZE_MODES:
-        raise ValueError(f"resize must be one of {', '.join(_RESIZE_MODES)} (got {resize!r})")
-    low, high = BITS_STORED
-    if not (isinstance(bits_stored, int) and low <= bits_stored <= high):
-        raise ValueError(f"bits_stored must be an integer from {low} to {high} (got {bits_stored!r})")
-
-
 def _open(name: str) -> OpenedImage:
     """Open (header only) with the size limits as errors, and turn OS errors into reasons."""
-    fp = _open_regular(name)
+    fp = open_regular_image(name)
     try:
         if os.fstat(fp.fileno()).st_size == 0:
             raise ImageError(name, "empty file (0 bytes)")
@@ -607,16 +506,6 @@ def _open(name: str) -> OpenedImage:
     except BaseException:
         fp.close()
         raise
-
-
-def _open_regular(name: str) -> BinaryIO:
-    """The file opened by :func:`convspec.specs.readfile.open_regular`: a FIFO, a device or a
-    folder is refused before anything is read, and a file over ``LIMITS["image"]`` bytes too."""
-    try:
-        return open_regular(name, "image")
-    except FileReadError as e:
-        reason = "is a folder, not an image file" if e.reason == "is a folder, not a regular file" else e.reason
-        raise ImageError(name, reason) from None
 
 
 def _open_fp(name: str, fp: BinaryIO) -> OpenedImage:
@@ -627,104 +516,7 @@ def _open_fp(name: str, fp: BinaryIO) -> OpenedImage:
     within = header is not None and (limit is None or header.pixels <= limit)
     if within and header.plain:
         return OpenedImage(name, fp, header=header)
-    return OpenedImage(name, fp, im=_open_with_pillow(name, fp, quiet=within))
-
-
-@contextlib.contextmanager
-def _bomb_warning_as_error():
-    """Pillow's DecompressionBombWarning raised, the other warnings recorded (yielded)."""
-    with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield caught
-
-
-def _open_with_pillow(name: str, fp: BinaryIO, quiet: bool) -> Image.Image:
-    """``Image.open`` with the pixel limit as :class:`ImageTooLarge` and Pillow's errors as reasons.
-
-    ``quiet``: the header is known to be within the limit, so Pillow's bomb warning cannot
-    fire. Why it matters: the warning filter is process-wide, so it is set under a lock, and
-    under that lock two decode threads queued on each other (8,400 opens/s, one thread: 23,000).
-    """
-    limit = Image.MAX_IMAGE_PIXELS
-    fp.seek(0)
-    try:
-        with contextlib.nullcontext([]) if quiet else _bomb_warning_as_error() as caught:
-            im = Image.open(fp)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        m = re.search(r"\((\d+) pixels\)", str(e))
-        pixels = m.group(1) if m else "?"
-        raise ImageTooLarge(name, f"image is too large: {pixels} pixels, limit {limit}") from None
-    except UnidentifiedImageError:
-        hint = "; ".join(str(w.message) for w in caught if "opening failed" not in str(w.message))
-        raise ImageError(name, "not an image (unrecognised format" + (f": {hint}" if hint else "") + ")") from None
-    except PermissionError:
-        raise ImageError(name, "permission denied") from None
-    except Exception as e:
-        raise ImageError(name, f"cannot decode image ({_short(e)})") from None
-    if im.format not in _FORMATS:
-        im.close()
-        raise ImageError(name, f"unsupported image format {im.format} (supported: PNG, JPEG, BMP, GIF, TIFF, WebP)")
-    if limit is not None and im.width * im.height > limit:  # Why: plugins with error_only checks
-        im.close()
-        raise ImageTooLarge(name, f"image is too large: {im.width * im.height} pixels, limit {limit}")
-    return im
-
-
-# EXIF orientation (2-8) -> the transpose that undoes it, as ``ImageOps.exif_transpose``.
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _orientation(im: Image.Image) -> int:
-    """The EXIF orientation tag (1 when absent). Why 1 on errors: a corrupt EXIF block must not
-    cost the image; it is kept as stored."""
-    try:
-        value = im.getexif().get(0x0112, 1)
-    except Exception:
-        return 1
-    return value if isinstance(value, int) else 1
-
-
-def _needed(stored: tuple[int, int], h: int, w: int, how: str, orientation: int) -> tuple[int, int]:
-    """``(width, height)`` of the stored image that the resize to ``h`` x ``w`` needs, at least."""
-    if orientation in (5, 6, 7, 8):  # stored sideways: swap the target
-        h, w = w, h
-    sw, sh = stored
-    if how == "stretch":
-        return w, h
-    scale = max(w / sw, h / sh) if how == "crop" else min(w / sw, h / sh)
-    return max(1, math.ceil(sw * scale)), max(1, math.ceil(sh * scale))
-
-
-def _draft(im: Image.Image, need: tuple[int, int], grey: bool) -> None:
-    """Pillow's path for JPEGs that :mod:`.jpeg` leaves to it (CMYK, refused by libjpeg-turbo):
-    let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result is still at least ``need``, as
-    ``Image.thumbnail`` does, and, for ``grey``, decode a colour JPEG's luma (Y) plane only.
-    Pillow's draft may be called once per image.
-    """
-    scaled = 2 * need[0] <= im.width and 2 * need[1] <= im.height
-    if scaled or grey:
-        im.draft("L" if grey else None, need if scaled else None)
-
-
-def _decode_reason(e: Exception) -> str:
-    text = str(e)
-    if "truncated" in text.lower() or isinstance(e, EOFError):
-        return "cannot decode image (truncated file)"
-    return f"cannot decode image ({_short(e)})"
-
-
-def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:200]
+    return OpenedImage(name, fp, im=open_with_pillow(name, fp, quiet=within))
 
 
 def _finish(
@@ -754,15 +546,10 @@ def _finish(
         im = converted
     else:
         im = to_mode(im, target, bits_stored=bits_stored)
-    im = _resize(im, int(size[0]), int(size[1]), resize, aspect)
+    im = resize_image(im, int(size[0]), int(size[1]), resize, aspect)
     if im.mode != target:
         im = im.convert(target)
-    return _chw(np.asarray(im))
-
-
-def _chw(a: np.ndarray) -> np.ndarray:
-    """uint8 ``(H, W)`` -> ``(1, H, W)``, ``(H, W, 3)`` -> ``(3, H, W)``, contiguous."""
-    return np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    return chw(np.asarray(im))
 
 
 def _array_to_8bit_or_16bit(a: np.ndarray) -> np.ndarray:
@@ -786,35 +573,3 @@ def _array_to_8bit_or_16bit(a: np.ndarray) -> np.ndarray:
             )
         return np.rint(a * 255.0).astype(np.uint8)
     raise ImageError("<array>", f"unsupported dtype {a.dtype}")
-
-
-def _resize(im: Image.Image, h: int, w: int, how: str, aspect: tuple[int, int] | None = None) -> Image.Image:
-    """Resize 'L'/'RGB' to ``(h, w)``: stretch, letterbox (pad 0, centered) or crop (center).
-
-    ``aspect``: the file's own ``(width, height)`` when ``im`` is a scaled decode of it: the
-    letterbox's content box follows it, so a JPEG and a PNG of one picture get the same box.
-    """
-    sw, sh = im.size
-    if (sw, sh) == (w, h):
-        return im
-    if how == "stretch":
-        return im.resize((w, h), _RESAMPLE)
-    if how == "crop":
-        # Why crop before resizing (not a float ``box`` in resize): with a box, bilinear
-        # support reaches past it and the trimmed border bleeds in.
-        if sw * h > sh * w:  # source is wider than the target: trim left and right
-            cw = max(1, min(sw, round(sh * w / h)))
-            box = ((sw - cw) // 2, 0, (sw - cw) // 2 + cw, sh)
-        else:  # taller: trim top and bottom
-            ch = max(1, min(sh, round(sw * h / w)))
-            box = (0, (sh - ch) // 2, sw, (sh - ch) // 2 + ch)
-        im = im.crop(box)
-        return im if im.size == (w, h) else im.resize((w, h), _RESAMPLE)
-    # letterbox
-    aw, ah = aspect or (sw, sh)
-    scale = min(w / aw, h / ah)
-    nw, nh = max(1, min(w, round(aw * scale))), max(1, min(h, round(ah * scale)))
-    inner = im if (nw, nh) == (sw, sh) else im.resize((nw, nh), _RESAMPLE)
-    canvas = Image.new(im.mode, (w, h), 0)
-    canvas.paste(inner, ((w - nw) // 2, (h - nh) // 2))
-    return canvas

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from convspec.runtime import images, modes
-from convspec.runtime.images import DecodeBudget
+from convspec.runtime.image_files import DecodeBudget
 
 from .conftest import probe_model, run_with_peak
 

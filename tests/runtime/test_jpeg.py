@@ -124,7 +124,7 @@ def test_which_jpegs_pillow_opens_and_which_it_decodes(tmp_path, monkeypatch):
     assert headers["exif"].app1 and headers["cmyk"].colorspace == "CMYK" and headers["grey"].colorspace == "Gray"
 
     opened, loaded = [], []
-    real_open, real_load = images._open_with_pillow, images._load
+    real_open, real_load = images.open_with_pillow, images._load
 
     def pillow_open(name, *args, **kwargs):
         opened.append(name)
@@ -134,7 +134,7 @@ def test_which_jpegs_pillow_opens_and_which_it_decodes(tmp_path, monkeypatch):
         loaded.append(name)
         return real_load(name, im)
 
-    monkeypatch.setattr(images, "_open_with_pillow", pillow_open)
+    monkeypatch.setattr(images, "open_with_pillow", pillow_open)
     monkeypatch.setattr(images, "_load", pillow_load)
     for f in files.values():
         assert load_image(f, 3, (100, 100)).shape == (3, 100, 100)
