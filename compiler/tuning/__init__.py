@@ -1,4 +1,4 @@
-"""Hyperparameter search: the Optuna study (``study``) and its reports (``report``).
+"""Hyperparameter search: the Optuna study (``study``), its database (``storage``) and its reports (``report``).
 
 Why ``tuning/`` and not ``tune/``: ``convspec.compiler.tune`` is the public function.
 """

@@ -298,7 +298,7 @@ def test_a_study_creation_that_meets_a_locked_sqlite_file_retries(tmp_path, monk
     import optuna
     import sqlalchemy
 
-    from convspec.compiler.tuning import study as tuning
+    from convspec.compiler.tuning import storage
 
     store = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
     real, calls = optuna.create_study, []
@@ -311,9 +311,9 @@ def test_a_study_creation_that_meets_a_locked_sqlite_file_retries(tmp_path, monk
         return real(**kwargs)
 
     monkeypatch.setattr(optuna, "create_study", locked_once)
-    assert tuning._create_or_join(optuna, store, "s", "maximize", "store") is False  # created, on the second try
+    assert storage._create_or_join(optuna, store, "s", "maximize", "store") is False  # created, on the second try
     assert calls == ["s", "s"]
-    assert tuning._create_or_join(optuna, store, "s", "maximize", "store") is True  # now it exists: join
+    assert storage._create_or_join(optuna, store, "s", "maximize", "store") is True  # now it exists: join
     assert [s.study_name for s in optuna.get_all_study_summaries(store)] == ["s"]
 
 
