@@ -132,7 +132,7 @@ def test_a_full_disk_while_writing_model_onnx_is_one_line(tiny_run, monkeypatch)
 
 
 def test_a_read_only_cache_falls_back_to_memory_with_a_warning(data_spec, tmp_path, monkeypatch):
-    from convspec.compiler.data import loading
+    from convspec.compiler.data import decoding, loading
     from convspec.specs import load_spec
 
     spec_file, _ = data_spec
@@ -140,7 +140,7 @@ def test_a_read_only_cache_falls_back_to_memory_with_a_warning(data_spec, tmp_pa
     reference = loading.load_dataset(load_spec(spec_file, overrides=["data.cache=none"]), log=lambda _m: None)
     cache = tmp_path / "cache"
     (cache / "images").mkdir(parents=True)
-    monkeypatch.setattr(loading, "tempfile", no_probe(errno.EACCES))
+    monkeypatch.setattr(decoding, "tempfile", no_probe(errno.EACCES))
     lines: list[str] = []
     ds = loading.load_dataset(spec, cache_dir=cache, log=lines.append)
     assert any(ln.startswith("warning: cannot write the disk cache") and "memory" in ln for ln in lines), lines
@@ -245,7 +245,7 @@ def test_resume_of_a_read_only_run_fails_before_training(tiny_run, monkeypatch):
 def test_a_disk_cache_that_cannot_reserve_its_file_falls_back_to_memory(data_spec, tmp_path, monkeypatch):
     """The memmap is sparse: a disk that fills while it is written (another run sharing the cache)
     killed the process with SIGBUS. Its blocks are reserved first; ENOSPC there falls back to memory."""
-    from convspec.compiler.data import loading
+    from convspec.compiler.data import decoding, loading
     from convspec.specs import load_spec
 
     spec_file, _ = data_spec
@@ -256,7 +256,7 @@ def test_a_disk_cache_that_cannot_reserve_its_file_falls_back_to_memory(data_spe
         reserved.append(length)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(loading.os, "posix_fallocate", full, raising=False)
+    monkeypatch.setattr(decoding.os, "posix_fallocate", full, raising=False)
     lines: list[str] = []
     cache = tmp_path / "cache"
     ds = loading.load_dataset(load_spec(spec_file, overrides=["data.cache=disk"]), cache_dir=cache, log=lines.append)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from convspec.compiler.data import loading, memory
+from convspec.compiler.data import decoding, memory
 from convspec.compiler.data.loading import load_dataset
 from convspec.runtime.datasets import DataError
 from convspec.specs import spec_from_dict
@@ -80,7 +80,7 @@ def test_nothing_readable_is_unknown(fake_proc):
 
 
 def room(monkeypatch, nbytes):
-    monkeypatch.setattr(loading, "available_bytes", lambda: nbytes)
+    monkeypatch.setattr(decoding, "available_bytes", lambda: nbytes)
 
 
 def test_a_memory_cache_larger_than_the_room_is_refused_before_decoding(shapes_folder, monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from convspec.compiler.data import loading
+from convspec.compiler.data import decoding
 from convspec.compiler.data.cache import CachedImages
 from convspec.compiler.training.loop import train
 from convspec.specs import load_spec
@@ -34,7 +34,7 @@ def folder_spec(root: Path, cache: str, *extra: str):
 def test_a_data_set_twice_the_memory_limit_trains_from_the_disk_memmap(tmp_path, monkeypatch, digits_folder):
     """``cache: auto`` with the limit forced to half the data: decoded into a memmap, trained from it."""
     n = sum(1 for _ in digits_folder.rglob("*.png"))
-    monkeypatch.setattr(loading, "AUTO_MEMORY_LIMIT", n * 8 * 8 // 2)
+    monkeypatch.setattr(decoding, "AUTO_MEMORY_LIMIT", n * 8 * 8 // 2)
     monkeypatch.setenv("CONVSPEC_CACHE", str(tmp_path / "cache"))
     seen = []
     real = CachedImages.__init__
