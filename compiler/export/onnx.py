@@ -3,7 +3,7 @@
 Phases, in order: load the run's spec and best weights; export with the dynamo exporter
 (uint8 ``(N, C, H, W)`` in, probabilities out, a dynamic batch axis); add the convspec
 metadata; ``onnx.checker`` (full check); compare ONNX Runtime with PyTorch on the run's test
-images (topped up from val/train to at least ``PARITY_IMAGES``); only then write the file,
+images (topped up from val/train; :mod:`.parity`); only then write the file,
 atomically. With ``export.quantize: int8`` (or ``int8=True``) a statically quantized copy
 follows (QDQ, per-channel weights, calibrated on training images), scored beside fp32.
 
@@ -36,7 +36,6 @@ from convspec.specs import Spec, load_spec_text
 from convspec.specs.readfile import FileReadError
 
 from ..data.dataset import SplitRows
-from ..data.memory import images_per_batch
 from ..run import checkpoint, report
 from ..run.checkpoint_format import load_weights
 from ..run.files import writing
@@ -44,12 +43,18 @@ from ..run.folder import Run
 from .checks import check_run_writable, check_spec_file
 from .errors import ExportError
 from .fold import fold_for_export
+from .parity import (
+    PARITY_BYTES,
+    PARITY_IMAGES,
+    PARITY_MAX,
+    check_parity,
+    ort_scores,
+    parity_indices,
+    take,
+    torch_probabilities,
+)
 from .registry import reused_registry
 
-PARITY_IMAGES = 256  # compare PyTorch and ORT on at least this many images (when the data has them)
-PARITY_MAX = 2048  # and on at most this many: a seeded sample of a larger test split,
-PARITY_BYTES = 64 << 20  # and of at most this many uint8 pixels above PARITY_IMAGES (445 images at 3x224x224)
-MAX_ABS_DIFF = 1e-4  # largest probability difference accepted between PyTorch and ORT
 INT8_MAX_LOSS = 0.005  # accuracy an INT8 model may lose before the log says so (0.5 pt)
 TIMING_IMAGES = 256  # images timed per model for the INT8 speed ratio
 
@@ -102,7 +107,7 @@ def export_model(
         images = export_images(spec, data if data is not None else _dataset(spec, run), int8=quantize)
     blob = proto.SerializeToString()
     try:
-        parity = _parity(model, blob, images.parity, spec.task)
+        parity = check_parity(model, blob, images.parity, spec.task)
     except ExportError:
         for stale in (run.onnx, run.onnx_int8):
             if stale.exists():
@@ -158,15 +163,15 @@ class ExportImages:
 def export_images(spec: Spec, data, *, int8: bool) -> ExportImages:
     """Pick what an export of ``spec`` reads from ``data`` (a :class:`..data.dataset.Dataset` with its split)."""
     most = min(PARITY_MAX, max(PARITY_IMAGES, PARITY_BYTES // max(1, math.prod(data.images.shape[1:]))))
-    picked = ExportImages(parity=data.images[_parity_indices(data.splits, spec.training.seed, most)])
+    picked = ExportImages(parity=data.images[parity_indices(data.splits, spec.training.seed, most)])
     if not int8:
         return picked
     split = "test" if len(data.splits["test"]) else "val" if len(data.splits["val"]) else "train"
     idx = data.splits[split]
     scored = data.rows(split)  # read a batch at a time where scored; copied only if sent to the worker
-    calib = _take(data.splits["train"], spec.export.calibration_images, seed=spec.training.seed)
+    calib = take(data.splits["train"], spec.export.calibration_images, seed=spec.training.seed)
     if len(scored) < TIMING_IMAGES:
-        timed = data.images[_take(np.arange(len(data.images)), TIMING_IMAGES, 0)]
+        timed = data.images[take(np.arange(len(data.images)), TIMING_IMAGES, 0)]
     else:
         timed = scored
     picked.calibration, picked.scored_split, picked.scored = data.images[calib], split, scored
@@ -199,7 +204,7 @@ def quantize_run(
 
     blob = quantize_int8(fp32, images.calibration, spec.export.dynamic_batch)
     split, scored, labels = images.scored_split, images.scored, images.scored_labels
-    (p32, info), (p8, _) = _ort_scores(fp32, scored), _ort_scores(blob, scored)
+    (p32, info), (p8, _) = ort_scores(fp32, scored), ort_scores(blob, scored)
     acc32, acc8 = _accuracy(p32, labels, info), _accuracy(p8, labels, info)
     if info.test_metrics:
         blob = _with_test_metrics(blob, info, p8, labels) if split == "test" else _with_test_metrics(blob, info)
@@ -421,84 +426,6 @@ def _dataset(spec: Spec, run: Run):
     return load_dataset(spec, split_file=split, log=lambda _m: None)
 
 
-def _parity_indices(splits: dict[str, np.ndarray], seed: int, most: int = PARITY_MAX) -> np.ndarray:
-    """The test images (a seeded sample of ``most`` when there are more), topped up with val then
-    train images to ``PARITY_IMAGES``."""
-    idx = list(_take(splits.get("test", np.zeros(0, np.int64)), most, seed))
-    for name in ("val", "train"):
-        if len(idx) >= PARITY_IMAGES:
-            break
-        idx += list(splits.get(name, [])[: PARITY_IMAGES - len(idx)])
-    return np.asarray(idx, dtype=np.int64)
-
-
-@torch.inference_mode()
-def torch_probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    """PyTorch eval-mode probabilities of uint8 ``(N, C, H, W)`` images, on the CPU, in batches."""
-    step = images_per_batch(images.shape[1:])
-    outs = [
-        model(torch.from_numpy(np.ascontiguousarray(images[i : i + step]))).float().numpy()
-        for i in range(0, len(images), step)
-    ]
-    return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
-
-
-def ort_probabilities(blob: bytes, images: np.ndarray) -> np.ndarray:
-    """ONNX Runtime (CPU provider, full optimization) probabilities of uint8 images."""
-    return _ort_scores(blob, images)[0]
-
-
-def _top1(probs: np.ndarray, task: str) -> np.ndarray:
-    from convspec.runtime.metrics import predictions
-
-    return predictions(probs, "binary" if task == "binary" or probs.shape[1] == 1 else task)
-
-
-def _parity(model: torch.nn.Module, blob: bytes, images: np.ndarray, task: str) -> dict:
-    """Compare ORT with PyTorch; raise ExportError on a real disagreement.
-
-    A top-1 flip between classes whose PyTorch probabilities are within ``MAX_ABS_DIFF`` of
-    each other (a tie at float precision) counts as agreement: either answer is right.
-    """
-    if len(images) == 0:
-        raise ExportError("no images to check the exported model against PyTorch")
-    ref = torch_probabilities(model, images)
-    got = ort_probabilities(blob, images)
-    if ref.shape != got.shape:
-        raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape}")
-    diff = float(np.max(np.abs(ref.astype(np.float64) - got))) if ref.size else 0.0
-    a, b = _top1(ref, task), _top1(got, task)
-    if task == "binary" or ref.shape[1] == 1:
-        tie = np.abs(ref[:, 0] - 0.5) <= MAX_ABS_DIFF
-    else:
-        tie = ref.max(axis=1) - ref[np.arange(len(ref)), b] <= MAX_ABS_DIFF
-    agree = (a == b) | tie
-    agreement = float(agree.mean())
-    finite = bool(np.isfinite(got).all())
-    if agreement < 1.0 or not diff <= MAX_ABS_DIFF or not finite:
-        raise ExportError(
-            f"the ONNX model does not match PyTorch on {len(images)} images: top-1 agreement "
-            f"{agreement * 100:.2f} % ({int((~agree).sum())} differ), max |diff| {diff:.2e} "
-            f"(allowed {MAX_ABS_DIFF:g}); model.onnx was not written"
-        )
-    return {
-        "images": len(images),
-        "top1_agreement": agreement,
-        "max_abs_diff": diff,
-        "exact_top1_agreement": float((a == b).mean()),
-    }
-
-
-def _ort_scores(blob: bytes, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
-    """ONNX Runtime (CPU provider, full optimization) probabilities of uint8 images, and the model's metadata."""
-    from convspec.runtime import Predictor
-
-    predictor = Predictor(blob, providers="cpu")
-    step = images_per_batch(images.shape[1:])
-    outs = [predictor.predict_arrays(images[i : i + step]) for i in range(0, len(images), step)]
-    return (np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)), predictor.info
-
-
 def _accuracy(probs: np.ndarray, labels: np.ndarray, info: ModelInfo) -> float:
     """Accuracy at the model's own threshold (binary; 0.5 without one), as its test metrics count it."""
     from convspec.runtime.metrics import predictions
@@ -535,14 +462,6 @@ def _set_props(proto, props: dict[str, str], drop: str = "") -> None:
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def _take(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` of ``idx``, a fixed random choice (sorted)."""
-    idx = np.asarray(idx, dtype=np.int64)
-    if len(idx) <= n:
-        return idx
-    return np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
 
 
 def export_to_file(

@@ -121,7 +121,9 @@ def test_a_full_disk_while_writing_model_onnx_is_one_line(tiny_run, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(export_onnx, "atomic_write_bytes", full)
-    monkeypatch.setattr(export_onnx, "_parity", lambda *a: {"images": 1, "top1_agreement": 1.0, "max_abs_diff": 0.0})
+    monkeypatch.setattr(
+        export_onnx, "check_parity", lambda *a: {"images": 1, "top1_agreement": 1.0, "max_abs_diff": 0.0}
+    )
     with pytest.raises(WriteError, match=r"model\.onnx: cannot write the model: no space left"):
         export_onnx.export_onnx(tiny_run, log=lambda _m: None)
     assert not (tiny_run / "model.onnx").exists()

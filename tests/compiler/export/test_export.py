@@ -126,8 +126,9 @@ def test_int8_export(run_copy, capfd):
 
 def test_failed_parity_leaves_no_model(run_copy, monkeypatch):
     from convspec.compiler.export import onnx as export
+    from convspec.compiler.export import parity
 
-    monkeypatch.setattr(export, "MAX_ABS_DIFF", -1.0)  # nothing can pass
+    monkeypatch.setattr(parity, "MAX_ABS_DIFF", -1.0)  # nothing can pass
     with pytest.raises(export.ExportError, match=r"does not match PyTorch.*model.onnx was not written"):
         export.export_onnx(run_copy, log=lambda _m: None)
     assert not run_copy.onnx.exists()

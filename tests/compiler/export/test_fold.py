@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from convspec.compiler.export.fold import AffineStep, FoldedStem, fold_for_export
-from convspec.compiler.export.onnx import _export_proto, ort_probabilities
+from convspec.compiler.export.onnx import _export_proto
+from convspec.compiler.export.parity import ort_probabilities
 from convspec.compiler.model.builder import build_model
 from convspec.specs import spec_from_dict
 

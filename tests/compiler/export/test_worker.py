@@ -221,21 +221,22 @@ def test_an_export_reads_the_images_it_is_handed_and_never_the_data(tmp_path, di
 
 
 def test_parity_takes_a_seeded_sample_of_a_large_test_split_and_tops_up_a_small_one():
-    from convspec.compiler.export.onnx import PARITY_IMAGES, PARITY_MAX, _parity_indices
+    from convspec.compiler.export.parity import PARITY_IMAGES, PARITY_MAX, parity_indices
 
     big = {"test": np.arange(10_000, 15_000), "val": np.arange(100), "train": np.arange(100, 9_000)}
-    picked = _parity_indices(big, seed=0)
+    picked = parity_indices(big, seed=0)
     assert len(picked) == PARITY_MAX and set(picked) <= set(big["test"]) and len(set(picked)) == PARITY_MAX
-    assert np.array_equal(picked, _parity_indices(big, seed=0))
+    assert np.array_equal(picked, parity_indices(big, seed=0))
     small = {"test": np.arange(10), "val": np.arange(10, 20), "train": np.arange(20, 1000)}
-    picked = _parity_indices(small, seed=0)
+    picked = parity_indices(small, seed=0)
     assert len(picked) == PARITY_IMAGES and list(picked[:20]) == list(range(20))
 
 
 def test_parity_images_are_capped_by_bytes_at_real_sizes():
     """At 3x224x224 a 2,048-image parity sample would be 300 MB gathered (and sent to the worker)."""
     from convspec.compiler.data.dataset import Dataset
-    from convspec.compiler.export.onnx import PARITY_BYTES, PARITY_IMAGES, export_images
+    from convspec.compiler.export.onnx import export_images
+    from convspec.compiler.export.parity import PARITY_BYTES, PARITY_IMAGES
 
     spec = load_spec(REPO / "examples" / "digits.yaml")  # export_images reads its training.seed
     for side, want in ((224, PARITY_BYTES // (3 * 224 * 224)), (512, PARITY_IMAGES)):
