@@ -32,7 +32,7 @@ from convspec.specs.layers import (
     Repeat,
     Residual,
 )
-from convspec.specs.shapes import SHAPE_RULES, ShapeError, residual_shortcut, same_padding
+from convspec.specs.shape_rules import SHAPE_RULES, ShapeError, residual_shortcut, same_padding
 
 from .backbone import build_backbone
 
@@ -256,7 +256,7 @@ class ResidualBlock(nn.Module):
 
 @register(Residual)
 def build_residual(layer: Residual, in_shape: Shape) -> tuple[nn.Module, Shape]:
-    """Body from ``layers``; shortcut per ``specs.shapes.residual_shortcut`` (ResNet option B)."""
+    """Body from ``layers``; shortcut per ``specs.shape_rules.residual_shortcut`` (ResNet option B)."""
     body, out = build_layers(layer.layers, in_shape)
     try:
         sc = residual_shortcut(layer, in_shape, out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from convspec.specs import SpecError, load_spec, load_spec_text
-from convspec.specs.shapes import conv_out, same_padding
+from convspec.specs.shape_rules import conv_out, same_padding
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
