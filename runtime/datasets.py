@@ -67,10 +67,15 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     Raises:
         DataError: ``folder`` is not a folder.
     """
-    found: list[str] = []
+    return [path for path, _ in _walk_images(folder, log)]
+
+
+def _walk_images(folder: str, log: Callable[[str], None] | None) -> list[tuple[str, bool]]:
+    """:func:`list_images`'s files, each with whether a symbolic link led to it (a linked file or folder)."""
+    found: list[tuple[str, bool]] = []
     others: list[str] = []
 
-    def walk(path: str, rel: str, ancestors: frozenset) -> None:
+    def walk(path: str, rel: str, ancestors: frozenset, linked: bool) -> None:
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as e:
@@ -99,11 +104,11 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
                 if ident in ancestors or (entry.is_symlink() and _contains(entry.path, top)):
                     _warn(log, f"symbolic link loop at {entry.path} (it points to a folder above it); skipped")
                     continue
-                walk(entry.path, child, ancestors | {ident})
+                walk(entry.path, child, ancestors | {ident}, linked or entry.is_symlink())
             elif is_image_file(entry.name):
                 if not rel and top_is_run and entry.name in OUTPUT_IMAGES:
                     continue  # a plot convspec wrote into the run folder given: not an input
-                found.append(child)  # a FIFO, a device or a broken link too: reported by path when read
+                found.append((child, linked or entry.is_symlink()))  # a FIFO, a device or a broken link too
             elif not top_is_run:  # a run folder's own files (results.json...) are no news
                 others.append(child)
 
@@ -113,7 +118,7 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     st = os.stat(folder)
     top = os.path.realpath(folder)
     top_is_run = is_run_folder(folder)
-    walk(folder, "", frozenset({(st.st_dev, st.st_ino)}))
+    walk(folder, "", frozenset({(st.st_dev, st.st_ino)}), False)
     if others:
         _warn(
             log,
@@ -121,7 +126,7 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
             f"({' '.join(sorted(IMAGE_EXTENSIONS))}): {short_list(sorted(others), 5)}",
         )
     found.sort()
-    return [os.path.join(folder, *rel.split("/")) for rel in found]
+    return [(os.path.join(folder, *rel.split("/")), linked) for rel, linked in found]
 
 
 def _contains(link: str, top: str) -> bool:
@@ -136,6 +141,13 @@ def _contains(link: str, top: str) -> bool:
 def list_folder(
     root: str, *, key: str = "data.source.path", min_classes: int = 2, log: Callable[[str], None] | None = None
 ) -> tuple[Samples, list[str]]:
+    samples, classes, linked = _list_folder(root, key, min_classes, log)
+    return _once_each({"": samples}, linked, classes, key, log)[""], classes
+
+
+def _list_folder(
+    root: str, key: str, min_classes: int, log: Callable[[str], None] | None
+) -> tuple[Samples, list[str], set[str]]:
     """List an ImageFolder tree: ``root/<class>/**/<image>``.
 
     Args:
@@ -168,12 +180,16 @@ def list_folder(
         if problem := class_name_problem(name):
             raise DataError(f"{key}: class folder {os.path.join(root, name)!r}: {problem}")
     samples: Samples = []
+    linked: set[str] = set()
     empty = []
     for label, name in enumerate(classes):
-        files = list_images(os.path.join(root, name), log=log)
+        folder = os.path.join(root, name)
+        files = _walk_images(folder, log)
         if not files:
             empty.append(name)
-        samples.extend((f, label) for f in files)
+        samples.extend((f, label) for f, _ in files)
+        folder_linked = os.path.islink(folder) or os.path.islink(root)  # cat -> dog, test -> train
+        linked.update(f for f, through_link in files if through_link or folder_linked)
     if empty:
         which = "folder" if len(empty) == 1 else "folders"
         raise DataError(
@@ -182,7 +198,64 @@ def list_folder(
         )
     if len(classes) < min_classes:
         raise DataError(f"{key}: only one class folder ({classes[0]}) in {root}; a classifier needs at least 2 classes")
-    return samples, classes
+    return samples, classes, linked
+
+
+def _files(n: int) -> str:
+    return f"{n} image file is" if n == 1 else f"{n} image files are"
+
+
+def _once_each(
+    groups: dict[str, Samples], linked: set[str], classes: list[str], key: str, log: Callable[[str], None] | None
+) -> dict[str, Samples]:
+    """Each image file once: ``groups`` (the split folders, or ``""``) without the files that
+    symbolic links reach a second time (``linked``: the files a link led to; none, nothing to do).
+
+    A file reached twice in one class is used once, with a warning. In two classes it would train
+    with two labels, and in two split folders it would be scored on what it trained on: both are a
+    DataError naming the files. Why by resolved path, not inode: a file is the same file through
+    any chain of links, and only links are resolved (no stat per file); hard links count as copies.
+    """
+    if not linked:
+        return groups
+    real_dirs: dict[str, str] = {}
+
+    def real(path: str) -> str:
+        """The file's path with every link resolved: one realpath per folder, and per linked file."""
+        if path in linked:
+            target = os.path.realpath(path)
+            return target if os.path.exists(target) else path  # a broken link is a bad image, named later
+        folder, name = os.path.split(path)
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        return os.path.join(real_dirs[folder], name)
+
+    first: dict[str, tuple[str, str, int]] = {}
+    twice, clashes = [], []
+    out: dict[str, Samples] = {}
+    for group, samples in groups.items():
+        kept: Samples = []
+        for path, label in samples:
+            seen = first.setdefault(real(path), (group, path, label))
+            if seen == (group, path, label):
+                kept.append((path, label))
+            elif seen[0] == group and seen[2] == label:
+                twice.append(f"{path} (= {seen[1]})")
+            else:
+                where = f"class {classes[seen[2]]}" if seen[0] == group else f"{seen[0]}/"
+                clashes.append(f"{path} is {seen[1]} (in {where})")
+        out[group] = kept
+    if clashes:
+        raise DataError(
+            f"{key}: {_files(len(clashes))} reached through symbolic links in two places: "
+            f"{short_list(clashes, 5)}. In two classes a file trains with two labels; in two split folders "
+            "it is scored on what it trained on. Keep each image in one place"
+        )
+    if twice:
+        _warn(
+            log, f"{_files(len(twice))} reached twice through symbolic links; each is used once: {short_list(twice, 5)}"
+        )
+    return out
 
 
 def list_split_folders(
@@ -208,12 +281,14 @@ def list_split_folders(
         )
     out: dict[str, Samples] = {}
     names: dict[str, list[str]] = {}
+    linked: set[str] = set()
     for split in SPLIT_FOLDERS:
         sub = os.path.join(root, split)
         if split == "test" and not os.path.isdir(sub):
             out[split] = []
             continue
-        out[split], names[split] = list_folder(sub, key=f"{key} ({split}/)", log=log)
+        out[split], names[split], through = _list_folder(sub, f"{key} ({split}/)", 2, log)
+        linked |= through
     ref = names["train"]
     for split, found in names.items():
         if found != ref:
@@ -227,7 +302,7 @@ def list_split_folders(
                 if p
             )
             raise DataError(f"{key}: {split}/ and train/ must have the same class folders ({detail})")
-    return out, ref
+    return _once_each(out, linked, ref, key, log), ref
 
 
 def list_csv(

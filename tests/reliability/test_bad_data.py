@@ -155,7 +155,8 @@ def test_symlink_loop_is_skipped_and_never_relabels_images(tmp_path):
     """``a/up -> ..`` must not make b's images a second time, as class a: skipped, with a warning naming it."""
     image_folder(tmp_path / "data", ("a", "b"))
     os.symlink("..", tmp_path / "data" / "a" / "up")
-    os.symlink("../b", tmp_path / "data" / "a" / "sideways")  # a link to a sibling is data, not a loop
+    image_folder(tmp_path / "more", ("b",))
+    os.symlink(tmp_path / "more" / "b", tmp_path / "data" / "a" / "sideways")  # a link elsewhere is data, not a loop
     spec = load_spec(folder_spec(tmp_path))
     messages: list[str] = []
     data = load_dataset(spec, log=messages.append)

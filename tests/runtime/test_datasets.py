@@ -68,7 +68,9 @@ def test_nested_hidden_and_non_image_files(tmp_path):
 def test_symlink_loop_does_not_hang(tmp_path):
     _tree(tmp_path, {"cat": 2, "dog": 1})
     os.symlink(tmp_path / "cat", tmp_path / "cat" / "loop")  # cat/loop -> cat
-    os.symlink(tmp_path / "dog", tmp_path / "cat" / "also_dog")  # not a loop: followed
+    _tree(tmp_path / ".elsewhere", {"dog": 1})  # hidden: not a class
+    os.symlink(tmp_path / "nowhere.png", tmp_path / ".elsewhere" / "dog" / "dangling.png")
+    os.symlink(tmp_path / ".elsewhere" / "dog", tmp_path / "cat" / "also_dog")  # not a loop: followed
     os.symlink(tmp_path / "nowhere.png", tmp_path / "dog" / "dangling.png")
     result, messages = {}, []
     t = threading.Thread(target=lambda: result.update(r=list_folder(str(tmp_path), log=messages.append)))
@@ -191,6 +193,35 @@ def test_list_csv_missing_file_and_root(tmp_path):
 
 
 # ------------------------------------------------------------ split folders
+
+
+def test_a_file_reached_twice_through_links_is_used_once_and_never_under_two_labels(tmp_path):
+    """A link into another class gave one image two labels, and a link between split folders put
+    a training image into the test split; a second link within a class counted an image twice."""
+    _tree(tmp_path / "data", {"cat": 3, "dog": 3})
+    data = tmp_path / "data"
+    (data / "cat" / "sub").mkdir()
+    os.symlink("../0.png", data / "cat" / "sub" / "again.png")  # the same class: used once
+    messages: list[str] = []
+    samples, _ = list_folder(str(data), log=messages.append)
+    assert len(samples) == 6 and str(data / "cat" / "sub" / "again.png") not in [p for p, _ in samples]
+    assert any("1 image file is reached twice through symbolic links" in m and "again.png" in m for m in messages)
+
+    os.symlink("../cat", data / "dog" / "alias")  # every cat image again, as a dog
+    with pytest.raises(
+        DataError, match=r"4 image files are reached through symbolic links in two places: .*alias/0.png is"
+    ):
+        list_folder(str(data))
+    os.unlink(data / "dog" / "alias")
+    os.symlink(data / "dog", data / "emu")  # a class folder that is a link to another
+    with pytest.raises(DataError, match=r"emu/0.png is .*dog/0.png \(in class dog\)"):
+        list_folder(str(data))
+
+    for split in ("train", "val"):
+        _tree(tmp_path / "split" / split, {"cat": 2, "dog": 2})
+    os.symlink(tmp_path / "split" / "train", tmp_path / "split" / "test")  # test/ -> train/
+    with pytest.raises(DataError, match=r"test/cat/0.png is .*train/cat/0.png \(in train/\)"):
+        list_split_folders(str(tmp_path / "split"))
 
 
 def test_list_split_folders(tmp_path):
