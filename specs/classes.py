@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import unicodedata
 
 from .errors import Issue, SpecError, control_character
 from .readfile import FileReadError, read_text
@@ -196,6 +197,33 @@ def _csv_class_names(path: str) -> list[str]:
         _csv_names_seen.clear()  # the one CSV of the spec at hand
         _csv_names_seen[key] = names
     return list(names)
+
+
+def classes_mismatch(listed, found, show: int = 10) -> str:
+    """Why ``classes:`` (``listed``) and the data's class names (``found``) differ, for a message:
+    ``in the data but not listed: ...; listed but not in the data: ...``, with the two causes that
+    look like no difference at all named: a skipped ``.hidden`` folder, and the same name in two
+    Unicode forms (macOS writes folder names decomposed: ``é`` as ``e`` + U+0301).
+    """
+
+    def names(items: list[str]) -> str:
+        more = f", ... and {len(items) - show} more" if len(items) > show else ""
+        return ", ".join(items[:show]) + more
+
+    missing, extra = sort_names(set(found) - set(listed)), sort_names(set(listed) - set(found))
+    parts = [f"in the data but not listed: {names(missing)}" if missing else ""]
+    parts.append(f"listed but not in the data: {names(extra)}" if extra else "")
+    hidden = [n for n in extra if n.startswith(".")]
+    if hidden:
+        parts.append(f"folders whose names start with '.' are skipped, as hidden: {names(hidden)}")
+    nfc = {unicodedata.normalize("NFC", m) for m in missing}
+    forms = [n for n in extra if unicodedata.normalize("NFC", n) in nfc]
+    if forms:
+        parts.append(
+            f"{names(forms)}: the same letters in another Unicode form (NFC against NFD, as macOS "
+            "writes folder names); rename the folder or write the name as the data does"
+        )
+    return "; ".join(p for p in parts if p)
 
 
 def sort_names(names) -> list[str]:

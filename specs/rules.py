@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .backbone_rules import backbone_issues, resolve_backbone_paths
-from .classes import DIGITS, class_name_problem, has_image, static_class_names
+from .classes import DIGITS, class_name_problem, classes_mismatch, has_image, static_class_names
 from .errors import Issue
 
 
@@ -139,16 +139,7 @@ def _classes(spec) -> list[Issue]:
         found = static_class_names(spec)
         if found is not None:
             if isinstance(spec.classes, list) and set(spec.classes) != set(found):
-                missing = sorted(set(found) - set(spec.classes))
-                extra = sorted(set(spec.classes) - set(found))
-                detail = "; ".join(
-                    p
-                    for p in (
-                        f"in the data but not listed: {', '.join(missing)}" if missing else "",
-                        f"listed but not in the data: {', '.join(extra)}" if extra else "",
-                    )
-                    if p
-                )
+                detail = classes_mismatch(spec.classes, found)
                 issues.append(Issue(f"must match the data's classes ({detail})", ("classes",)))
             elif isinstance(spec.classes, int) and spec.classes != len(found):
                 issues.append(

@@ -26,7 +26,7 @@ from convspec.runtime.datasets import (
     short_list,
 )
 from convspec.runtime.images import prepare_array, sixteen_bit_peak
-from convspec.specs.classes import DIGITS, sort_names
+from convspec.specs.classes import DIGITS, classes_mismatch, sort_names
 from convspec.specs.errors import one_line
 
 from .dataset import SPLITS, Dataset
@@ -183,17 +183,7 @@ def _resolve_classes(spec, data_names: list[str]) -> tuple[list[str], np.ndarray
     else:
         names = [str(c) for c in declared]
         if set(names) != set(data_names):
-            missing = sort_names(set(data_names) - set(names))
-            extra = sort_names(set(names) - set(data_names))
-            detail = "; ".join(
-                p
-                for p in (
-                    f"in the data but not listed: {short_list(missing)}" if missing else "",
-                    f"listed but not in the data: {short_list(extra)}" if extra else "",
-                )
-                if p
-            )
-            raise DataError(f"classes must match the data's classes ({detail})")
+            raise DataError(f"classes must match the data's classes ({classes_mismatch(names, data_names)})")
     if spec.task == "binary" and len(names) != 2:
         raise DataError(f"task: binary needs exactly 2 classes; the data has {len(names)} ({short_list(names)})")
     position = {name: i for i, name in enumerate(names)}

@@ -62,6 +62,18 @@ def test_unknown_class_is_a_clear_error(model, tmp_path, band):
         evaluate(model, tmp_path / "data")
 
 
+def test_a_class_folder_named_in_another_unicode_form_says_so():
+    """macOS writes folder names decomposed: the message named "scratch é" as unknown and known."""
+    import unicodedata
+
+    from convspec.runtime.evaluate import match_classes
+
+    decomposed = unicodedata.normalize("NFD", "scratch é")
+    with pytest.raises(DataError, match="the same letters as a model class in another Unicode form"):
+        match_classes([decomposed], ["ok", "scratch é"], "data")
+    assert match_classes(["scratch é"], ["ok", "scratch é"], "data") == {"ok": 0, "scratch é": 1}
+
+
 def test_unreadable_images_are_skipped_and_reported(model, tmp_path, band):
     root = tmp_path / "data"
     band.save(root / "a" / "0.png", 0)

@@ -78,3 +78,24 @@ def test_a_csv_sources_class_names_follow_edits_of_the_csv(tmp_path):
     assert static_class_names(load_spec_text(text)) == ["cat", "eel"]
     csv_path.write_text("path,label\na.png,cat\nb.png,dog\nc.png,fox\n")
     assert load_spec_text(text).num_classes() == 3
+
+
+def test_a_class_mismatch_names_hidden_folders_and_unicode_forms(tmp_path):
+    """Both looked like no difference at all: ``listed but not in the data: .hidden`` beside the
+    folder, and ``scratch é`` named on both sides (a macOS folder name is decomposed)."""
+    import unicodedata
+
+    from PIL import Image
+
+    from convspec.specs import SpecError, load_spec_text
+
+    nfd = unicodedata.normalize("NFD", "scratch é")
+    for name in ("ok", ".hidden", nfd):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "data" / name / "a.png")
+    text = _folder_spec(tmp_path / "data", "multiclass").replace("task:", "classes: [ok, .hidden, scratch é]\ntask:")
+    with pytest.raises(SpecError) as info:
+        load_spec_text(text)
+    message = str(info.value)
+    assert "folders whose names start with '.' are skipped, as hidden: .hidden" in message
+    assert "the same letters in another Unicode form (NFC against NFD" in message
