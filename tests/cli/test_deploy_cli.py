@@ -161,6 +161,13 @@ def test_evaluate_run_folder_of_image_files(model, folder, tmp_path, band):
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)
     assert got["images"] == 3 and got["accuracy"] == pytest.approx(2 / 3)
+    # a test image gone since: refused, never scored as the run's split on fewer images
+    split["splits"]["test"]["files"][1] = "b/moved.png"
+    (run / "split.json").write_text(json.dumps(split))
+    result = invoke("evaluate", model, run)
+    assert result.exit_code == 1 and "1 of the run's 3 test images are gone" in result.stderr, result.output
+    assert "b/moved.png" in result.stderr
+    no_traceback(result)
     split["splits"]["test"] = {"files": [], "labels": []}
     (run / "split.json").write_text(json.dumps(split))
     result = invoke("evaluate", model, run)
