@@ -85,7 +85,29 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: Any = 0.5) -> f
     check_choosable(rule, y_val)
     y = np.asarray(y_val, dtype=np.int64)
     p = positive_probability(p_val).astype(np.float64)
-    return _halfway_down(_chosen(kind, value, y, p), p)
+    t = _halfway_down(_chosen(kind, value, y, p), p)
+    missed = target_missed(rule, y, p, t)
+    if missed:
+        warnings.warn(missed, ThresholdWarning, stacklevel=2)
+    return t
+
+
+def target_missed(rule: Any, y_val: np.ndarray, p_val: np.ndarray, threshold: float) -> str | None:
+    """What a ``{precision: P}`` rule did not reach at the chosen ``threshold`` on validation, or None.
+
+    Why said apart from the value: a precision target that the validation split cannot reach is
+    not an error (the best precision is used), but the report must not read as if it were met.
+    """
+    kind, value = _rule(rule)
+    if kind != "precision" or len(np.asarray(y_val)) == 0:
+        return None
+    got = describe_threshold(np.asarray(y_val), p_val, threshold)["precision"]
+    if got >= float(value) - 1e-12:
+        return None
+    return (
+        f"export.threshold {{precision: {float(value):g}}}: no threshold reaches that precision on the validation "
+        f"split; threshold {threshold:.6g} has the best, {got:.4f}"
+    )
 
 
 def check_choosable(rule: Any, y_val: np.ndarray) -> None:
@@ -124,12 +146,6 @@ def _chosen(kind: str, value: float | str, y: np.ndarray, p: np.ndarray) -> floa
     if len(ok):
         return _prob(thresholds[ok[0]])  # thresholds rise: the first is the lowest
     best = np.flatnonzero(precision == precision.max())[0]
-    warnings.warn(
-        f"export.threshold {{precision: {value:g}}}: no threshold reaches that precision on the validation split "
-        f"(best {precision[best]:.4f}); using the threshold of the best, {thresholds[best]:.6g}",
-        ThresholdWarning,
-        stacklevel=3,
-    )
     return _prob(thresholds[best])
 
 
@@ -166,14 +182,20 @@ def threshold_record(
     Returns:
         ``{"value": t, "rule": rule, "validation": {...}, "test": {...}}``, each split's entry
         from :func:`describe_threshold` (sensitivity, specificity, precision, recall, f1);
-        ``test`` only when test data is given. Export writes ``value`` into the ONNX metadata.
+        ``test`` only when test data is given; ``missed``: a sentence when a precision target is
+        not reached on validation (:func:`target_missed`). Export writes ``value`` into the ONNX metadata.
     """
     if hasattr(rule, "model_dump"):
         rule = rule.model_dump()
-    t = choose_threshold(y_val, p_val, rule)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ThresholdWarning)  # recorded as "missed" instead
+        t = choose_threshold(y_val, p_val, rule)
     out: dict[str, Any] = {"value": t, "rule": rule}
     if len(np.asarray(y_val)):
         out["validation"] = describe_threshold(y_val, p_val, t)
+        missed = target_missed(rule, y_val, positive_probability(p_val), t)
+        if missed:
+            out["missed"] = missed
     if y_test is not None and p_test is not None and len(np.asarray(y_test)):
         out["test"] = describe_threshold(y_test, p_test, t)
     return out

@@ -362,11 +362,17 @@ def _run_threshold(spec: Spec, results: dict) -> float | None:
 
 def _threshold_on_validation(spec: Spec, model: torch.nn.Module, data, log: Callable[[str], None]) -> float:
     """``export.threshold``'s rule chosen on the run's validation split, as training's finish does."""
-    from convspec.runtime.threshold import choose_threshold
+    from convspec.runtime.threshold import ThresholdWarning, choose_threshold, target_missed
 
     idx = data.splits["val"]
-    value = choose_threshold(data.labels[idx], torch_probabilities(model, data.images[idx]), spec.export.threshold)
+    probs = torch_probabilities(model, data.images[idx])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ThresholdWarning)  # said as a warning line below
+        value = choose_threshold(data.labels[idx], probs, spec.export.threshold)
     log(f"threshold {value:.6g}: export.threshold chosen on the validation split (the run has no results.json)")
+    missed = target_missed(spec.export.threshold, data.labels[idx], probs, value)
+    if missed:
+        log(f"warning: {missed}")
     return value
 
 

@@ -86,7 +86,8 @@ def _threshold_lines(t) -> list[str]:
         if split
         else ""
     )
-    return ["", f"Operating threshold {t['value']:.4f} ({how}){gives}.", ""]
+    missed = f" Target not reached: {t['missed']}." if isinstance(t.get("missed"), str) else ""
+    return ["", f"Operating threshold {t['value']:.4f} ({how}){gives}.{missed}", ""]
 
 
 def write_report(path: Path, results: dict[str, Any]) -> None:

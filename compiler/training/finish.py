@@ -68,6 +68,8 @@ def finish(
         return results
     if test and spec.task == "binary":  # the model's operating point, with or without a test split
         results["threshold"] = _threshold(setup, model, data)
+        if "missed" in results["threshold"]:
+            log(f"warning: {results['threshold']['missed']}")
     tested = _test(setup, model, data, results) if test and len(data.splits["test"]) else None
     with writing(run.path, "the results, plots and report"):
         run.write_json(run.results, results)  # before the export: the model's metadata carries its metrics

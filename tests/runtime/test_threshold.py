@@ -62,6 +62,20 @@ def test_unreachable_precision_warns_and_uses_the_best():
     assert _rates(y, p, t)[0] == best
 
 
+def test_an_unreached_precision_is_recorded_with_the_stored_threshold_not_warned():
+    """Training showed a raw Python warning naming another threshold than the one stored, and the
+    report read as if the target were met."""
+    y = np.array([0, 1, 0, 1])
+    p = np.array([0.9, 0.8, 0.3, 0.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing escapes as a Python warning
+        record = threshold_record({"precision": 0.99}, y, p)
+    assert f"threshold {record['value']:.6g} has the best, 0.5000" in record["missed"]
+    assert record["validation"]["precision"] == pytest.approx(0.5)
+    assert "missed" not in threshold_record({"precision": 0.5}, y, p)
+    assert "missed" not in threshold_record({"recall": 0.9}, y, p)
+
+
 def test_f1_and_youden_match_brute_force(val):
     y, p = val
     grid = np.unique(p)

@@ -105,6 +105,10 @@ def test_report_links_the_pictures_and_the_threshold(tmp_path):
     write_report(tmp_path / "report.md", results)
     text = (tmp_path / "report.md").read_text()
     assert "Operating threshold 0.3000 (fixed by export.threshold): validation sensitivity 0.9000" in text
+    results["threshold"] = {"value": 0.46, "rule": {"precision": 0.99}, "missed": "no threshold reaches it"}
+    write_report(tmp_path / "report.md", results)
+    text = (tmp_path / "report.md").read_text()
+    assert "(precision 0.99, chosen on the validation split). Target not reached: no threshold reaches it." in text
 
 
 def test_report_keeps_its_tables_and_lines_whole_for_any_names(tmp_path):
