@@ -16,7 +16,7 @@ Pipeline of one image, in order:
 3. convert the mode to 8-bit (:mod:`.modes`): 16-bit grey ('I;16', 'I') is scaled by 255/65535 (by
    255/(2**bits_stored - 1) for images that use only the low ``bits_stored`` bits, as 12-bit
    X-rays do; values above clip), float 'F'
-   from [0, 1] (or clipped to [0, 255] when its values exceed 1), CMYK / YCbCr / LAB / HSV
+   from [0, 1] (or clipped to [0, 255] when its values exceed 2: see modes.FLOAT_UNIT_TOP), CMYK / YCbCr / LAB / HSV
    go to RGB, and anything with transparency (RGBA, LA, PA, P or L or RGB with a
    ``transparency`` entry) is composited onto **black**;
 4. convert to 'L' (``channels=1``, ITU-R 601-2 luma: L = 0.299 R + 0.587 G + 0.114 B) or
@@ -39,10 +39,12 @@ pixels and for transparent pixels that hold leftover colour.
 from __future__ import annotations
 
 import io
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -75,7 +77,8 @@ __all__ = [
     "open_image_bytes",
     "OpenedImage",
     "prepare_array",
-    "sixteen_bit_peak",
+    "sample_pixels",
+    "SampledPixels",
 ]
 
 # Images above this many pixels are converted to 8 bits a strip of rows at a time (the same
@@ -458,39 +461,58 @@ def decode_into(
     return failures
 
 
-def sixteen_bit_peak(paths: Sequence[str | os.PathLike], sample: int = 8) -> tuple[int, int] | None:
-    """How many of ``sample`` files spread over ``paths`` are 16-bit grey, and their largest value.
+@dataclass(frozen=True)
+class SampledPixels:
+    """One sampled file's stored values, before any scaling to 8 bits.
 
-    None when none of them is. Other files cost a header read only; unreadable ones are passed
-    over (decoding reports them). Why a sample: it tells 12-bit X-rays stored in 16-bit PNGs
-    from full-range ones for the price of a few decodes, not a pass over the data.
+    ``kind``: ``"16-bit"`` (grey, signed or not), ``"float"``, or ``"16-bit colour"`` (RGB or
+    grey+alpha at 16 bits, which Pillow reads at 8: ``low`` and ``high`` are then NaN).
+    """
+
+    path: str
+    kind: str
+    low: float
+    high: float
+
+
+def sample_pixels(paths: Sequence[str | os.PathLike], sample: int = 8) -> list[SampledPixels]:
+    """The stored value range of the 16-bit and float images among ``sample`` files spread over ``paths``.
+
+    8-bit files cost a header read only; unreadable ones are passed over (decoding reports them).
+    Why a sample: it tells 12-bit X-rays stored in 16-bit PNGs from full-range ones, signed CT, and
+    float images on two scales, for the price of a few decodes, not a pass over the data.
     """
     if not paths:
-        return None
+        return []
     step = max(1, len(paths) // sample)
-    count, peak = 0, 0
+    found: list[SampledPixels] = []
     for path in list(paths)[::step][:sample]:
+        name = os.fspath(path)
         try:
-            fp = open_regular_image(os.fspath(path))
+            fp = open_regular_image(name)
         except ImageError:
             continue
         try:
-            im = open_with_pillow(os.fspath(path), fp, quiet=False)
+            im = open_with_pillow(name, fp, quiet=False)
         except ImageError:
             fp.close()
             continue
         try:
-            if not (im.mode.startswith("I;16") or im.mode == "I"):
-                continue
-            with DECODE_BUDGET.hold(decoded_bytes(im)):
-                peak = max(peak, int(np.asarray(im).max()))
-            count += 1
+            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+                with DECODE_BUDGET.hold(decoded_bytes(im)):
+                    a = np.asarray(im)
+                    if im.mode == "F":
+                        a = a[np.isfinite(a)]
+                    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+                found.append(SampledPixels(name, "float" if im.mode == "F" else "16-bit", low, high))
+            elif im.mode in ("RGB", "RGBA", "LA") and any(";16" in str(t[3]) for t in im.tile):
+                found.append(SampledPixels(name, "16-bit colour", math.nan, math.nan))
         except Exception:  # noqa: BLE001 - a file that fails to decode is decoding's to report
             continue
         finally:
             im.close()
             fp.close()
-    return (count, peak) if count else None
+    return found
 
 
 # ---------------------------------------------------------------- internals

@@ -1,6 +1,7 @@
 """Any Pillow image mode to 8-bit 'L' or 'RGB', as the loader (:mod:`.images`) converts it.
 
-16-bit grey is scaled by ``bits_stored``, float 'F' from [0, 1] (or clipped to [0, 255]),
+16-bit grey is scaled by ``bits_stored``, float 'F' from [0, 1] when its largest value is at most
+:data:`FLOAT_UNIT_TOP` (else clipped to [0, 255]),
 1-bit to 0/255, anything with transparency composited onto black, every other mode through
 Pillow's ``convert``. Large images are converted a strip of rows at a time (the same pixels).
 """
@@ -12,7 +13,12 @@ import functools
 import numpy as np
 from PIL import Image
 
-__all__ = ["STRIP_PIXELS", "convert_in_strips", "scale16", "to_8bit", "to_mode"]
+__all__ = ["FLOAT_UNIT_TOP", "STRIP_PIXELS", "convert_in_strips", "scale16", "to_8bit", "to_mode"]
+
+# A float image whose largest value is at most this is on the 0..1 scale (times 255, clipped).
+# Why not 1: filters overshoot, and one pixel at 1.0001 read the whole image as 0..255, black; an
+# image on the 0..255 scale whose largest value is 2 or less is black either way.
+FLOAT_UNIT_TOP = 2.0
 
 # Strips of about this many pixels in :func:`convert_in_strips`.
 STRIP_PIXELS = 1 << 20
@@ -39,7 +45,7 @@ def convert_in_strips(im: Image.Image, target: str, bits_stored: int = 16) -> Im
             float(np.nan_to_num(np.asarray(im.crop((0, y, im.width, min(y + rows, im.height)))), posinf=255.0).max())
             for y in range(0, im.height, rows)
         )
-        float_scale = top <= 1.0
+        float_scale = top <= FLOAT_UNIT_TOP
     out = Image.new(target, im.size)
     for y in range(0, im.height, rows):
         strip = im.crop((0, y, im.width, min(y + rows, im.height)))
@@ -51,7 +57,7 @@ def to_8bit(im: Image.Image, float_scale: bool | None = None, bits_stored: int =
     """Any Pillow mode -> 'L' or 'RGB' (transparency composited onto black).
 
     ``float_scale``: for mode 'F', whether values are multiplied by 255 (default: when the
-    image's maximum is <= 1); the streamed path decides it once for the whole image.
+    image's maximum is <= :data:`FLOAT_UNIT_TOP`); the streamed path decides it once for the whole image.
     """
     mode = im.mode
     if mode in ("L", "RGB") and "transparency" not in im.info:
@@ -61,7 +67,7 @@ def to_8bit(im: Image.Image, float_scale: bool | None = None, bits_stored: int =
     if mode == "F":
         a = np.asarray(im, dtype=np.float32)
         a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
-        if float_scale if float_scale is not None else (a.size and a.max() <= 1.0):
+        if float_scale if float_scale is not None else (a.size and a.max() <= FLOAT_UNIT_TOP):
             a = a.astype(np.float64) * 255.0
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
     if mode == "1":

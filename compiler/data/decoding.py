@@ -55,7 +55,8 @@ AUTO_MEMORY_LIMIT = 2 << 30  # bytes: ``cache: auto`` keeps smaller data sets in
 # 2: grey models decode a JPEG's luma plane (draft "L"); pixels moved by <= 1 level.
 # 3: JPEGs larger than needed decode at M/8 scale (libjpeg-turbo's scaled IDCT), not 1/2, 1/4, 1/8.
 # 4: a letterbox's content box follows the file's own aspect, not a scaled decode's rounded one.
-LOADER_VERSION = 4
+# 5: float images up to 2 (not 1) are on the 0..1 scale (modes.FLOAT_UNIT_TOP).
+LOADER_VERSION = 5
 
 Log = Callable[[str], None]
 

@@ -25,7 +25,8 @@ from convspec.runtime.datasets import (
     list_split_folders,
     short_list,
 )
-from convspec.runtime.images import prepare_array, sixteen_bit_peak
+from convspec.runtime.images import prepare_array, sample_pixels
+from convspec.runtime.modes import FLOAT_UNIT_TOP
 from convspec.specs.classes import DIGITS, classes_mismatch, sort_names
 from convspec.specs.errors import one_line
 
@@ -111,7 +112,7 @@ def load_dataset(
             progress=progress,
             workers=workers,
         )
-        _check_bit_depth(all_files, spec.input.bits_stored, warn)
+        _check_pixels(all_files, spec.input.bits_stored, warn)
         files = [all_files[i] for i in kept]
         labels = np.asarray([samples[i][1] for i in kept], np.int64)
         if preset is not None:
@@ -148,28 +149,78 @@ def load_dataset(
     return ds
 
 
-def _check_bit_depth(files: list[str], bits_stored: int, warn: Callable[[str], None]) -> None:
-    """Warn when sampled 16-bit images do not fit ``input.bits_stored``: too few bits used, or clipped.
+def _check_pixels(files: list[str], bits_stored: int, warn: Callable[[str], None]) -> None:
+    """Warn when sampled 16-bit or float images will not become the 8-bit pixels their owner means.
 
-    Why: a 12-bit X-ray scaled as full-range 16-bit keeps 16 grey levels, and trains worse
-    without a word (on 12-bit faces: 87 % test accuracy against 97 % with bits_stored: 12).
+    Why: each case trains worse without a word. A 12-bit X-ray scaled as full-range 16-bit keeps 16
+    grey levels (on 12-bit faces: 87 % test accuracy against 97 % with bits_stored: 12); signed CT
+    loses everything below 0; a 1000..1400 scanner window keeps 2 levels; float images are read on
+    the 0..1 or the 0..255 scale image by image; 16-bit colour is read at 8 bits by Pillow.
     """
-    found = sixteen_bit_peak(files)
-    if found is None:
-        return
-    n, peak = found
-    used, top = max(8, peak.bit_length()), (1 << bits_stored) - 1
-    sampled = f"in {n} sampled"
+    sampled = sample_pixels(files)
+    grey = [p for p in sampled if p.kind == "16-bit"]
+    top = (1 << bits_stored) - 1
+    if grey:
+        _check_sixteen_bit(grey, bits_stored, warn)
+    floats = [p for p in sampled if p.kind == "float"]
+    unit = [p for p in floats if p.high <= FLOAT_UNIT_TOP]
+    if unit and len(unit) < len(floats):
+        wide = next(p for p in floats if p.high > FLOAT_UNIT_TOP)
+        warn(
+            f"float images are read on the 0..1 scale when their largest value is at most {FLOAT_UNIT_TOP:g}, "
+            f"else on 0..255: of {len(floats)} sampled, {len(unit)} are on 0..1 and {len(floats) - len(unit)} not "
+            f"(e.g. {one_line(wide.path)}, up to {wide.high:g}); store every image on one scale"
+        )
+    over = [p for p in floats if p.high > 255]
+    if over:
+        warn(
+            f"float images hold values above 255 (e.g. {one_line(over[0].path)}, up to {over[0].high:g}; "
+            f"{len(over)} of {len(floats)} sampled), which become white; store them on 0..1 or 0..255, "
+            "or as 16-bit integers (with input.bits_stored)"
+        )
+    colour = [p for p in sampled if p.kind == "16-bit colour"]
+    if colour and bits_stored != 16:
+        warn(
+            f"input.bits_stored: {bits_stored} applies to 16-bit grey images; {one_line(colour[0].path)} is 16-bit "
+            f"colour (RGB or grey+alpha), which Pillow reads at 8 bits, from each value's high byte: values up to "
+            f"{top} keep {(top >> 8) + 1} grey levels. Save such images as 16-bit grey"
+        )
+
+
+def _check_sixteen_bit(grey: list, bits_stored: int, warn: Callable[[str], None]) -> None:
+    top = (1 << bits_stored) - 1
+    low, peak = min(p.low for p in grey), max(p.high for p in grey)
+    used = max(8, int(peak).bit_length())
+    sampled = f"in {len(grey)} sampled"
+
+    def levels(lo: float, hi: float) -> int:  # 8-bit levels that lo..hi spans after scaling
+        return int(min(hi, top) * 255 // top) - int(max(lo, 0) * 255 // top) + 1
+
+    if low < 0:
+        warn(
+            f"the 16-bit images hold negative values (down to {low:g}, {sampled}), which become black: "
+            f"convspec reads 0..{top}. Shift them to start at 0 before training (CT in Hounsfield units: add 1024)"
+        )
     if peak > top:
         warn(
-            f"input.bits_stored is {bits_stored}, but the 16-bit images hold values up to {peak} ({sampled}); "
+            f"input.bits_stored is {bits_stored}, but the 16-bit images hold values up to {peak:g} ({sampled}); "
             f"values above {top} become white (set input.bits_stored: {used})"
         )
     elif used <= bits_stored - 2:
         warn(
-            f"the 16-bit images hold values up to {peak} ({used} bits, {sampled}); scaled by 255/{top} they keep "
-            f"{peak * 255 // top + 1} grey levels. If they are {used}-bit images (X-rays and CT often are), "
+            f"the 16-bit images hold values up to {peak:g} ({used} bits, {sampled}); scaled by 255/{top} they keep "
+            f"{levels(max(low, 0), peak)} grey levels. If they are {used}-bit images (X-rays and CT often are), "
             f"set input.bits_stored: {used}"
+        )
+        return
+    # Why >= 16 values apart: stretching a window that narrow gains levels; a flat image gains none
+    narrow = [p for p in grey if levels(p.low, p.high) < 16 <= p.high - p.low]
+    if narrow:
+        n = narrow[0]
+        warn(
+            f"{len(narrow)} of {len(grey)} sampled 16-bit images use a narrow window of values, e.g. "
+            f"{one_line(n.path)}: {n.low:g}..{n.high:g}, which keeps {levels(n.low, n.high)} grey levels after "
+            f"scaling by 255/{top}; stretch such images to their range before training"
         )
 
 

@@ -19,7 +19,7 @@ from convspec.runtime.images import (
     load_image,
     load_images,
     prepare_array,
-    sixteen_bit_peak,
+    sample_pixels,
 )
 from convspec.specs import ConvspecError
 
@@ -122,7 +122,7 @@ def test_bits_stored_in_a_large_image_converted_in_strips(tmp_path, monkeypatch)
     assert whole.max() == 255
 
 
-def test_sixteen_bit_peak_samples_16_bit_grey_files_only(tmp_path):
+def test_sample_pixels_reads_16_bit_grey_and_float_files_only(tmp_path):
     paths = []
     for i in range(20):
         p = tmp_path / f"{i:02d}.png"
@@ -132,9 +132,11 @@ def test_sixteen_bit_peak_samples_16_bit_grey_files_only(tmp_path):
             _save(p, np.full((4, 4), 250, np.uint8))
         paths.append(p)
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    count, peak = sixteen_bit_peak([*paths, tmp_path / "bad.png"], sample=20)
-    assert count == 10 and peak == 1900
-    assert sixteen_bit_peak(paths[::2]) is None and sixteen_bit_peak([]) is None
+    Image.fromarray(np.full((4, 4), 0.5, np.float32), mode="F").save(tmp_path / "f.tif")
+    sampled = sample_pixels([*paths, tmp_path / "bad.png", tmp_path / "f.tif"], sample=22)
+    assert [p.kind for p in sampled] == ["16-bit"] * 10 + ["float"]
+    assert max(p.high for p in sampled) == 1900 and sampled[-1].low == sampled[-1].high == 0.5
+    assert sample_pixels(paths[::2]) == [] and sample_pixels([]) == []
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):

@@ -507,3 +507,84 @@ def test_a_warning_when_16_bit_images_do_not_fit_bits_stored(tmp_path):
     log = Log()
     load_dataset(make_spec(full, size=(8, 8)), log=log)
     assert not [m for m in log.warnings() if "16-bit" in m], log
+
+
+def _png16_rgb(path, values: np.ndarray) -> None:
+    """A 16-bit RGB PNG (Pillow writes none): IHDR bit depth 16, colour type 2, rows unfiltered."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = values.shape
+    rows = b"".join(b"\0" + values[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def _ramp(low: float, high: float) -> np.ndarray:
+    return np.linspace(low, high, 64).reshape(8, 8)
+
+
+@pytest.mark.parametrize(
+    ("make", "bits", "expected"),
+    [
+        # signed CT (Hounsfield units): below 0 became black, and bits_stored was no cure
+        (
+            lambda: Image.fromarray(_ramp(-1024, 3071).astype(np.int32), mode="I"),
+            12,
+            "hold negative values (down to -1024",
+        ),
+        # a scanner's 1000..1400 window among full-range images: 2 grey levels, unseen
+        (lambda: Image.fromarray(_ramp(1000, 1400).astype(np.uint16)), 16, "use a narrow window of values"),
+        # float images up to 65535 became white
+        (lambda: Image.fromarray(_ramp(0, 65535).astype(np.float32), mode="F"), 16, "hold values above 255"),
+    ],
+)
+def test_sampled_images_that_will_not_become_the_pixels_meant_are_named(tmp_path, make, bits, expected):
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            image = make() if i % 2 else Image.fromarray(_ramp(0, 65535 if bits == 16 else 4095).astype(np.uint16))
+            image.save(tmp_path / "data" / name / f"{i}.tif")
+    log = Log()
+    load_dataset(make_spec({"type": "folder", "path": str(tmp_path / "data")}, size=(8, 8), bits_stored=bits), log=log)
+    assert any(expected in m for m in log.warnings()), log
+
+
+def test_float_images_read_on_two_scales_are_named_and_a_filter_overshoot_is_not_black(tmp_path):
+    """One pixel at 1.0001 read a whole 0..1 image as 0..255: black."""
+    from convspec.runtime import load_image
+
+    unit = _ramp(0, 1).astype(np.float32)
+    unit[0, 0] = 1.0001
+    Image.fromarray(unit, mode="F").save(tmp_path / "overshoot.tif")
+    pixels = load_image(tmp_path / "overshoot.tif", 1, (8, 8))
+    assert pixels.max() == 255 and pixels.mean() > 100
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            scale = 255.0 if i % 2 else 1.0
+            Image.fromarray((_ramp(0, 1) * scale).astype(np.float32), mode="F").save(
+                tmp_path / "data" / name / f"{i}.tif"
+            )
+    log = Log()
+    load_dataset(make_spec({"type": "folder", "path": str(tmp_path / "data")}, size=(8, 8)), log=log)
+    (message,) = [m for m in log.warnings() if "float images" in m]
+    assert "of 8 sampled, 4 are on 0..1 and 4 not" in message and "store every image on one scale" in message
+
+
+def test_bits_stored_for_16_bit_colour_says_pillow_reads_it_at_8_bits(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            _png16_rgb(tmp_path / "data" / name / f"{i}.png", np.repeat(_ramp(0, 4095)[..., None], 3, axis=2))
+    log = Log()
+    spec = make_spec({"type": "folder", "path": str(tmp_path / "data")}, size=(8, 8), bits_stored=12)
+    ds = load_dataset(spec, log=log)
+    assert np.asarray(ds.images).max() == 15  # the high byte of 4095: what the message says
+    (message,) = [m for m in log.warnings() if "16-bit colour" in m]
+    assert "input.bits_stored: 12 applies to 16-bit grey images" in message and "keep 16 grey levels" in message
