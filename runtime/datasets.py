@@ -418,7 +418,10 @@ def list_csv(
         more = f"\n  ... and {len(problems) - _SHOW} more" if len(problems) > _SHOW else ""
         rows_word = "row" if len(problems) == 1 else "rows"
         shown = "\n  ".join(problems[:_SHOW])
-        raise DataError(f"{key}: {len(problems)} bad {rows_word} in {csv_path}:\n  {shown}{more}")
+        if len(problems) == 1:  # Why: one line, as every refusal (each problem names the CSV and its line)
+            raise DataError(f"{key}: {problems[0]}")
+        where = "" if key == csv_path else f" in {csv_path}"
+        raise DataError(f"{key}: {len(problems)} bad {rows_word}{where}:\n  {shown}{more}")
     if not samples_named:
         raise DataError(f"{key}: {csv_path} has a header but no rows")
     modes = [_mode(p) for p, _ in samples_named]  # Why one stat per row: a million rows took 3 before

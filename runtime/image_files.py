@@ -147,6 +147,11 @@ def open_with_pillow(name: str, fp: BinaryIO, quiet: bool) -> Image.Image:
         pixels = m.group(1) if m else "?"
         raise ImageTooLarge(name, f"image is too large: {pixels} pixels, limit {limit}") from None
     except UnidentifiedImageError:
+        fp.seek(0)
+        if fp.read(4) in (b"II*\0", b"MM\0*"):  # Why: "not an image" misled about a float64 or 12-bit TIFF
+            raise ImageError(
+                name, "a TIFF whose sample format, bit depth or compression Pillow cannot read (e.g. 64-bit float)"
+            ) from None
         hint = "; ".join(str(w.message) for w in caught if "opening failed" not in str(w.message))
         raise ImageError(name, "not an image (unrecognised format" + (f": {hint}" if hint else "") + ")") from None
     except PermissionError:

@@ -124,8 +124,8 @@ def folder_classes(root: str) -> list[str]:
 
 
 def has_image(folder: str) -> bool:
-    """Whether ``folder`` (searched recursively, as training lists it) holds a file with an image
-    extension. Stops at the first one: a full class folder costs a few directory entries."""
+    """Whether ``folder`` (searched recursively, as training lists it) holds a non-empty file with an
+    image extension. Stops at the first one: a full class folder costs a few directory entries."""
     pending, seen = [folder], set()
     try:
         while pending:
@@ -138,13 +138,21 @@ def has_image(folder: str) -> bool:
                 for e in entries:
                     if e.name.startswith("."):
                         continue
-                    if os.path.splitext(e.name)[1].lower() in _IMAGE_EXT and e.is_file():
+                    if os.path.splitext(e.name)[1].lower() in _IMAGE_EXT and e.is_file() and _not_empty(e):
                         return True
                     if e.is_dir():
                         pending.append(e.path)
     except OSError:
         return False  # unreadable (no permission): training lists no images there either
     return False
+
+
+def _not_empty(entry: os.DirEntry) -> bool:
+    """Why: a class of 0-byte files passed validate, and every one of them then failed to decode."""
+    try:
+        return entry.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def static_class_names(spec) -> list[str] | None:

@@ -110,7 +110,12 @@ def _empty_class_folders(spec, found: list[str], where: tuple) -> list[Issue]:
         return []
     which = "folder" if len(empty) == 1 else "folders"
     shown = ", ".join(empty[:5]) + (f", ... ({len(empty)} in all)" if len(empty) > 5 else "")
-    return [Issue(f"class {which} without images in {root}: {shown} (remove it, or add its images)", where)]
+    return [
+        Issue(
+            f"class {which} without images in {root}: {shown} (remove it, or add its images; empty files do not count)",
+            where,
+        )
+    ]
 
 
 def _classes(spec) -> list[Issue]:

@@ -247,13 +247,9 @@ def preprocess_issues(spec) -> list[Issue]:
             for key in ("mean", "std"):
                 vals = getattr(step, key)
                 if isinstance(vals, list) and len(vals) != c:
-                    issues.append(
-                        Issue(
-                            f"needs one value per channel: {c} (input.channels is {spec.input.channels}); got "
-                            f"{len(vals)}",
-                            path + (key,),
-                        )
-                    )
+                    grey = next((j for j, s in enumerate(spec.preprocess[:i]) if isinstance(s, Grayscale)), None)
+                    why = f"input.channels is {c}" if grey is None else f"after preprocess[{grey}] grayscale"
+                    issues.append(Issue(f"needs one value per channel: {c} ({why}); got {len(vals)}", path + (key,)))
     return issues
 
 

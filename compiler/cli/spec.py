@@ -31,7 +31,7 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to che
             continue
         for warning in spec.warnings:
             err.print(warning.as_warning(), markup=False)
-        problem = _csv_problem(spec)
+        problem = _data_problem(spec, lambda m, shown=path: err.print(f"{shown}: {m}", markup=False))
         if problem:
             failed = True
             err.print(f"{path}: {problem}", markup=False)
@@ -46,17 +46,24 @@ def validate(specs: Annotated[list[Path], typer.Argument(help="Spec files to che
         raise typer.Exit(1)
 
 
-def _csv_problem(spec) -> str | None:
-    """What ``train`` would refuse in a CSV source's rows (listed twice, missing files, paths that
-    leave the root), or None. Why here: the spec's checks read the labels only; validate said OK
-    to a CSV that train then refused. A CSV that is not there yet is train's to report."""
+def _data_problem(spec, log) -> str | None:
+    """What ``train`` would refuse in the listing of a folder or CSV source, or None: the same
+    listing train makes, without decoding an image (rows listed twice, missing files, files that
+    links reach in two classes, unreadable folders...). Why here: the spec's checks read the class
+    names only, and validate said OK to data that train then refused. A source that is not there
+    yet is train's to report."""
     src = spec.data.source
-    if src.type != "csv" or not Path(src.path).exists():
+    if src.type == "builtin" or not Path(src.path).exists():
         return None
-    from convspec.runtime.datasets import DataError, list_csv
+    from convspec.runtime.datasets import DataError, list_csv, list_folder, list_split_folders
 
     try:
-        list_csv(src.path, src.root, allow_outside_root=src.allow_outside_root)
+        if src.type == "csv":
+            list_csv(src.path, src.root, allow_outside_root=src.allow_outside_root)
+        elif spec.data.split.from_ == "folders":
+            list_split_folders(src.path, log=log)
+        else:
+            list_folder(src.path, log=log)
     except DataError as e:
         return str(e)
     return None

@@ -93,6 +93,30 @@ def test_validate_refuses_the_csv_rows_train_would(tmp_path: Path):
     assert invoke("validate", spec).exit_code == 0
 
 
+def test_validate_refuses_the_folder_listing_train_would(tmp_path: Path):
+    """A link that puts one class's images into another, and a class of empty files: validate said
+    OK to both (it looked for one image file per class), train refused them."""
+    from PIL import Image
+
+    for name in ("a/1.png", "b/2.png"):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(tmp_path / "data" / name)
+    os.symlink("../a", tmp_path / "data" / "b" / "more")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "version: 1\ntask: binary\ndata:\n  source: {type: folder, path: data}\n"
+        "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
+    )
+    result = invoke("validate", spec)
+    assert result.exit_code == 1 and "OK" not in result.stdout
+    assert "b/more/1.png is" in result.stderr and "reached through symbolic links in two places" in result.stderr
+    os.unlink(tmp_path / "data" / "b" / "more")
+    assert invoke("validate", spec).exit_code == 0
+    (tmp_path / "data" / "b" / "2.png").write_bytes(b"")
+    result = invoke("validate", spec)
+    assert result.exit_code == 1 and "class folder without images" in result.stderr and "empty files" in result.stderr
+
+
 def test_validate_into_a_reader_that_left_exits_141_without_a_traceback():
     """``convspec validate SPEC | head -0``: a 57-line traceback and exit 1 (validate alone lacked
     the handler every other command has)."""

@@ -129,7 +129,7 @@ ESC_NAME = "x\x1b[2Jy"  # an escape sequence that clears the terminal
 def test_a_csv_label_with_a_control_character_is_refused_with_its_row(tmp_path):
     csv = csv_data(tmp_path, [("a/0.png", "a"), ("a/1.png", "a"), ("b/0.png", ESC_NAME), ("b/1.png", "b")])
     spec = write(tmp_path / "s.yaml", tiny_spec("{type: csv, path: data/labels.csv}"))
-    stderr = user_error(cli("train", spec, "--out", tmp_path / "runs"), "1 bad row in", "labels.csv:4: class name")
+    stderr = user_error(cli("train", spec, "--out", tmp_path / "runs"), "data.source.path: labels.csv:4: class name")
     assert "'x\\x1b[2Jy' holds a control character (U+001B)" in stderr and "\x1b" not in stderr
     assert not (tmp_path / "runs").exists()
     with pytest.raises(DataError, match="labels.csv:4: class name"):

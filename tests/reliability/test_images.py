@@ -325,3 +325,15 @@ def test_corrupted_images_load_or_raise_image_error(tmp_path):
             assert pixels.shape == (channels, 7, 9) and pixels.dtype == np.uint8
 
     check()
+
+
+def test_a_tiff_pillow_cannot_read_is_named_as_a_tiff(tmp_path):
+    """A 64-bit float TIFF (tifffile writes them; Pillow reads none) was "not an image"."""
+    import numpy as np
+
+    from convspec.runtime import ImageError, load_image
+
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "f64.tif", np.linspace(0, 1, 64).reshape(8, 8))
+    with pytest.raises(ImageError, match="f64.tif: a TIFF whose sample format, bit depth or compression Pillow"):
+        load_image(tmp_path / "f64.tif", 1, (8, 8))

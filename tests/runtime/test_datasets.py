@@ -265,3 +265,13 @@ def test_files_that_are_not_images_are_skipped_by_name_not_silently(tmp_path):
     assert len(samples) == 6 and classes == ["a", "b"]
     assert any("1 file(s) skipped, not images by their extension" in ln and "x.dat" in ln for ln in lines), lines
     assert any("notes.txt" in ln for ln in lines), lines
+
+
+def test_one_bad_csv_row_is_one_line_naming_the_csv_once(tmp_path):
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    csv_path = tmp_path / "dup.csv"
+    csv_path.write_text("path,label\na.png,x\na.png,x\nb.png,y\n")
+    with pytest.raises(DataError) as info:
+        list_csv(str(csv_path), key=str(csv_path), min_classes=1)
+    assert str(info.value) == f"{csv_path}: dup.csv:3: a.png is listed twice (first on line 2)"

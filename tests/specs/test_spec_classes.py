@@ -45,14 +45,16 @@ def test_validate_names_empty_class_folders_and_the_classes_a_binary_spec_found(
     with pytest.raises(SpecError) as multi:
         load_spec_text(_folder_spec(tmp_path / "data", "multiclass"), "m.yaml")
     assert str(multi.value).endswith(f"class folder without images in {tmp_path / 'data'}: unsorted "
-                                     "(remove it, or add its images)")  # fmt: skip
+                                     "(remove it, or add its images; empty files do not count)")  # fmt: skip
     with pytest.raises(
         SpecError, match=r"binary needs exactly 2 classes; this spec has 4 \(cat, deep, dog, unsorted\)"
     ):
         load_spec_text(_folder_spec(tmp_path / "data", "binary"), "b.yaml")
 
     (tmp_path / "data" / "unsorted" / "notes.txt").unlink()
-    (tmp_path / "data" / "unsorted" / "elsewhere").symlink_to(tmp_path / "data" / "cat")  # a link to images
+    (tmp_path / "more").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "more" / "e.png")
+    (tmp_path / "data" / "unsorted" / "elsewhere").symlink_to(tmp_path / "more")  # a link to images
     assert load_spec_text(_folder_spec(tmp_path / "data", "multiclass"), "m.yaml").num_classes() == 4
 
 

@@ -259,3 +259,15 @@ def test_shape_errors_name_the_layer():
     (issue,) = info.value.issues
     assert issue.path == ("model", "layers", 2)
     assert "0x0 pixels" in issue.message and issue.line is not None
+
+
+def test_a_normalize_after_grayscale_says_why_it_needs_one_value():
+    """It said "needs one value per channel: 1 (input.channels is 3)", which contradicts itself."""
+    text = (
+        "version: 1\ntask: multiclass\nclasses: 2\ndata:\n  source: {type: builtin, name: digits}\n"
+        "input: {channels: 3, size: [8, 8]}\n"
+        "preprocess:\n  - {type: grayscale}\n  - {type: normalize, mean: [0.5, 0.5, 0.5], std: [0.5]}\n"
+        "model:\n  layers: [{type: flatten}]\n"
+    )
+    with pytest.raises(SpecError, match=r"needs one value per channel: 1 \(after preprocess\[0\] grayscale\); got 3"):
+        load_spec_text(text)
