@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from convspec.specs import ConvspecError
-from convspec.specs.readfile import FileReadError, parse_json, read_bytes, read_json, read_text
+from convspec.specs.readfile import FileReadError, parse_json, read_bytes, read_text
 
 from .files import atomic_write
 
@@ -157,7 +157,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
     if not os.path.lexists(spec_file):  # a FIFO or a broken link in its place: _read_spec names it
         raise CompareError(f"{run}: not a run folder (no spec.yaml; expected a folder written by convspec train)")
     spec = _read_spec(spec_file)
-    results = _read_json(run / "results.json") if (run / "results.json").exists() else {}
+    results = _read_results(run / "results.json") if os.path.lexists(run / "results.json") else {}
     history = _read_history(run / "metrics.jsonl")
     timings = results.get("timings") if isinstance(results.get("timings"), dict) else {}
     test = results.get("test", {}).get("metrics", {}) if isinstance(results.get("test"), dict) else {}
@@ -241,14 +241,13 @@ def _read_spec(path: Path) -> dict:
     return data
 
 
-def _read_json(path: Path) -> dict:
+def _read_results(path: Path) -> dict:
+    from .results import read_results
+
     try:
-        data = read_json(path, "json")
+        return read_results(path)
     except FileReadError as e:
         raise CompareError(str(e)) from None
-    if not isinstance(data, dict):
-        raise CompareError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _read_history(path: Path) -> list[dict]:

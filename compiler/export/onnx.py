@@ -188,6 +188,8 @@ def record_export(run: Run, info: dict, log: Callable[[str], None] = print, resu
     run.write_json(run.results, results)
     try:
         report.write_report(run.report, results)
+    except KeyError as e:  # a hand-edited results.json without a key the report shows
+        log(f"warning: could not update {run.report.name}: {run.results} has no key {e}")
     except Exception as e:  # Why: the model is written and checked; a report glitch must not undo that
         log(f"warning: could not update {run.report.name} ({type(e).__name__}: {e})")
 

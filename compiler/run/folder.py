@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from convspec.runtime.files import atomic_write_text, json_text
-from convspec.specs.readfile import FileReadError, parse_json, read_json, read_text
+from convspec.runtime.results import read_results
+from convspec.specs.readfile import FileReadError, parse_json, read_text
 
 from .files import MARKER, writing
 
@@ -40,8 +41,9 @@ class Run:
         return str(self.path)
 
     def read_results(self) -> dict[str, Any]:
-        """results.json, or {} when there is none. Raises FileReadError: a FIFO, a device, not JSON."""
-        return read_json(self.results, "json") if os.path.lexists(self.results) else {}
+        """results.json, or {} when there is none. Raises FileReadError: a FIFO, a device, not JSON,
+        or a key of the wrong type (:func:`convspec.runtime.results.read_results`)."""
+        return read_results(self.results) if os.path.lexists(self.results) else {}
 
     def write_json(self, path: Path, data: Any) -> None:
         with writing(path):

@@ -90,6 +90,12 @@ def test_export_takes_a_results_json_whose_test_entry_was_edited(run_copy):
     done = cli("export", run_copy)
     assert done.exit_code == 0, done.stderr
     assert "Traceback" not in done.stderr
+    # one level down: named by key, never "could not update report.md (AttributeError: 'str' object ...)"
+    results["test"] = {"metrics": "x"}
+    (run_copy / "results.json").write_text(json.dumps(results), "utf-8")
+    done = cli("export", run_copy)
+    assert done.exit_code == 0 and "results.json: test.metrics: expected a mapping (got str)" in done.stderr
+    assert "Error" not in done.stderr, done.stderr
 
 
 def test_deeply_nested_json_in_metrics_jsonl_and_model_metadata(run_copy, tmp_path):

@@ -104,6 +104,18 @@ def _replace(path, kind: str) -> None:
             lambda p: ((make_run(p.parent, p.name) / "results.json").write_text("{oops"), p)[1],
             "results.json: is not valid JSON (line 1",
         ),
+        *(  # a key of the wrong type one level down: a traceback from deep inside compare
+            (
+                lambda p, doc=doc: ((make_run(p.parent, p.name) / "results.json").write_text(doc), p)[1],
+                message,
+            )
+            for doc, message in (
+                ('{"test": {"metrics": "x"}}', "results.json: test.metrics: expected a mapping (got str)"),
+                ('{"test": {"metrics": [1, 2]}}', "results.json: test.metrics: expected a mapping (got list)"),
+                ('{"timings": {"train_s": "slow"}}', "results.json: timings.train_s: "),
+                ('{"classes": "ab"}', "results.json: classes: expected a list (got str)"),
+            )
+        ),
         *(  # a FIFO or a device in a run file's place: named, never opened (reading one waits forever)
             (
                 lambda p, name=name, kind=kind: (_replace(make_run(p.parent, p.name) / name, kind), p)[1],
