@@ -44,7 +44,7 @@ except ImportError:  # Windows
     fcntl = None
 
 from convspec.runtime.datasets import DataError
-from convspec.runtime.files import atomic_write, atomic_write_text
+from convspec.runtime.files import WriteError, atomic_write, atomic_write_text
 from convspec.runtime.images import ImageError, decode_into
 from convspec.specs.readfile import FileReadError, check_regular, read_json
 
@@ -257,9 +257,13 @@ def _disk_write(
         del mm
         info = {"version": LOADER_VERSION, "count": n, "bad": [[i, p, r] for i, p, r in bad]}
         atomic_write_text(folder / f"{key}.json", json.dumps(info))  # written last: marks the entry complete
-    except OSError as e:  # a read-only or full cache folder: the cache is an optimisation, not a must
-        log(f"warning: cannot write the disk cache in {folder} ({e.strerror or e}); keeping images in memory")
-        return None  # Why no clean-up: a .npy without its .json is never read, and the next run rewrites it
+    except (OSError, WriteError) as e:  # a read-only or full cache folder: the cache is an optimisation
+        reason = e.reason if isinstance(e, WriteError) else e.strerror or e
+        if not os.path.lexists(folder / f"{key}.json"):  # Why: a data-set-sized .npy nothing will read
+            with contextlib.suppress(OSError):
+                os.unlink(folder / f"{key}.npy")
+        log(f"warning: cannot write the disk cache in {folder} ({reason}); keeping images in memory")
+        return None
     finally:
         if full and os.path.exists(full):
             os.unlink(full)

@@ -266,3 +266,25 @@ def test_a_disk_cache_that_cannot_reserve_its_file_falls_back_to_memory(data_spe
     assert any("cannot write the disk cache" in ln and "No space left" in ln for ln in lines), lines
     assert np.array_equal(ds.images, reference.images)
     assert list((cache / "images").iterdir()) == []  # no .full.tmp left behind
+
+
+def test_a_disk_cache_that_fills_before_its_entry_is_complete_falls_back_to_memory(data_spec, tmp_path, monkeypatch):
+    """The disk filled after the images were decoded, when the entry's .json was written: the run
+    ended with exit 1 and left a data-set-sized .npy that nothing would read."""
+    from convspec.compiler.data import decoding, loading
+    from convspec.runtime.files import WriteError
+    from convspec.specs import load_spec
+
+    spec_file, _ = data_spec
+    reference = loading.load_dataset(load_spec(spec_file, overrides=["data.cache=none"]), log=lambda _m: None)
+
+    def full(path, text):
+        raise WriteError(path, "no space left on device")
+
+    monkeypatch.setattr(decoding, "atomic_write_text", full)
+    lines: list[str] = []
+    cache = tmp_path / "cache"
+    ds = loading.load_dataset(load_spec(spec_file, overrides=["data.cache=disk"]), cache_dir=cache, log=lines.append)
+    assert any("cannot write the disk cache" in ln and "no space left on device" in ln for ln in lines), lines
+    assert np.array_equal(ds.images, reference.images)
+    assert list((cache / "images").iterdir()) == []  # neither the .npy nor a .full.tmp is left
