@@ -25,9 +25,11 @@ Folder ``<out>/<study>-tune/``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,25 +160,24 @@ def tune(
     if n_trials < 1:
         raise TuneError(f"--trials must be >= 1 (got {n_trials})")
     timeout = t.timeout if timeout is None else timeout
+    if timeout is not None and not timeout > 0:  # Why: 0 started one trial, stopped it, and failed
+        raise TuneError(f"--timeout must be > 0 seconds (got {timeout}); leave it out for no limit")
     study_name = study_name or spec.name
     folder = Path(out) / f"{study_name}-tune"
     check_run_out(out, spec, allow_in_data=allow_out_in_data)
     grid = _grid_space(spec) if t.sampler == "grid" else None  # errors before any trial
 
     optuna = load_optuna()
-    store, shown = open_storage(storage, folder)
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # Why: we log one line per trial ourselves
     try:
-        study, joined = open_study(optuna, store, shown, study_name, spec, grid)
-        mark_run_folder(folder)  # Why: its plots and trial runs are never data
+        study, joined, shown, study_tracker = _open(optuna, storage, folder, study_name, spec, grid)
     except BaseException:
         optuna.logging.set_verbosity(previous)
         raise
 
     base = spec.model_copy(deep=True)
     base._source, base._base_dir = spec.source_file, spec.base_dir
-    study_tracker = make_trackers(spec, folder, rank0=True)  # each trial's run nests under it
     study_tracker.log_params(flatten(spec.to_dict()))
     objective = _Objective(base, folder / "trials", optuna, study_tracker)
     where = f"study {study_name!r} in {shown}"
@@ -291,6 +292,26 @@ def tune(
             + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items() if isinstance(v, (int, float)))
         )
     return result
+
+
+def _open(optuna, storage: str | None, folder: Path, study_name: str, spec: Spec, grid: dict | None):
+    """``(study, joined, shown URL, the study's tracker)``: the study created or joined, then its
+    tracker. Why undone when the tracker cannot start (a broken MLflow store): a study this call
+    created never ran, and its tune folder is nobody's to keep."""
+    created = not os.path.lexists(folder)
+    store, shown = open_storage(storage, folder)
+    study, joined = open_study(optuna, store, shown, study_name, spec, grid)
+    mark_run_folder(folder)  # Why: its plots and trial runs are never data
+    try:
+        tracker = make_trackers(spec, folder, rank0=True)  # each trial's run nests under it
+    except BaseException:
+        if not joined:
+            with contextlib.suppress(Exception):
+                optuna.delete_study(study_name=study_name, storage=store)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return study, joined, shown, tracker
 
 
 # ------------------------------------------------------------------------ checks

@@ -212,6 +212,20 @@ def test_a_tracker_that_cannot_start_is_one_line_and_leaves_no_run_folder(tmp_pa
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
 
+def test_a_study_whose_tracker_cannot_start_leaves_no_tune_folder(tmp_path, monkeypatch):
+    """tune wrote study.db and its marker, then failed on MLflow: a study that never ran stayed."""
+    from convspec.compiler.training.tracking import TrackingError
+    from convspec.compiler.tuning.study import tune
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlruns").write_text("a file where MLflow's store would go")
+    spec = load_spec(REPO / "examples" / "digits-tune.yaml", overrides=["training.loggers=[mlflow]", "tune.trials=1"])
+    with pytest.raises(TrackingError, match="cannot make MLflow's local store"):
+        tune(spec, out=tmp_path / "runs", retrain=False)
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
 def test_a_tracker_that_fails_while_logging_is_one_line_naming_it(local_store, monkeypatch):
     """A full disk under the event files or MLflow's artifacts, after training: one TrackingError that
     names the tracker and the reason (a traceback through tensorboard's gfile or shutil before); the
