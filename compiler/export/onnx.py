@@ -246,7 +246,7 @@ def quantize_run(
 
 def _load_run(run: Run):
     """The run's spec (the checkpoint's), and its model in eval mode with the best (else last) weights."""
-    from ..model.builder import build_model
+    from ..model.builder import assemble_model
 
     if not run.path.is_dir():
         raise ExportError(f"{run}: run folder not found" if not run.path.exists() else f"{run}: not a folder")
@@ -262,7 +262,7 @@ def _load_run(run: Run):
     from ..model.backbone import no_weight_loading
 
     with no_weight_loading():  # Why: the checkpoint has every weight; no download, no weights file needed
-        model = build_model(spec, num_classes=len(class_names) if class_names else None, class_names=class_names)
+        model = assemble_model(spec, num_classes=len(class_names) if class_names else None, class_names=class_names)
     load_weights(model, state["model"], ckpt)
     broken = next((k for k, t in state["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if broken:

@@ -251,7 +251,7 @@ def _warm(spec_yaml: str) -> None:
     from convspec.specs import load_spec_text
 
     from ..model.backbone import no_weight_loading
-    from ..model.builder import build_model
+    from ..model.builder import assemble_model
     from .onnx import _export_proto
 
     threads = torch.get_num_threads()
@@ -260,7 +260,7 @@ def _warm(spec_yaml: str) -> None:
         spec = load_spec_text(spec_yaml, "<export worker>")
         classes = spec.classes if isinstance(spec.classes, list) else None
         with no_weight_loading():
-            model = build_model(spec, num_classes=None if classes else 2, class_names=classes)
+            model = assemble_model(spec, num_classes=None if classes else 2, class_names=classes)
         _export_proto(model.eval(), spec)
     except Exception:  # Why: warming is a guess at speed; the real export reports any real problem
         pass

@@ -18,6 +18,7 @@ from torch import nn
 from convspec.specs import load_spec
 from convspec.specs.classes import class_names_problem, static_class_names
 from convspec.specs.errors import Issue, SpecError
+from convspec.specs.loader import revalidate
 
 from .layers import BUILDERS, build_layers, register  # noqa: F401  (re-exported registry)
 from .preprocess import Preprocess, build_preprocess
@@ -148,6 +149,13 @@ def build_model(spec, num_classes: int | None = None, class_names: list[str] | N
     """
     if isinstance(spec, (str, os.PathLike)):  # as train() and export_onnx() take a path
         spec = load_spec(spec)
+    else:  # Why: a Spec changed in Python (filters=0, epochs="3") is not checked by pydantic
+        spec = revalidate(spec)
+    return assemble_model(spec, num_classes, class_names)
+
+
+def assemble_model(spec, num_classes: int | None = None, class_names: list[str] | None = None) -> ConvspecModel:
+    """:func:`build_model` of a spec that is known valid: the one train and export built from a file."""
     num_classes, class_names = _resolve_classes(spec, num_classes, class_names)
     preprocess = build_preprocess(spec)
     body, shape = build_layers(spec.model.layers, preprocess.out_shape)

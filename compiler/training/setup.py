@@ -13,7 +13,7 @@ from ..data.cache import CachedImages
 from ..data.dataset import Dataset
 from ..data.memory import images_per_batch
 from ..model.backbone import no_weight_loading
-from ..model.builder import build_model
+from ..model.builder import assemble_model
 from . import distributed
 from .device import Placement
 from .distributed import Dist
@@ -38,7 +38,7 @@ def setup_training(
     torch.manual_seed(spec.training.seed)
     k = len(data.class_names)
     with contextlib.nullcontext() if fresh else no_weight_loading():  # resuming: last.pt holds every weight
-        model = build_model(spec, num_classes=k, class_names=data.class_names)
+        model = assemble_model(spec, num_classes=k, class_names=data.class_names)
     if fresh and model.needs_normalization:
         model.set_normalization(*auto_normalization(model, images, torch.from_numpy(data.splits["train"])))
     init = init_from(model, spec.training.init, log) if fresh and spec.training.init else None

@@ -486,3 +486,13 @@ def test_num_classes_below_two_is_refused_for_multiclass(k):
         build_model(spec, num_classes="10")
     with pytest.raises(SpecError, match=r"task: binary needs exactly 2 classes; got 3$"):  # the key once
         build_model(make_spec([{"type": "flatten"}], task="binary", classes="auto"), num_classes=3)
+
+
+def test_a_spec_changed_in_python_is_checked_again_as_its_file_would_be():
+    """``spec.model.layers[0].filters = 0`` built Conv2d(1, 0), whose forward raised a torch error."""
+    spec = make_spec([{"type": "conv", "filters": 4, "kernel": 3}, {"type": "global_avg_pool"}], classes=2)
+    spec.model.layers[0].filters = 0
+    with pytest.raises(SpecError, match=r"model.layers\[0\].filters: .*greater than 0"):
+        build_model(spec)
+    spec.model.layers[0].filters = 4
+    assert build_model(spec)(torch.zeros(1, 3, 12, 12, dtype=torch.uint8)).shape == (1, 2)
