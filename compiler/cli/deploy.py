@@ -142,7 +142,7 @@ def predict(
             table.add_row(*row)
         out.print(table)
     for path, reason in failures:  # one line each, whatever the file's name holds
-        err.print(f"{path}: {reason}".replace("\n", "\\n").replace("\r", "\\r"), markup=False)
+        err.print(one_line(f"{path}: {reason}"), markup=False)
     if failures:
         err.print(
             f"{len(failures)} input{'s' if len(failures) != 1 else ''} could not be predicted"
@@ -241,7 +241,7 @@ def evaluate(
         result = run_evaluate(predictor, data, batch_size=batch_size, log=lambda m: err.print(m, markup=False))
         what = str(data)
     for path, reason in result.failures:
-        err.print(f"{path}: {reason} (skipped)", markup=False)
+        err.print(one_line(f"{path}: {reason} (skipped)"), markup=False)
     if fmt == EvalFormat.json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=1) + "\n")
         return

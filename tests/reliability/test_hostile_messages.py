@@ -197,3 +197,8 @@ def test_a_newline_in_a_file_name_stays_inside_its_line_and_its_table_row(tmp_pa
     result = cli("predict", model, good)
     rows = [line for line in result.stdout.splitlines() if "name.png" in line]
     assert len(rows) == 1 and "good\\nname.png" in rows[0], result.stdout
+    # evaluate's skipped-image warning: the same one line
+    result = cli("evaluate", model, tmp_path / "data")
+    assert result.exit_code == 0, result.stderr
+    assert f"{tmp_path / 'data' / 'b'}/bad\\nname.png: " in result.stderr
+    assert not any(line.startswith("name.png") for line in result.stderr.splitlines()), result.stderr
