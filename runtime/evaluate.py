@@ -251,7 +251,7 @@ def _class_indices(labels: Any, n: int, classes: Sequence[str]) -> np.ndarray:
     y = np.asarray(labels)
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"labels: expected {n} class indices, one per image (got shape {y.shape})")
-    if len(y) and not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+    if len(y) and not np.issubdtype(y.dtype, np.integer):  # Why not bool: True is class 1 by accident
         raise DataError(f"labels: expected integer class indices 0..{len(classes) - 1} (got {y.dtype} values)")
     bad = y[(y < 0) | (y >= len(classes))] if len(y) else y
     if len(bad):

@@ -310,9 +310,7 @@ class Predictor:
         Pillow's decoding alone at 224 px, bench/real_size.py). Memory: one batch a worker and one
         waiting, each at most :data:`CHUNK_BYTES` of pixels (64 images at 224 px, 21 at 1024 px).
         """
-        if isinstance(items, (str, os.PathLike)):  # one file, as predict() takes it (not its characters)
-            items = [items]
-        items = items if isinstance(items, Sequence) else list(items)
+        items = _as_items(items)  # one file as predict() takes it, not its characters; bad items named
         cores = min(8, os.cpu_count() or 1)
         # Why smaller batches for a few items: each core still gets one (50 files, 2 cores: 2 of 25)
         fit = max(1, CHUNK_BYTES // math.prod(self.info.input_shape))
@@ -404,8 +402,22 @@ def ort_message(e: Exception, limit: int = 300) -> str:
 
 
 def _as_items(items: Any) -> list:
+    """``items`` as a list of paths and arrays; a TypeError naming the first item that is neither.
+
+    Why bytes are refused: ``b"a.png"`` was read as a sequence of ints (a raw TypeError from deep
+    inside), and bytes could as well be an encoded image as a path.
+    """
+    if isinstance(items, (bytes, bytearray)):
+        raise TypeError(
+            "items: bytes are neither a path nor an image here; give a path as str, or decode an encoded "
+            "image with convspec.runtime.load_image_bytes and pass the array"
+        )
     if isinstance(items, (str, os.PathLike)):
         return [items]
     if isinstance(items, np.ndarray):
         return list(items) if items.ndim == 4 else [items]
-    return list(items)
+    out = list(items)
+    for i, item in enumerate(out):
+        if not isinstance(item, (str, os.PathLike, np.ndarray)):
+            raise TypeError(f"items[{i}]: expected a file path (str) or a numpy array (got {type(item).__name__})")
+    return out

@@ -79,6 +79,23 @@ def test_predictor_errors_name_the_image_or_the_array(tmp_path):
     failures: list = []
     assert p.predict([tmp_path / "ghost.png"], on_error="skip", failures=failures) == []
     assert failures == [(str(tmp_path / "ghost.png"), "file not found")]
+    # items of another type: named, never "expected str, bytes or os.PathLike object, not int"
+    with pytest.raises(TypeError, match="items: bytes are neither a path nor an image"):
+        p.predict(b"some.png")
+    with pytest.raises(TypeError, match="items: bytes"):
+        list(p.scored_chunks(b"some.png"))
+    with pytest.raises(TypeError, match=r"items\[1\]: expected a file path \(str\) or a numpy array \(got int\)"):
+        p.predict([tmp_path / "ghost.png", 3])
+
+
+def test_boolean_labels_are_not_taken_as_class_indices(tmp_path):
+    from convspec.runtime import DataError, Predictor, evaluate_arrays
+
+    p = Predictor(probe_model(tmp_path / "m.onnx"), providers="cpu")
+    images = np.zeros((2, 1, 6, 6), np.uint8)
+    with pytest.raises(DataError, match="labels: expected integer class indices .* \\(got bool values\\)"):
+        evaluate_arrays(p, images, np.array([True, False]))
+    assert evaluate_arrays(p, images, np.array([1, 0])).images == 2
 
 
 def test_every_user_facing_error_type_is_a_convspec_error():
