@@ -238,13 +238,25 @@ def create_app(
                 names.append(key)
                 if key != "file":
                     continue
-                if isinstance(value, str):
-                    raise ClientError(400, "bad_request", f"multipart part {i} 'file' is a text field, not a file")
+                if isinstance(value, str):  # Why name filename=: RFC 7578 forbids filename*, so parsers skip it
+                    raise ClientError(
+                        400,
+                        "bad_request",
+                        f"multipart part {i} 'file' is a text field, not a file: its Content-Disposition "
+                        'needs filename="..." (filename* alone is not read, RFC 7578)',
+                    )
                 files.append((value.filename or f"file[{len(files)}]", await value.read()))
         finally:
             await form.close()
+        if not names:  # a body cut short (or a wrong boundary): the parser found no whole part
+            raise ClientError(
+                400,
+                "bad_request",
+                f"the multipart body ({len(body)} bytes) holds no complete part: cut short, or its boundary is "
+                "not the one in Content-Type",
+            )
         if not files:
-            got = ", ".join(repr(n) for n in names) or "no parts"
+            got = ", ".join(repr(n) for n in names)
             raise ClientError(400, "bad_request", f"no multipart 'file' fields (got {got}); send images as 'file'")
         return files
 

@@ -110,6 +110,18 @@ def test_predict_multipart_several_files_in_order(client):
     assert all(p["top"][0]["probability"] >= p["top"][1]["probability"] for p in preds)
 
 
+def test_multipart_parts_that_are_no_file_say_why(client):
+    """``filename*=`` alone (RFC 7578 forbids it) was "a text field"; a body cut short "got no parts"."""
+    good = band_png(1)
+    head = b'--B\r\nContent-Disposition: form-data; name="file"; filename*=utf-8\'\'abc.png\r\n\r\n'
+    body = head + good + b"\r\n--B--\r\n"
+    ctype = {"content-type": "multipart/form-data; boundary=B"}
+    assert_error(client.post("/predict", content=body, headers=ctype), 400, "needs filename=", "RFC 7578")
+    whole = head.replace(b"filename*=utf-8''abc.png", b'filename="abc.png"') + good + b"\r\n--B--\r\n"
+    assert client.post("/predict", content=whole, headers=ctype).json()["predictions"][0]["source"] == "abc.png"
+    assert_error(client.post("/predict", content=whole[:60], headers=ctype), 400, "holds no complete part")
+
+
 def test_top_k(client):
     r = client.post("/predict?top_k=3", content=band_png(1))
     top = r.json()["predictions"][0]["top"]
