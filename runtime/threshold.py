@@ -14,10 +14,12 @@ positive (the second class) when its probability is ``>= threshold``. Rules:
   highest validation precision is used (the lowest such) and a :class:`ThresholdWarning` says so.
 
 Ties (the same F1 or J at several thresholds) go to the highest threshold. Each rule picks a
-validation image's own probability; the value stored is halfway down to the next lower validation
-probability (or to 0): the same labels on the validation split, with room for the few 1e-8 by
-which the exported model's probabilities differ from PyTorch's, which would otherwise flip the
-image that set it.
+validation image's own probability; the value stored lies between it and the next lower validation
+probability (or 0), in the middle third of that gap: the same labels on the validation split, with
+room for the few 1e-8 by which the exported model's probabilities differ from PyTorch's, which would
+otherwise flip the image that set it. Of that middle third it is the decimal with the fewest digits
+(0.55, not 0.5472342073917389): easy to read and to write elsewhere, and the same value whether
+training chose it or an export of the run did, whose probabilities differ by those 1e-8.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: Any = 0.5) -> f
     check_choosable(rule, y_val)
     y = np.asarray(y_val, dtype=np.int64)
     p = positive_probability(p_val).astype(np.float64)
-    t = _halfway_down(_chosen(kind, value, y, p), p)
+    t = _below(_chosen(kind, value, y, p), p)
     missed = target_missed(rule, y, p, t)
     if missed:
         warnings.warn(missed, ThresholdWarning, stacklevel=2)
@@ -155,10 +157,23 @@ def describe_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[s
     return {**binary_rates(y, np.asarray(p), threshold), **m}
 
 
-def _halfway_down(t: float, p: np.ndarray) -> float:
-    """``t`` moved halfway to the next lower validation probability (or to 0): see the module docstring."""
+def _below(t: float, p: np.ndarray) -> float:
+    """The stored threshold for the chosen probability ``t``: the shortest decimal in the middle
+    third of the gap down to the next lower validation probability (or to 0); see the module docstring."""
     lower = p[p < t]
-    return float((t + (lower.max() if len(lower) else 0.0)) / 2)
+    gap_low = float(lower.max()) if len(lower) else 0.0
+    third = (t - gap_low) / 3
+    return _shortest_decimal(gap_low + third, t - third)
+
+
+def _shortest_decimal(low: float, high: float) -> float:
+    """The number in ``[low, high]`` with the fewest decimal digits (its midpoint past 15)."""
+    for digits in range(1, 16):
+        scale = 10**digits
+        candidate = round(math.ceil(low * scale) / scale, digits)
+        if low <= candidate <= high:
+            return candidate
+    return (low + high) / 2
 
 
 def _prob(t: float) -> float:

@@ -76,6 +76,17 @@ def test_an_unreached_precision_is_recorded_with_the_stored_threshold_not_warned
     assert "missed" not in threshold_record({"recall": 0.9}, y, p)
 
 
+def test_the_stored_threshold_is_the_shortest_decimal_of_the_gap_and_robust_to_1e_8():
+    """An export of a run without results.json stored 0.5472342371940613 where training stored
+    0.5472342073917389 (PyTorch batched the images differently): now both store one short decimal."""
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.5312, 0.5633, 0.9])
+    t = choose_threshold(y, p, {"recall": 1.0})
+    assert t == 0.55  # in the gap's middle third, [0.5419, 0.5526]: two digits are the fewest
+    assert choose_threshold(y, p + 3e-8, {"recall": 1.0}) == t
+    assert choose_threshold(np.array([0, 1]), np.array([0.2, 0.8]), {"recall": 1.0}) in (0.4, 0.5, 0.6)
+
+
 def test_f1_and_youden_match_brute_force(val):
     y, p = val
     grid = np.unique(p)
@@ -94,7 +105,9 @@ def test_chosen_threshold_sits_between_validation_probabilities(val, rule):
     y, p = val
     t = choose_threshold(y, p, rule)
     below, above = p[p < t].max(), p[p >= t].min()
-    assert t == pytest.approx((below + above) / 2)  # halfway: the same labels, the widest margin
+    gap = above - below
+    assert below + gap / 3 - 1e-12 <= t <= above - gap / 3 + 1e-12  # the middle third: the same labels, a margin
+    assert len(repr(t)) <= len(repr(round((below + above) / 2, 15)))  # the shortest decimal there, not any
     drift = (above - below) / 4
     for noisy in (p - drift, p + drift):
         assert ((noisy >= t) == (p >= t)).all()

@@ -113,7 +113,13 @@ def test_a_threshold_rule_is_chosen_without_a_test_split_and_refused_before_trai
     run = train(spec, out=tmp_path / "a", progress=False, log=lambda _m: None)
     record = run.read_results()["threshold"]
     assert "validation" in record and "test" not in record and record["value"] != 0.5
-    assert _threshold_in(run.onnx) == pytest.approx(record["value"])
+    assert _threshold_in(run.onnx) == record["value"]
+    # exported again without results.json: the same value to the bit (it differed by 3e-8, as
+    # PyTorch batched the validation images otherwise), a short decimal of the gap
+    run.results.unlink()
+    run.onnx.unlink()
+    export_onnx(run, log=lambda _m: None)
+    assert _threshold_in(run.onnx) == record["value"] and len(repr(record["value"])) < 12
 
     from convspec.runtime.threshold import ThresholdError
 
