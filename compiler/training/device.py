@@ -120,9 +120,14 @@ def check_memory(spec: Spec, place: Placement, summary) -> None:
     if params + batch <= room:
         return
     what = f"{summary.params:,} parameters need {gib(params)} to train"
+    key = ("model", "layers") if params > batch else ("training", "batch_size")
     if batch:
         what += f", and a batch of {spec.training.batch_size} needs {gib(batch)} of layer outputs"
-    key = ("model", "layers") if params > batch else ("training", "batch_size")
+        biggest = max((r for r in leaves if r.shape), key=lambda r: math.prod(r.shape), default=None)
+        if biggest is not None and batch > params and 2 * math.prod(biggest.shape) > per_image:
+            # Why name the layer: a conv's padding: 100000 was blamed on training.batch_size
+            what += f" (most of it {biggest.name}'s output {tuple(biggest.shape)} per image)"
+            key = tuple(biggest.path)
     raise SpecError(
         Issue(
             f"{what}; {gib(room)} is free (free memory, or the cgroup's limit): use fewer units or filters, "
