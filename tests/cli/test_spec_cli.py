@@ -73,19 +73,25 @@ def test_validate_folder_source_without_data_says_so(tmp_path: Path):
     assert "OK" in result.stdout and "unknown number of classes" in result.stdout
 
 
-def test_validate_refuses_the_csv_rows_train_would(tmp_path: Path):
-    """A CSV listing a file twice: validate said OK (it reads the labels only), train refused it."""
+def _two_images_and_a_spec(root: Path, images: Path, source: str) -> Path:
+    """``images``/a/1.png, ``images``/b/2.png, and ``root``/s.yaml (binary) reading ``source``."""
     from PIL import Image
 
     for name in ("a/1.png", "b/2.png"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        Image.new("L", (8, 8)).save(tmp_path / name)
-    (tmp_path / "labels.csv").write_text("path,label\na/1.png,a\nb/2.png,b\na/1.png,b\n")
-    spec = tmp_path / "s.yaml"
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(images / name)
+    spec = root / "s.yaml"
     spec.write_text(
-        "version: 1\ntask: binary\ndata:\n  source: {type: csv, path: labels.csv}\n"
+        f"version: 1\ntask: binary\ndata:\n  source: {source}\n"
         "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
     )
+    return spec
+
+
+def test_validate_refuses_the_csv_rows_train_would(tmp_path: Path):
+    """A CSV listing a file twice: validate said OK (it reads the labels only), train refused it."""
+    spec = _two_images_and_a_spec(tmp_path, tmp_path, "{type: csv, path: labels.csv}")
+    (tmp_path / "labels.csv").write_text("path,label\na/1.png,a\nb/2.png,b\na/1.png,b\n")
     result = invoke("validate", spec)
     assert result.exit_code == 1 and "OK" not in result.stdout
     assert "labels.csv:4: a/1.png is listed twice (first on line 2)" in result.stderr, result.stderr
@@ -96,17 +102,8 @@ def test_validate_refuses_the_csv_rows_train_would(tmp_path: Path):
 def test_validate_refuses_the_folder_listing_train_would(tmp_path: Path):
     """A link that puts one class's images into another, and a class of empty files: validate said
     OK to both (it looked for one image file per class), train refused them."""
-    from PIL import Image
-
-    for name in ("a/1.png", "b/2.png"):
-        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("L", (8, 8)).save(tmp_path / "data" / name)
+    spec = _two_images_and_a_spec(tmp_path, tmp_path / "data", "{type: folder, path: data}")
     os.symlink("../a", tmp_path / "data" / "b" / "more")
-    spec = tmp_path / "s.yaml"
-    spec.write_text(
-        "version: 1\ntask: binary\ndata:\n  source: {type: folder, path: data}\n"
-        "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
-    )
     result = invoke("validate", spec)
     assert result.exit_code == 1 and "OK" not in result.stdout
     assert "b/more/1.png is" in result.stderr and "reached through symbolic links in two places" in result.stderr
