@@ -70,12 +70,13 @@ def list_images(folder: str, *, log: Callable[[str], None] | None = None) -> lis
     return [path for path, _ in _walk_images(folder, log)]
 
 
-def _walk_images(folder: str, log: Callable[[str], None] | None) -> list[tuple[str, bool]]:
-    """:func:`list_images`'s files, each with whether a symbolic link led to it (a linked file or folder)."""
-    found: list[tuple[str, bool]] = []
+def _walk_images(folder: str, log: Callable[[str], None] | None) -> list[tuple[str, str]]:
+    """:func:`list_images`'s files, each with how a symbolic link led to it: ``"file"`` (the file is
+    one), ``"folder"`` (a folder on its way is one) or ``""``."""
+    found: list[tuple[str, str]] = []
     others: list[str] = []
 
-    def walk(path: str, rel: str, ancestors: frozenset, linked: bool) -> None:
+    def walk(path: str, rel: str, ancestors: frozenset, linked: str) -> None:
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as e:
@@ -104,11 +105,11 @@ def _walk_images(folder: str, log: Callable[[str], None] | None) -> list[tuple[s
                 if ident in ancestors or (entry.is_symlink() and _contains(entry.path, top)):
                     _warn(log, f"symbolic link loop at {entry.path} (it points to a folder above it); skipped")
                     continue
-                walk(entry.path, child, ancestors | {ident}, linked or entry.is_symlink())
+                walk(entry.path, child, ancestors | {ident}, linked or ("folder" if entry.is_symlink() else ""))
             elif is_image_file(entry.name):
                 if not rel and top_is_run and entry.name in OUTPUT_IMAGES:
                     continue  # a plot convspec wrote into the run folder given: not an input
-                found.append((child, linked or entry.is_symlink()))  # a FIFO, a device or a broken link too
+                found.append((child, "file" if entry.is_symlink() else linked))  # a FIFO, a broken link too
             elif not top_is_run:  # a run folder's own files (results.json...) are no news
                 others.append(child)
 
@@ -118,7 +119,7 @@ def _walk_images(folder: str, log: Callable[[str], None] | None) -> list[tuple[s
     st = os.stat(folder)
     top = os.path.realpath(folder)
     top_is_run = is_run_folder(folder)
-    walk(folder, "", frozenset({(st.st_dev, st.st_ino)}), False)
+    walk(folder, "", frozenset({(st.st_dev, st.st_ino)}), "")
     if others:
         _warn(
             log,
@@ -141,14 +142,7 @@ def _contains(link: str, top: str) -> bool:
 def list_folder(
     root: str, *, key: str = "data.source.path", min_classes: int = 2, log: Callable[[str], None] | None = None
 ) -> tuple[Samples, list[str]]:
-    samples, classes, linked = _list_folder(root, key, min_classes, log)
-    return _once_each({"": samples}, linked, classes, key, log)[""], classes
-
-
-def _list_folder(
-    root: str, key: str, min_classes: int, log: Callable[[str], None] | None
-) -> tuple[Samples, list[str], set[str]]:
-    """List an ImageFolder tree: ``root/<class>/**/<image>``.
+    """List an ImageFolder tree: ``root/<class>/**/<image>``, each image file once (:func:`_once_each`).
 
     Args:
         root: the folder holding one sub-folder per class.
@@ -162,8 +156,18 @@ def _list_folder(
 
     Raises:
         DataError: missing path, not a folder, no class folders, a class folder without
-            images (all are named), or fewer than ``min_classes`` classes.
+            images (all are named), fewer than ``min_classes`` classes, or a file that
+            symbolic links put in two classes.
     """
+    samples, classes, links = _list_folder(root, key, min_classes, log)
+    return _once_each({"": samples}, links, classes, key, log)[""], classes
+
+
+def _list_folder(
+    root: str, key: str, min_classes: int, log: Callable[[str], None] | None
+) -> tuple[Samples, list[str], dict[str, str]]:
+    """:func:`list_folder`'s samples and classes before :func:`_once_each`, with the files that a
+    link led to (``{path: "file" | "folder"}``)."""
     _check_folder(root, key)
     classes = folder_classes(root)
     for e in sorted(os.scandir(root), key=lambda e: e.name):
@@ -180,7 +184,7 @@ def _list_folder(
         if problem := class_name_problem(name):
             raise DataError(f"{key}: class folder {os.path.join(root, name)!r}: {problem}")
     samples: Samples = []
-    linked: set[str] = set()
+    links: dict[str, str] = {}
     empty = []
     for label, name in enumerate(classes):
         folder = os.path.join(root, name)
@@ -188,8 +192,8 @@ def _list_folder(
         if not files:
             empty.append(name)
         samples.extend((f, label) for f, _ in files)
-        folder_linked = os.path.islink(folder) or os.path.islink(root)  # cat -> dog, test -> train
-        linked.update(f for f, through_link in files if through_link or folder_linked)
+        class_linked = "folder" if os.path.islink(folder) else ""  # cat -> dog
+        links.update((f, how or class_linked) for f, how in files if how or class_linked)
     if empty:
         which = "folder" if len(empty) == 1 else "folders"
         raise DataError(
@@ -198,7 +202,7 @@ def _list_folder(
         )
     if len(classes) < min_classes:
         raise DataError(f"{key}: only one class folder ({classes[0]}) in {root}; a classifier needs at least 2 classes")
-    return samples, classes, linked
+    return samples, classes, links
 
 
 def _files(n: int) -> str:
@@ -206,23 +210,23 @@ def _files(n: int) -> str:
 
 
 def _once_each(
-    groups: dict[str, Samples], linked: set[str], classes: list[str], key: str, log: Callable[[str], None] | None
+    groups: dict[str, Samples], links: dict[str, str], classes: list[str], key: str, log: Callable[[str], None] | None
 ) -> dict[str, Samples]:
     """Each image file once: ``groups`` (the split folders, or ``""``) without the files that
-    symbolic links reach a second time (``linked``: the files a link led to; none, nothing to do).
+    symbolic links reach a second time (``links``: the files a link led to, and how; none: nothing to do).
 
     A file reached twice in one class is used once, with a warning. In two classes it would train
     with two labels, and in two split folders it would be scored on what it trained on: both are a
     DataError naming the files. Why by resolved path, not inode: a file is the same file through
     any chain of links, and only links are resolved (no stat per file); hard links count as copies.
     """
-    if not linked:
+    if not links:
         return groups
     real_dirs: dict[str, str] = {}
 
     def real(path: str) -> str:
-        """The file's path with every link resolved: one realpath per folder, and per linked file."""
-        if path in linked:
+        """The file's path with every link resolved: one realpath per folder, and per file that is a link."""
+        if links.get(path) == "file":
             target = os.path.realpath(path)
             return target if os.path.exists(target) else path  # a broken link is a bad image, named later
         folder, name = os.path.split(path)
@@ -281,14 +285,16 @@ def list_split_folders(
         )
     out: dict[str, Samples] = {}
     names: dict[str, list[str]] = {}
-    linked: set[str] = set()
+    links: dict[str, str] = {}
     for split in SPLIT_FOLDERS:
         sub = os.path.join(root, split)
         if split == "test" and not os.path.isdir(sub):
             out[split] = []
             continue
-        out[split], names[split], through = _list_folder(sub, f"{key} ({split}/)", 2, log)
-        linked |= through
+        out[split], names[split], split_links = _list_folder(sub, f"{key} ({split}/)", 2, log)
+        links.update(split_links)
+        if os.path.islink(sub):  # test -> train
+            links.update((f, links.get(f) or "folder") for f, _ in out[split])
     ref = names["train"]
     for split, found in names.items():
         if found != ref:
@@ -302,7 +308,7 @@ def list_split_folders(
                 if p
             )
             raise DataError(f"{key}: {split}/ and train/ must have the same class folders ({detail})")
-    return _once_each(out, linked, ref, key, log), ref
+    return _once_each(out, links, ref, key, log), ref
 
 
 def list_csv(
