@@ -108,6 +108,8 @@ def _empty_class_folders(spec, found: list[str], where: tuple) -> list[Issue]:
     empty = [c for c in found if not has_image(os.path.join(root, c))]
     if not empty:
         return []
+    # Why say so: "without images" sent the owner of an unreadable folder looking for files that are there
+    empty = [c if os.access(os.path.join(root, c), os.R_OK | os.X_OK) else f"{c} (unreadable)" for c in empty]
     which = "folder" if len(empty) == 1 else "folders"
     shown = ", ".join(empty[:5]) + (f", ... ({len(empty)} in all)" if len(empty) > 5 else "")
     return [

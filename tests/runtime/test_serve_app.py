@@ -113,7 +113,7 @@ def test_predict_multipart_several_files_in_order(client):
 def test_multipart_parts_that_are_no_file_say_why(client):
     """``filename*=`` alone (RFC 7578 forbids it) was "a text field"; a body cut short "got no parts"."""
     good = band_png(1)
-    head = b'--B\r\nContent-Disposition: form-data; name="file"; filename*=utf-8\'\'abc.png\r\n\r\n'
+    head = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename*=utf-8''abc.png\r\n\r\n"
     body = head + good + b"\r\n--B--\r\n"
     ctype = {"content-type": "multipart/form-data; boundary=B"}
     assert_error(client.post("/predict", content=body, headers=ctype), 400, "needs filename=", "RFC 7578")

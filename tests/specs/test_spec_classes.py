@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
@@ -101,3 +102,18 @@ def test_a_class_mismatch_names_hidden_folders_and_unicode_forms(tmp_path):
     message = str(info.value)
     assert "folders whose names start with '.' are skipped, as hidden: .hidden" in message
     assert "the same letters in another Unicode form (NFC against NFD" in message
+
+
+def test_an_unreadable_class_folder_is_called_unreadable_not_empty(tmp_path, monkeypatch):
+    """As root every folder reads, so the unreadable one is simulated where the rule asks."""
+    from PIL import Image
+
+    from convspec.specs import SpecError, load_spec_text, rules
+
+    for name in ("cat", "dog"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "data" / "cat" / "a.png")
+    real_access = os.access
+    monkeypatch.setattr(rules.os, "access", lambda p, m: not str(p).endswith("dog") and real_access(p, m))
+    with pytest.raises(SpecError, match=r"class folder without images in .*: dog \(unreadable\)"):
+        load_spec_text(_folder_spec(tmp_path / "data", "multiclass"))
