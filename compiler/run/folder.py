@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ class Run:
     """Paths of a run folder (``runs/NAME/``) and readers for what training wrote."""
 
     path: Path
+    made_parent: bool = field(default=False, compare=False)  # new_run made ``out`` too: discard it if empty
 
     spec = property(lambda self: self.path / "spec.yaml")
     split = property(lambda self: self.path / "split.json")
@@ -69,6 +70,7 @@ def new_run(out: str | os.PathLike, name: str) -> Run:
         WriteError: ``out`` is a file, read-only, on a full disk, ...
     """
     out = Path(out)
+    made_parent = not os.path.lexists(out)
     with writing(out, "the run folder"):
         out.mkdir(parents=True, exist_ok=True)
         for k in range(1, 10_000):
@@ -83,7 +85,7 @@ def new_run(out: str | os.PathLike, name: str) -> Run:
                 with contextlib.suppress(OSError):
                     path.rmdir()
                 raise
-            return Run(path)
+            return Run(path, made_parent)
     raise RuntimeError(f"too many runs named {name} in {out}")
 
 
@@ -96,6 +98,8 @@ def discard_new_run(run: Run) -> None:
             path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         run.path.rmdir()  # Why not rmtree: anything else in it is not this call's to delete
+        if run.made_parent:
+            run.path.parent.rmdir()  # the --out folder this call made, if nothing else is in it
 
 
 def mark_run_folder(path: str | os.PathLike) -> Path:

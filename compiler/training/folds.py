@@ -79,11 +79,13 @@ def train_folds(
         check_run_out(out, spec, allow_in_data=train_kwargs.get("allow_out_in_data", False))  # before the data loads
         data = load_dataset(spec, log=log)
         splits = fold_splits(data, k, spec.data.split.seed)
-        parent = new_run(out, spec.name).path
+        made = new_run(out, spec.name)
+        parent = made.path
         pool = len(splits[0]["train"]) + len(splits[0]["val"])
         log(f"folds: {k} over the {pool} train and val images; the {len(splits[0]['test'])} test images stay fixed")
     else:
-        parent = Path(resume)
+        made = Run(Path(resume))
+        parent = made.path
         spec, data, splits = _resumed(parent, k, spec, overrides, log)
     again = f"convspec train --folds {k} --resume {parent}" + ("" if export else " --no-export")
     runs: list[Run] = []
@@ -101,7 +103,7 @@ def train_folds(
             runs.append(train(fold_spec, dataset=fold_data, export=False, log=log, **where, **train_kwargs))
     except (KeyboardInterrupt, TrainingInterrupted):
         if not cv_folds(parent):  # nothing trained: no folder holding only its marker is left behind
-            discard_new_run(Run(parent))
+            discard_new_run(made)
             raise
         raise TrainingInterrupted(
             f"interrupted in fold {len(runs) + 1} of {k}; the finished folds and its last.pt are kept. "
@@ -109,7 +111,7 @@ def train_folds(
         ) from None
     except BaseException:
         if not cv_folds(parent):
-            discard_new_run(Run(parent))
+            discard_new_run(made)
         raise
     summary = cv_summary(runs)
     best = runs[summary["best_fold"] - 1]

@@ -158,7 +158,8 @@ def train(
 
 def _new_run_folder(out, spec: Spec, data, dd) -> Run:
     """``out/NAME`` (numbered when taken; rank 0 picks it) with the split and the resolved spec."""
-    run = Run(Path(distributed.broadcast(dd, str(new_run(out, spec.name).path) if dd.is_main else None)))
+    made = new_run(out, spec.name) if dd.is_main else None
+    run = Run(Path(distributed.broadcast(dd, str(made.path) if made else None)), made.made_parent if made else False)
     if dd.is_main:
         try:
             with writing(run.path, "the run folder"):

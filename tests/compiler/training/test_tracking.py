@@ -209,7 +209,11 @@ def test_a_tracker_that_cannot_start_is_one_line_and_leaves_no_run_folder(tmp_pa
     spec = _spec("[mlflow]", "training.epochs=1")
     with pytest.raises(TrackingError, match="mlruns: cannot make MLflow's local store \\(it is a file\\)"):
         train(spec, out=tmp_path / "runs", export=False, progress=False, log=lambda _m: None)
-    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+    assert not (tmp_path / "runs").exists()  # not even the --out folder the call made
+    (tmp_path / "kept").mkdir()  # an --out folder that was there stays
+    with pytest.raises(TrackingError):
+        train(spec, out=tmp_path / "kept", export=False, progress=False, log=lambda _m: None)
+    assert (tmp_path / "kept").is_dir() and list((tmp_path / "kept").iterdir()) == []
 
 
 def test_a_study_whose_tracker_cannot_start_leaves_no_tune_folder(tmp_path, monkeypatch):
