@@ -371,7 +371,7 @@ def _threshold_on_validation(spec: Spec, model: torch.nn.Module, data, log: Call
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ThresholdWarning)  # said as a warning line below
         value = choose_threshold(data.labels[idx], probs, spec.export.threshold)
-    log(f"threshold {value:.6g}: export.threshold chosen on the validation split (the run has no results.json)")
+    log(f"threshold {value:.6g}: export.threshold chosen on the validation split (results.json holds none)")
     missed = target_missed(spec.export.threshold, data.labels[idx], probs, value)
     if missed:
         log(f"warning: {missed}")

@@ -15,6 +15,7 @@ the interrupted one resumes from its ``last.pt``, the rest train. The spec is th
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import statistics
@@ -130,7 +131,11 @@ def train_folds(
             f"interrupted after the last fold, while exporting; every fold is kept. Finish with: {again}"
         ) from None
     for name, m in summary["test"].items():
-        log(f"{name:>10}: {m['mean']:.4f} +- {m['std']:.4f}")
+        if m["mean"] is None:
+            log(f"{name:>10}: - (in no fold)")
+            continue
+        partial = f" (over {m['counted']} of {len(m['values'])} folds)" if m["counted"] < len(m["values"]) else ""
+        log(f"{name:>10}: {m['mean']:.4f} +- {m['std']:.4f}{partial}")
     wrote = f"{parent / 'cv.json'}" + (f", {parent / 'model.onnx'}" if export else "")
     log(f"best fold: {summary['best_fold']} ({summary['monitor']}); {wrote}")
     return parent
@@ -188,7 +193,7 @@ def cv_summary(runs: list[Run]) -> dict:
     minimize = monitor.endswith("loss")
     best_values = [_best_value(r, res) for r, res in zip(runs, results, strict=True)]
     best = (min if minimize else max)(range(len(runs)), key=lambda i: best_values[i])
-    tested = [res.get("test", {}).get("metrics", {}) for res in results]
+    tested = [((res.get("test") or {}).get("metrics") or {}) for res in results]
     names = [n for n in tested[0] if all(n in t for t in tested)]
     return {
         "folds": len(runs),
@@ -207,6 +212,13 @@ def _best_value(run: Run, results: dict) -> float:
     return record.get(results["monitor"], record["train_loss"])
 
 
-def _mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}  # fmt: skip
+def _mean_std(values: list[float | None]) -> dict:
+    """Mean and sample std over the folds where the metric exists: a test split of one class has no
+    AUC (None), which ended the cross-validation in a traceback; ``counted`` says over how many."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {
+        "mean": statistics.fmean(finite) if finite else None,
+        "std": statistics.stdev(finite) if len(finite) > 1 else (0.0 if finite else None),
+        "values": values,
+        "counted": len(finite),
+    }

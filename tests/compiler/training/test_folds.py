@@ -168,3 +168,14 @@ def test_ctrl_c_while_exporting_the_best_fold_says_how_to_finish(tmp_path, monke
     monkeypatch.setattr(onnx_export, "export_onnx", ctrl_c)
     with pytest.raises(TrainingInterrupted, match=rf"while exporting; .* --folds 2 --resume {parent}$"):
         train_folds(None, 2, resume=parent, **quiet)
+
+
+def test_a_metric_missing_in_some_folds_is_averaged_over_the_others():
+    """A test split of one class has no AUC (null): cv.json's statistics ended in a TypeError
+    traceback, with no cv.json and no model.onnx written."""
+    from convspec.compiler.training.folds import _mean_std
+
+    got = _mean_std([0.9, None, float("nan"), 0.7])
+    assert got["mean"] == pytest.approx(0.8) and got["std"] == pytest.approx(statistics.stdev([0.9, 0.7]))
+    assert got["counted"] == 2 and got["values"][1] is None
+    assert _mean_std([None, None]) == {"mean": None, "std": None, "values": [None, None], "counted": 0}
