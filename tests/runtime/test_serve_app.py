@@ -119,7 +119,11 @@ def test_multipart_parts_that_are_no_file_say_why(client):
     assert_error(client.post("/predict", content=body, headers=ctype), 400, "needs filename=", "RFC 7578")
     whole = head.replace(b"filename*=utf-8''abc.png", b'filename="abc.png"') + good + b"\r\n--B--\r\n"
     assert client.post("/predict", content=whole, headers=ctype).json()["predictions"][0]["source"] == "abc.png"
-    assert_error(client.post("/predict", content=whole[:60], headers=ctype), 400, "holds no complete part")
+    assert_error(client.post("/predict", content=whole[:60], headers=ctype), 400, "cut short")
+    # cut after a whole part: the next one was dropped and the reply was 200
+    second = head.replace(b"filename*=utf-8''abc.png", b'filename="b.png"') + good
+    two = whole.replace(b"\r\n--B--\r\n", b"\r\n") + second
+    assert_error(client.post("/predict", content=two[:-10], headers=ctype), 400, "cut short", "no closing boundary")
 
 
 def test_top_k(client):
