@@ -170,13 +170,14 @@ def _run_test_split(run: Path, predictor):
     if doc.get("root") is not None:
         root = doc["root"]
         paths = [f if os.path.isabs(f) else os.path.join(root, *f.split("/")) for f in test["files"]]
-        gone = [f for f, p in zip(test["files"], paths, strict=True) if not os.path.lexists(p)]
+        gone = [f for f, p in zip(test["files"], paths, strict=True) if not os.path.isfile(p)]
         if gone:  # Why refused: scores over fewer images than the run's read as the run's own, with exit 0
             from convspec.runtime.datasets import DataError, short_list
 
             raise DataError(
-                f"{run / 'split.json'}: {len(gone)} of the run's {len(paths)} test images are gone from {root}: "
-                f"{short_list(gone)}; restore them, or evaluate a folder or CSV of the images there are"
+                f"{run / 'split.json'}: {len(gone)} of the run's {len(paths)} test images are gone from {root} "
+                f"(or no longer files): {short_list(gone)}; restore them, or evaluate a folder or CSV of the "
+                "images there are"
             )
         import numpy as np
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,10 @@ def test_evaluate_run_folder_of_image_files(model, folder, tmp_path, band):
     assert result.exit_code == 1 and "1 of the run's 3 test images are gone" in result.stderr, result.output
     assert "b/moved.png" in result.stderr
     no_traceback(result)
+    os.symlink(folder / "nowhere.png", folder / "b" / "moved.png")  # a broken link in its place: gone too
+    result = invoke("evaluate", model, run)
+    assert result.exit_code == 1 and "test images are gone" in result.stderr, result.output
+    os.unlink(folder / "b" / "moved.png")
     split["splits"]["test"] = {"files": [], "labels": []}
     (run / "split.json").write_text(json.dumps(split))
     result = invoke("evaluate", model, run)
