@@ -42,7 +42,7 @@ def convert_in_strips(im: Image.Image, target: str, bits_stored: int = 16) -> Im
     float_scale = None
     if im.mode == "F":  # Why first: whether to scale by 255 depends on the whole image's maximum
         top = max(
-            float(np.nan_to_num(np.asarray(im.crop((0, y, im.width, min(y + rows, im.height)))), posinf=255.0).max())
+            _finite_max(np.asarray(im.crop((0, y, im.width, min(y + rows, im.height)))))
             for y in range(0, im.height, rows)
         )
         float_scale = top <= FLOAT_UNIT_TOP
@@ -66,8 +66,9 @@ def to_8bit(im: Image.Image, float_scale: bool | None = None, bits_stored: int =
         return Image.fromarray(scale16(np.asarray(im), bits_stored), mode="L")
     if mode == "F":
         a = np.asarray(im, dtype=np.float32)
-        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
-        if float_scale if float_scale is not None else (a.size and a.max() <= FLOAT_UNIT_TOP):
+        unit = float_scale if float_scale is not None else _finite_max(a) <= FLOAT_UNIT_TOP
+        a = np.nan_to_num(a, nan=0.0, posinf=np.inf, neginf=0.0)  # +inf: white on either scale (clipped)
+        if unit:
             a = a.astype(np.float64) * 255.0
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
     if mode == "1":
@@ -83,6 +84,12 @@ def to_8bit(im: Image.Image, float_scale: bool | None = None, bits_stored: int =
         onto_black = colour.astype(np.uint8)
         return Image.fromarray(onto_black[..., 0] if grey_alpha else onto_black, mode="L" if grey_alpha else "RGB")
     return im.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+
+
+def _finite_max(a: np.ndarray) -> float:
+    """The largest finite value (0 without one). Why finite: one +inf pixel read a 0..1 image as 0..255, black."""
+    finite = a[np.isfinite(a)]
+    return float(finite.max()) if finite.size else 0.0
 
 
 @functools.cache

@@ -564,6 +564,9 @@ def test_float_images_read_on_two_scales_are_named_and_a_filter_overshoot_is_not
     Image.fromarray(unit, mode="F").save(tmp_path / "overshoot.tif")
     pixels = load_image(tmp_path / "overshoot.tif", 1, (8, 8))
     assert pixels.max() == 255 and pixels.mean() > 100
+    unit[0, 0] = np.inf  # one +inf pixel read the image on 0..255 too
+    Image.fromarray(unit, mode="F").save(tmp_path / "inf.tif")
+    assert np.array_equal(load_image(tmp_path / "inf.tif", 1, (8, 8)), pixels)
     for name in ("a", "b"):
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(4):
