@@ -104,20 +104,30 @@ def _empty_class_folders(spec, found: list[str], where: tuple) -> list[Issue]:
     src = spec.data.source
     if src.type != "folder":
         return []
-    root = os.path.join(src.path, "train") if spec.data.split.from_ == "folders" else src.path
-    empty = [c for c in found if not has_image(os.path.join(root, c))]
+    roots = [src.path]
+    if spec.data.split.from_ == "folders":  # each split folder holds the classes: each may lack images
+        roots = [
+            os.path.join(src.path, s) for s in ("train", "val", "test") if os.path.isdir(os.path.join(src.path, s))
+        ]
+    for root in roots:
+        issue = _empty_in(root, found, where)
+        if issue:
+            return [issue]
+    return []
+
+
+def _empty_in(root: str, found: list[str], where: tuple) -> Issue | None:
+    empty = [c for c in found if os.path.isdir(os.path.join(root, c)) and not has_image(os.path.join(root, c))]
     if not empty:
-        return []
+        return None
     # Why say so: "without images" sent the owner of an unreadable folder looking for files that are there
     empty = [c if os.access(os.path.join(root, c), os.R_OK | os.X_OK) else f"{c} (unreadable)" for c in empty]
     which = "folder" if len(empty) == 1 else "folders"
     shown = ", ".join(empty[:5]) + (f", ... ({len(empty)} in all)" if len(empty) > 5 else "")
-    return [
-        Issue(
-            f"class {which} without images in {root}: {shown} (remove it, or add its images; empty files do not count)",
-            where,
-        )
-    ]
+    return Issue(
+        f"class {which} without images in {root}: {shown} (remove it, or add its images; empty files do not count)",
+        where,
+    )
 
 
 def _classes(spec) -> list[Issue]:

@@ -116,6 +116,7 @@ def load_dataset(
         files = [all_files[i] for i in kept]
         labels = np.asarray([samples[i][1] for i in kept], np.int64)
         if preset is not None:
+            _check_split_folders(preset, kept, samples, data_names)
             new_index = {old: new for new, old in enumerate(kept)}
             preset = {s: [new_index[i] for i in idx if i in new_index] for s, idx in preset.items()}
         if bad:
@@ -147,6 +148,21 @@ def load_dataset(
         f"train {n['train']}, val {n['val']}, test {n['test']}"
     )
     return ds
+
+
+def _check_split_folders(preset: dict[str, list[int]], kept: list[int], samples, names: list[str]) -> None:
+    """Refuse a split folder's class whose every image failed to load. Why: test/cat of 0-byte files
+    left the test split without cats, scored 100 % with exit 0 (the data as a whole still had cats)."""
+    alive = set(kept)
+    for split, idx in preset.items():
+        listed = {samples[i][1] for i in idx}
+        loaded = {samples[i][1] for i in idx if i in alive}
+        lost = sorted(listed - loaded)
+        if lost:
+            raise DataError(
+                f"data: every image of class {short_list([names[c] for c in lost])} in {split}/ failed to load; "
+                "see the warnings above"
+            )
 
 
 def _check_pixels(files: list[str], bits_stored: int, warn: Callable[[str], None]) -> None:

@@ -344,6 +344,19 @@ def test_split_from_folders(tmp_path, shapes_folder):
     assert {s: len(v) for s, v in ds.splits.items()} == {"train": 16, "val": 4, "test": 4}
     assert all(ds.file_ids()[i].startswith("val/") for i in ds.splits["val"])
     assert ds.counts()["test"] == {"circle": 2, "square": 2}
+    # a split folder's class of unreadable files: the test split had no circles, scored 100 %
+    for f in (tmp_path / "test" / "circle").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(DataError, match=r"every image of class circle in test/ failed to load"):
+        load_dataset(spec, log=Log())
+    from convspec.specs import SpecError, load_spec_text
+
+    text = (
+        f"version: 1\ntask: binary\ndata:\n  source: {{type: folder, path: {tmp_path}}}\n  split: {{from: folders}}\n"
+        "input: {channels: 1, size: [8, 8]}\nmodel:\n  layers: [{type: flatten}]\n"
+    )
+    with pytest.raises(SpecError, match=r"class folder without images in .*test: circle"):
+        load_spec_text(text)  # validate says so too
 
 
 # ------------------------------------------------------------------- cache
