@@ -430,7 +430,8 @@ def list_csv(
         raise DataError(f"{key}: {len(problems)} bad {rows_word}{where}:\n  {shown}{more}")
     if not samples_named:
         raise DataError(f"{key}: {csv_path} has a header but no rows")
-    modes = [_mode(p) for p, _ in samples_named]  # Why one stat per row: a million rows took 3 before
+    stats = [_stat(p) for p, _ in samples_named]  # Why one stat per row: a million rows took 3 before
+    modes = [st.st_mode if st is not None else None for st in stats]
     odd = [(p, m) for (p, _), m in zip(samples_named, modes, strict=True) if m is not None and not stat.S_ISREG(m)]
     if odd:  # a folder, a FIFO, a device listed as an image: say what it is, never "missing"
         shown = [f"{os.path.relpath(p, root)} ({describe_mode(m)})" for p, m in odd[:_SHOW]]
@@ -443,6 +444,12 @@ def list_csv(
         raise DataError(
             f"{key}: {len(missing)} files listed in {name} do not exist "
             f"(paths are relative to {root}): {short_list(shown, total=len(missing))}"
+        )
+    same = _same_files(samples_named, stats, first_line, name, root)
+    if same:  # Why: one file under two names carried two labels, or sat in train and test at once
+        shown = "\n  ".join(same[:_SHOW]) + (f"\n  ... and {len(same) - _SHOW} more" if len(same) > _SHOW else "")
+        raise DataError(
+            f"{key}: {len(same)} rows of {csv_path} name a file listed before under another name:\n  {shown}"
         )
     class_names = sort_names({label for _, label in samples_named})
     if len(class_names) < min_classes:
@@ -458,12 +465,26 @@ def _inside(path: str, base: str) -> bool:
     return full == base or full.startswith(base.rstrip(os.sep) + os.sep)
 
 
-def _mode(path: str) -> int | None:
-    """``st_mode`` of what ``path`` names (links followed), None when nothing is there."""
+def _stat(path: str) -> os.stat_result | None:
+    """``os.stat`` of what ``path`` names (links followed), None when nothing is there."""
     try:
-        return os.stat(path).st_mode
+        return os.stat(path)
     except (OSError, ValueError):
         return None
+
+
+def _same_files(samples, stats, first_line: dict[str, int], name: str, root: str) -> list[str]:
+    """Rows naming a file that an earlier row named under another path (a symbolic or hard link)."""
+    seen: dict[tuple[int, int], str] = {}
+    same = []
+    for (path, _), st in zip(samples, stats, strict=True):
+        first = seen.setdefault((st.st_dev, st.st_ino), path)
+        if first != path:
+            same.append(
+                f"{name}:{first_line[path]}: {os.path.relpath(path, root)} is {os.path.relpath(first, root)} "
+                f"of line {first_line[first]} (a link)"
+            )
+    return same
 
 
 def _check_folder(root: str, key: str) -> None:

@@ -275,3 +275,16 @@ def test_one_bad_csv_row_is_one_line_naming_the_csv_once(tmp_path):
     with pytest.raises(DataError) as info:
         list_csv(str(csv_path), key=str(csv_path), min_classes=1)
     assert str(info.value) == f"{csv_path}: dup.csv:3: a.png is listed twice (first on line 2)"
+
+
+def test_a_csv_row_naming_a_file_listed_before_under_another_name_is_refused(tmp_path):
+    """The same file through a link carried labels a and b, one image in train and in test."""
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    os.symlink("a.png", tmp_path / "alias.png")
+    (tmp_path / "labels.csv").write_text("path,label\na.png,x\nb.png,y\nalias.png,y\n")
+    with pytest.raises(DataError, match=r"1 rows of .* name a file listed before under another name:\n  labels.csv:4: "
+                       r"alias.png is a.png of line 2 \(a link\)"):  # fmt: skip
+        list_csv(str(tmp_path / "labels.csv"))
+    (tmp_path / "labels.csv").write_text("path,label\na.png,x\nb.png,y\n")
+    assert len(list_csv(str(tmp_path / "labels.csv"))[0]) == 2
