@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import stat
+import unicodedata
 import warnings
 from collections.abc import Callable
 
@@ -183,6 +184,16 @@ def _list_folder(
     for name in classes:
         if problem := class_name_problem(name):
             raise DataError(f"{key}: class folder {os.path.join(root, name)!r}: {problem}")
+    forms: dict[str, str] = {}
+    for (
+        name
+    ) in classes:  # Why: "café" written twice (NFC and NFD, as macOS writes it) trained two classes that look one
+        other = forms.setdefault(unicodedata.normalize("NFC", name), name)
+        if other != name:
+            raise DataError(
+                f"{key}: class folders {other!r} and {name!r} in {root} are one name in two Unicode forms (NFC and "
+                "NFD); merge them into one folder"
+            )
     samples: Samples = []
     links: dict[str, str] = {}
     empty = []

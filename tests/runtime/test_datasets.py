@@ -288,3 +288,14 @@ def test_a_csv_row_naming_a_file_listed_before_under_another_name_is_refused(tmp
         list_csv(str(tmp_path / "labels.csv"))
     (tmp_path / "labels.csv").write_text("path,label\na.png,x\nb.png,y\n")
     assert len(list_csv(str(tmp_path / "labels.csv"))[0]) == 2
+
+
+def test_one_class_name_in_two_unicode_forms_is_refused(tmp_path):
+    """"café" as NFC and as NFD (macOS) trained two classes that print alike."""
+    import unicodedata
+
+    for form in ("NFC", "NFD"):
+        _png(tmp_path / unicodedata.normalize(form, "café") / "0.png")
+    _png(tmp_path / "tea" / "0.png")
+    with pytest.raises(DataError, match="are one name in two Unicode forms"):
+        list_folder(str(tmp_path))
