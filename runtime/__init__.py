@@ -10,7 +10,7 @@ imports torch (a test enforces it).
 from .datasets import DataError, list_csv, list_folder, list_images
 from .evaluate import EvalResult, evaluate, evaluate_arrays, evaluate_files
 from .files import WriteError
-from .images import IMAGE_EXTENSIONS, ImageError, load_image, load_images, prepare_array
+from .images import IMAGE_EXTENSIONS, ImageError, load_image, load_image_bytes, load_images, prepare_array
 from .metadata import MetadataWarning, ModelInfo, read_metadata
 from .predictor import ModelError, Prediction, Predictor, cuda_usable
 
@@ -32,6 +32,7 @@ __all__ = [
     "list_folder",
     "list_images",
     "load_image",
+    "load_image_bytes",
     "load_images",
     "prepare_array",
     "read_metadata",

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,9 +220,13 @@ def plot_compare(comparison: Comparison, path: str | os.PathLike, curves: tuple[
         ax.grid(alpha=0.3)
         if shown:
             ax.legend(fontsize=8)
-    fig.tight_layout()
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        # Why quiet: with many runs matplotlib warns that the legend crowds the axes (raw Python warning
+        # lines on stderr); the picture is still written, and the table is the full comparison
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fig.tight_layout()
+            return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     finally:
         plt.close(fig)
 

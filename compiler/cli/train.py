@@ -118,7 +118,8 @@ def tune(
         typer.Option("--trials", callback=at_least(1), help="Trials this process runs (default: tune.trials)."),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", callback=at_least(0), help="Start no new trial after S seconds.")
+        float | None,
+        typer.Option("--timeout", callback=at_least(1, " s"), help="Start no new trial after S seconds (>= 1)."),
     ] = None,
     storage: Annotated[
         str | None,

@@ -160,8 +160,8 @@ def tune(
     if n_trials < 1:
         raise TuneError(f"--trials must be >= 1 (got {n_trials})")
     timeout = t.timeout if timeout is None else timeout
-    if timeout is not None and not timeout > 0:  # Why: 0 started one trial, stopped it, and failed
-        raise TuneError(f"--timeout must be > 0 seconds (got {timeout}); leave it out for no limit")
+    if timeout is not None and not timeout >= 1:  # Why: 0 or 1e-9 started a trial, stopped it, and failed
+        raise TuneError(f"--timeout must be at least 1 s (got {timeout}); leave it out for no limit")
     study_name = study_name or spec.name
     folder = Path(out) / f"{study_name}-tune"
     check_run_out(out, spec, allow_in_data=allow_out_in_data)

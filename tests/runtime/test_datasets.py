@@ -291,7 +291,7 @@ def test_a_csv_row_naming_a_file_listed_before_under_another_name_is_refused(tmp
 
 
 def test_one_class_name_in_two_unicode_forms_is_refused(tmp_path):
-    """"café" as NFC and as NFD (macOS) trained two classes that print alike."""
+    """ "café" as NFC and as NFD (macOS) trained two classes that print alike."""
     import unicodedata
 
     for form in ("NFC", "NFD"):

@@ -126,11 +126,11 @@ def test_tune_refuses_before_any_trial(tmp_path, tune_yaml, storage, expected):
     assert not list(out.glob("*/trials")), "no trial may start"
 
 
-@pytest.mark.parametrize("timeout", [0, -5])
+@pytest.mark.parametrize("timeout", [0, -5, 1e-9])
 def test_a_timeout_that_allows_no_trial_is_refused_before_any(tmp_path, timeout):
     """``--timeout 0`` started a trial, stopped it and failed with "no trial completed", leaving the folder."""
     path = write_spec(tmp_path, "tune:\n  space:\n    training.batch_size: {type: choice, values: [16, 32]}\n")
-    with pytest.raises(TuneError, match=f"--timeout must be > 0 seconds \\(got {timeout}\\)"):
+    with pytest.raises(TuneError, match=f"--timeout must be at least 1 s \\(got {timeout}\\)"):
         tune(path, timeout=timeout, out=tmp_path / "runs", log=quiet, progress=False)
     assert not (tmp_path / "runs").exists()
 
