@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from convspec.specs.classes import is_run_folder
 from convspec.specs.readfile import FileReadError, check_regular
 
 from . import metrics
@@ -268,6 +269,12 @@ def _samples(data: Any, log: Callable[[str], None] | None = None) -> tuple[list[
         root = os.fspath(data)
         # Why min_classes=1: scoring on some of the model's classes is fine (match_classes checks
         # that each is one the model knows); "a classifier needs 2 classes" is a training rule.
+        if os.path.isdir(root) and os.path.lexists(os.path.join(root, "split.json")) and is_run_folder(root):
+            # Why refused: its plots were scored as images of its sub-folders' "classes"
+            raise DataError(
+                f"{root}: a run folder, not labelled images; score its test split with "
+                f"convspec evaluate MODEL {root}, or pass the folder or CSV of its data"
+            )
         if os.path.isdir(root):
             samples, classes = list_folder(root, key=root, min_classes=1, log=log)
         elif not os.path.exists(root):

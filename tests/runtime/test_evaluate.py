@@ -180,3 +180,14 @@ def test_evaluate_arrays_and_files_refuse_labels_that_are_not_class_indices(mode
     # one path, as predict() takes it: one file, not one per character of its name
     [chunk] = list(predictor.scored_chunks(files[1]))
     assert chunk.failures == [] and chunk.probabilities.argmax(1).tolist() == [1]
+
+
+def test_a_run_folder_given_to_the_api_is_refused_not_scored_as_images(model, tmp_path):
+    """``evaluate(model, RUN)``: its plots were scored as images of its sub-folders' classes."""
+    run = tmp_path / "run"
+    (run / "a").mkdir(parents=True)
+    Image.new("L", (6, 6)).save(run / "a" / "curves.png")
+    (run / "split.json").write_text("{}")
+    (run / ".convspec-run").write_text("convspec run folder")
+    with pytest.raises(DataError, match="a run folder, not labelled images; score its test split with"):
+        evaluate(model, run)
