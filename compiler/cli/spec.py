@@ -59,13 +59,21 @@ def _data_problem(spec, log) -> str | None:
 
     try:
         if src.type == "csv":
-            list_csv(src.path, src.root, allow_outside_root=src.allow_outside_root)
+            samples, _ = list_csv(src.path, src.root, allow_outside_root=src.allow_outside_root)
         elif spec.data.split.from_ == "folders":
-            list_split_folders(src.path, log=log)
+            samples = [s for part in list_split_folders(src.path, log=log)[0].values() for s in part]
         else:
-            list_folder(src.path, log=log)
+            samples, _ = list_folder(src.path, log=log)
     except DataError as e:
         return str(e)
+    if spec.data.on_bad_image == "error":  # what train's first read refuses: a broken link, a FIFO, ...
+        from convspec.specs.readfile import FileReadError, check_regular
+
+        for path, _ in samples:
+            try:
+                check_regular(path, "image")
+            except FileReadError as e:
+                return f"{e} (data.on_bad_image: error)"
     return None
 
 

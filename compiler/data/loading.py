@@ -217,6 +217,7 @@ def _check_sixteen_bit(grey: list, bits_stored: int, warn: Callable[[str], None]
             f"the 16-bit images hold negative values (down to {low:g}, {sampled}), which become black: "
             f"convspec reads 0..{top}. Shift them to start at 0 before training (CT in Hounsfield units: add 1024)"
         )
+        return  # Why no bit-depth advice: the shift moves the peak it would be read from
     if peak > top:
         warn(
             f"input.bits_stored is {bits_stored}, but the 16-bit images hold values up to {peak:g} ({sampled}); "

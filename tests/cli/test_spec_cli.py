@@ -114,6 +114,16 @@ def test_validate_refuses_the_folder_listing_train_would(tmp_path: Path):
     assert result.exit_code == 1 and "class folder without images" in result.stderr and "empty files" in result.stderr
 
 
+def test_validate_refuses_a_broken_link_when_a_bad_image_is_an_error(tmp_path: Path):
+    """``on_bad_image: error``: validate said OK, train's first read refused the broken link."""
+    spec = _two_images_and_a_spec(tmp_path, tmp_path / "data", "{type: folder, path: data}\n  on_bad_image: error")
+    os.symlink("nowhere.png", tmp_path / "data" / "a" / "broken.png")
+    result = invoke("validate", spec)
+    assert result.exit_code == 1 and "broken.png: broken link" in result.stderr and "on_bad_image" in result.stderr
+    spec.write_text(spec.read_text().replace("\n  on_bad_image: error", ""))
+    assert invoke("validate", spec).exit_code == 0  # skip (the default): train names it and goes on
+
+
 def test_validate_into_a_reader_that_left_exits_141_without_a_traceback():
     """``convspec validate SPEC | head -0``: a 57-line traceback and exit 1 (validate alone lacked
     the handler every other command has)."""
