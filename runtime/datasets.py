@@ -174,6 +174,10 @@ def _list_folder(
     for e in sorted(os.scandir(root), key=lambda e: e.name):
         if not e.name.startswith(".") and e.is_dir() and e.name not in classes:
             _warn(log, f"{e.path}: skipped, a folder convspec wrote (a run or tune folder), not a class")
+        elif e.name.startswith(".") and e.is_dir() and _holds_images(e.path):  # Why: it vanished without a word
+            _warn(log, f"{e.path}: skipped, a hidden folder (its name starts with '.'), though it holds images")
+        elif e.is_symlink() and not os.path.exists(e.path):
+            _warn(log, f"{e.path}: skipped, a broken link (target not found), not a class folder")
     if not classes:
         loose = [e.name for e in os.scandir(root) if e.is_file() and is_image_file(e.name)]
         hint = f" (it holds {len(loose)} images directly; move them into one sub-folder per class)" if loose else ""
@@ -214,6 +218,15 @@ def _list_folder(
     if len(classes) < min_classes:
         raise DataError(f"{key}: only one class folder ({classes[0]}) in {root}; a classifier needs at least 2 classes")
     return samples, classes, links
+
+
+def _holds_images(folder: str) -> bool:
+    """Whether ``folder`` itself (not below: a hidden ``.git`` may hold thousands of files) has an image file."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(is_image_file(e.name) for e in entries)
+    except OSError:
+        return False
 
 
 def _files(n: int) -> str:
@@ -310,11 +323,16 @@ def list_split_folders(
     for split, found in names.items():
         if found != ref:
             extra, lacking = sorted(set(found) - set(ref)), sorted(set(ref) - set(found))
+            nfc = {unicodedata.normalize("NFC", n) for n in lacking}
+            forms = [n for n in extra if unicodedata.normalize("NFC", n) in nfc]
             detail = "; ".join(
                 p
                 for p in (
                     f"not in train/: {short_list(extra)}" if extra else "",
                     f"missing from {split}/: {short_list(lacking)}" if lacking else "",
+                    f"{short_list(forms)}: one name in two Unicode forms (NFC and NFD, as macOS writes it)"
+                    if forms
+                    else "",
                 )
                 if p
             )

@@ -58,8 +58,11 @@ def test_nested_hidden_and_non_image_files(tmp_path):
     _png(tmp_path / "dog" / ".thumbs" / "t.png")
     (tmp_path / "dog" / "notes.txt").write_text("x")
     (tmp_path / "dog" / "broken.jpg").write_text("x")  # an image name: kept, fails when decoded
-    with pytest.warns(UserWarning, match=r"dog: 1 file\(s\) skipped, not images by their extension .*: notes.txt"):
+    with pytest.warns(UserWarning) as caught:
         samples, names = list_folder(str(tmp_path))
+    said = [str(w.message) for w in caught]
+    assert any("dog: 1 file(s) skipped, not images by their extension" in m and "notes.txt" in m for m in said)
+    assert any(".cache: skipped, a hidden folder" in m for m in said), said
     rel = sorted(os.path.relpath(p, tmp_path) for p, _ in samples)
     assert names == ["cat", "dog"]
     assert rel == sorted(["cat/0.png", "cat/sub/deep/x.PNG", "dog/0.png", "dog/broken.jpg"])
@@ -299,3 +302,26 @@ def test_one_class_name_in_two_unicode_forms_is_refused(tmp_path):
     _png(tmp_path / "tea" / "0.png")
     with pytest.raises(DataError, match="are one name in two Unicode forms"):
         list_folder(str(tmp_path))
+
+
+def test_a_hidden_folder_of_images_and_a_broken_class_link_are_named_when_skipped(tmp_path):
+    """Both vanished without a word: a class fewer, and no reason given."""
+    _tree(tmp_path, {"cat": 1, "dog": 1, ".eel": 1, ".git": 0})
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    os.symlink(tmp_path / "nowhere", tmp_path / "fox")
+    messages: list[str] = []
+    _, classes = list_folder(str(tmp_path), log=messages.append)
+    assert classes == ["cat", "dog"]
+    assert any(".eel: skipped, a hidden folder" in m for m in messages), messages
+    assert any("fox: skipped, a broken link" in m for m in messages), messages
+    assert not any(".git" in m for m in messages)  # no images in it: no news
+
+
+def test_a_split_folder_class_in_another_unicode_form_says_so(tmp_path):
+    import unicodedata
+
+    _tree(tmp_path / "train", {"café": 1, "tea": 1})
+    _tree(tmp_path / "val", {unicodedata.normalize("NFD", "café"): 1, "tea": 1})
+    with pytest.raises(DataError, match="one name in two Unicode forms"):
+        list_split_folders(str(tmp_path))
