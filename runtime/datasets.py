@@ -17,7 +17,14 @@ import unicodedata
 import warnings
 from collections.abc import Callable
 
-from convspec.specs.classes import OUTPUT_IMAGES, class_name_problem, folder_classes, is_run_folder, sort_names
+from convspec.specs.classes import (
+    OUTPUT_IMAGES,
+    class_name_problem,
+    folder_classes,
+    is_run_folder,
+    other_unicode_form,
+    sort_names,
+)
 from convspec.specs.errors import ConvspecError, one_line
 from convspec.specs.readfile import FileReadError, check_regular, describe_mode, read_text
 
@@ -188,11 +195,9 @@ def _list_folder(
     for name in classes:
         if problem := class_name_problem(name):
             raise DataError(f"{key}: class folder {os.path.join(root, name)!r}: {problem}")
-    forms: dict[str, str] = {}
-    for (
-        name
-    ) in classes:  # Why: "café" written twice (NFC and NFD, as macOS writes it) trained two classes that look one
-        other = forms.setdefault(unicodedata.normalize("NFC", name), name)
+    seen: dict[str, str] = {}  # NFC form -> the folder name; Why: "café" as NFC and NFD trained two classes
+    for name in classes:
+        other = seen.setdefault(unicodedata.normalize("NFC", name), name)
         if other != name:
             raise DataError(
                 f"{key}: class folders {other!r} and {name!r} in {root} are one name in two Unicode forms (NFC and "
@@ -323,8 +328,7 @@ def list_split_folders(
     for split, found in names.items():
         if found != ref:
             extra, lacking = sorted(set(found) - set(ref)), sorted(set(ref) - set(found))
-            nfc = {unicodedata.normalize("NFC", n) for n in lacking}
-            forms = [n for n in extra if unicodedata.normalize("NFC", n) in nfc]
+            forms = other_unicode_form(extra, lacking)
             detail = "; ".join(
                 p
                 for p in (

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from convspec.specs.classes import is_run_folder
+from convspec.specs.classes import is_run_folder, other_unicode_form
 from convspec.specs.readfile import FileReadError, check_regular
 
 from . import metrics
@@ -314,8 +313,7 @@ def match_classes(data_classes: list[str], model_classes: list[str], data: Any) 
         where = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "the data"
         shown = ", ".join(unknown[:10]) + (f", ... and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         known = ", ".join(model_classes[:20]) + (", ..." if len(model_classes) > 20 else "")
-        nfc = {unicodedata.normalize("NFC", c) for c in model_classes}
-        forms = [c for c in unknown if unicodedata.normalize("NFC", c) in nfc]
+        forms = other_unicode_form(unknown, model_classes)
         hint = (
             f"; {', '.join(forms[:10])}: the same letters as a model class in another Unicode form (NFD "
             "against NFC, as macOS writes folder names); rename the folder"

@@ -224,14 +224,20 @@ def classes_mismatch(listed, found, show: int = 10) -> str:
     hidden = [n for n in extra if n.startswith(".")]
     if hidden:
         parts.append(f"folders whose names start with '.' are skipped, as hidden: {names(hidden)}")
-    nfc = {unicodedata.normalize("NFC", m) for m in missing}
-    forms = [n for n in extra if unicodedata.normalize("NFC", n) in nfc]
+    forms = other_unicode_form(extra, missing)
     if forms:
         parts.append(
             f"{names(forms)}: the same letters in another Unicode form (NFC against NFD, as macOS "
             "writes folder names); rename the folder or write the name as the data does"
         )
     return "; ".join(p for p in parts if p)
+
+
+def other_unicode_form(names, others) -> list[str]:
+    """The ``names`` that are one of ``others`` written in another Unicode form (NFC against NFD,
+    as macOS writes folder names: ``é`` as ``e`` + U+0301): different strings that print alike."""
+    nfc = {unicodedata.normalize("NFC", o) for o in others}
+    return [n for n in names if unicodedata.normalize("NFC", n) in nfc]
 
 
 def sort_names(names) -> list[str]:
